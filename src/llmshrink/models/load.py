@@ -1,0 +1,184 @@
+"""MODEL argument -> (model, tokenizer).
+
+A MODEL is a Hugging Face model folder, a ``.gguf`` file, or a registered alias
+(``smollm2-135m``). GGUF files and aliases are converted once to a safetensors folder in the
+cache; every later load reads that folder. Weights are read with safetensors only (never
+unpickled), and remote code runs only when the caller asks for it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..paths import cache_subdir
+from .arch import ArchSpec, arch_for
+from .convert import MARKER, convert_gguf, is_gguf
+from .zoo import ALIASES, get_alias
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    path: Path  # the Hugging Face folder the weights came from
+    name: str  # the MODEL argument as given
+    arch: ArchSpec
+    seconds: float
+
+    @property
+    def num_parameters(self) -> int:
+        # Tied weights (embedding == lm_head) are counted once.
+        return sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values())
+
+    @property
+    def size_on_disk(self) -> int:
+        return weights_size(self.path)
+
+
+def weights_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
+
+
+def resolve_model_dir(spec: str) -> Path:
+    """Turn a MODEL argument into a local Hugging Face folder, converting GGUF once."""
+    path = Path(spec).expanduser()
+    if path.exists():
+        if path.is_dir():
+            return path
+        if path.suffix.lower() == ".gguf" or is_gguf(path):
+            return _cached_conversion(path)
+        raise UserError(f"{spec} is a file but not a .gguf model: give a model folder or a .gguf file")
+    if spec in ALIASES:
+        alias = get_alias(spec)
+        out = cache_subdir("models") / alias.name
+        if (out / MARKER).exists():
+            return out
+        gguf = alias.gguf_path()
+        alias.verify(gguf)
+        return convert_gguf(gguf, out, source={"alias": alias.name})
+    if "/" in spec or "\\" in spec or spec.lower().endswith(".gguf"):
+        raise UserError(f"no such file or folder: {spec}: check the path")
+    get_alias(spec)  # raises the unknown-alias error listing the known ones
+    raise AssertionError("unreachable")
+
+
+def _cached_conversion(gguf: Path) -> Path:
+    st = gguf.stat()
+    key = f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    out = cache_subdir("models") / f"gguf-{gguf.stem}-{digest}"
+    if (out / MARKER).exists():
+        return out
+    return convert_gguf(gguf, out, source={"size": st.st_size})
+
+
+def read_config(folder: Path) -> dict:
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise UserError(f"{folder} has no config.json: give a Hugging Face model folder, a .gguf file or an alias")
+    try:
+        return json.loads(cfg_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{cfg_path} is not valid JSON ({exc}): restore the file") from exc
+
+
+# quant_method in config.json -> loader for checkpoints that need their own modules.
+# Plain checkpoints (no quantization_config) use transformers directly.
+CheckpointLoader = Callable[[Path, dict, torch.dtype, bool], torch.nn.Module]
+CHECKPOINT_LOADERS: dict[str, CheckpointLoader] = {}
+
+
+def _load_plain(folder: Path, config: dict, dtype: torch.dtype, trust_remote_code: bool) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    shards = sorted(folder.glob("*.safetensors"))
+    if not shards:
+        if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
+            raise UserError(
+                f"{folder} holds only pickled PyTorch weights, which llmshrink does not load "
+                f"(unpickling runs code): convert them to safetensors first"
+            )
+        raise UserError(f"{folder} holds no *.safetensors weights: give a complete model folder")
+    _check_safetensors(shards)
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            folder, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise UserError(f"could not load weights from {folder} ({exc}): the folder may be incomplete") from exc
+
+
+def _check_safetensors(shards: list[Path]) -> None:
+    """Read each shard's header, so a truncated or damaged file is named instead of failing mid-load.
+
+    Format: 8-byte little-endian header length, a JSON header giving each tensor's
+    ``data_offsets`` into the data section that follows.
+    """
+    for shard in shards:
+        try:
+            size = shard.stat().st_size
+            with open(shard, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                if n <= 0 or 8 + n > size:
+                    raise ValueError("header length is past the end of the file")
+                header = json.loads(fh.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            if 8 + n + end > size:
+                raise ValueError(f"data section holds {size - 8 - n} bytes, the header needs {end}")
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            raise UserError(
+                f"{shard} is not a readable safetensors file ({exc}): it may be truncated; restore it"
+            ) from exc
+
+
+def load_tokenizer(folder: Path, *, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"could not load a tokenizer from {folder} ({exc}): copy the tokenizer files into it") from exc
+
+
+def load_model(
+    spec: str,
+    *,
+    dtype: str = "float32",
+    device: str = "cpu",
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load MODEL (folder, .gguf or alias) for inference, on ``device``, in eval mode."""
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for, but no CUDA device is available: use --device cpu")
+    t0 = time.perf_counter()
+    folder = resolve_model_dir(spec)
+    config = read_config(folder)
+    arch = arch_for(config.get("model_type"))
+    method = (config.get("quantization_config") or {}).get("quant_method")
+    if method is None:
+        loader = _load_plain
+    elif method in CHECKPOINT_LOADERS:
+        loader = CHECKPOINT_LOADERS[method]
+    else:
+        raise UserError(f"{folder} is a {method!r}-quantized checkpoint, which llmshrink cannot load")
+    model = loader(folder, config, DTYPES[dtype], trust_remote_code)
+    model.to(device).eval()
+    tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
+    seconds = time.perf_counter() - t0
+    log.info("loaded %s from %s in %.1f s", spec, folder, seconds)
+    return LoadedModel(model, tokenizer, folder, spec, arch, seconds)
