@@ -1,0 +1,74 @@
+"""End-to-end on the real default model (SmolLM2-135M-Instruct from its Q4_1 GGUF)."""
+
+import pytest
+import torch
+
+from llmshrink.models.load import load_model
+from llmshrink.models.zoo import DEFAULT_MODEL, get_alias
+
+pytestmark = pytest.mark.e2e
+
+TEXT = "Now is the winter of our discontent made glorious summer by this sun of York."
+
+
+@pytest.fixture(scope="module")
+def cached():
+    load_model(DEFAULT_MODEL)  # converts once if the cache is empty
+    return load_model(DEFAULT_MODEL)  # the second load: from the safetensors cache
+
+
+def test_second_load_is_fast_and_shapes_are_right(cached):
+    print(f"\nsecond load of {DEFAULT_MODEL}: {cached.seconds:.2f} s")
+    assert cached.seconds < 5.0
+    cfg = cached.model.config
+    assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.model_type) == (30, 576, "llama")
+    assert not hasattr(cfg, "quantization_config")
+    assert cached.num_parameters == 134_515_008
+    assert len(cached.arch.blocks(cached.model)) == 30
+
+
+def test_conversion_preserves_logits_and_tokenizer(cached):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = get_alias(DEFAULT_MODEL).gguf_path()
+    ref_tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    ref = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    ids = ref_tok(TEXT, return_tensors="pt").input_ids
+    assert cached.tokenizer(TEXT, return_tensors="pt").input_ids.tolist() == ids.tolist()
+    assert cached.tokenizer.chat_template == ref_tok.chat_template and "<|im_start|>" in ref_tok.chat_template
+    with torch.no_grad():
+        a = ref(ids).logits
+        b = cached.model(ids).logits
+    diff = (a - b).abs().max().item()
+    print(f"\nGGUF vs cached safetensors: max |logit diff| = {diff:.3g} over {ids.numel()} tokens")
+    assert diff <= 1e-5
+
+
+def test_cli_eval_json_and_demo(capsys):
+    import json
+
+    from llmshrink.cli import main
+
+    assert main(["eval", DEFAULT_MODEL, "--data", "shakespeare:eval", "--max-tokens", "2048", "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    print(f"\nperplexity on the first 2048 tokens of shakespeare:eval: {rec['perplexity']:.3f}")
+    assert 5 < rec["perplexity"] < 200 and rec["tokens"] == 4 * 511
+    assert main(["demo", "--max-tokens", "1024"]) == 0
+    out = capsys.readouterr().out
+    assert "| smollm2-135m | 134,515,008 |" in out
+    answer = out.strip().split("> Write one sentence about the sea.\n", 1)[1]
+    assert len(answer.split()) >= 3  # the instruct model answers with words
+
+
+def test_second_load_in_a_fresh_process_under_5_s(cached):
+    import subprocess
+    import sys
+
+    code = (
+        "import time; t = time.perf_counter(); from llmshrink import load_model; "
+        "lm = load_model('smollm2-135m'); print(time.perf_counter() - t, lm.seconds)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    total, load = map(float, out.split())
+    print(f"\nfresh process: {total:.2f} s with imports, load_model {load:.2f} s")
+    assert load < 5.0

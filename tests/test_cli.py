@@ -1,0 +1,93 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from llmshrink.cli import main
+from llmshrink.errors import UserError
+
+
+def _run(capsys, *argv):
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _assert_one_line_error(rc, err, match):
+    assert rc == 2
+    lines = [ln for ln in err.splitlines() if ln.startswith("llmshrink: error:")]
+    assert len(lines) == 1 and match in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_eval_json_on_tiny_model(capsys, tiny_model_dir, text_file):
+    rc, out, _ = _run(capsys, "eval", str(tiny_model_dir), "--data", str(text_file), "--seqlen", "32", "--json")
+    assert rc == 0
+    rec = json.loads(out)
+    for key in ("perplexity", "tokens", "seconds", "model", "data", "parameters", "size_on_disk"):
+        assert key in rec
+    assert rec["perplexity"] > 1 and rec["tokens"] > 0 and rec["model"] == str(tiny_model_dir)
+
+
+def test_eval_table_and_generate(capsys, tiny_model_dir, text_file):
+    rc, out, _ = _run(capsys, "eval", str(tiny_model_dir), "--data", str(text_file), "--seqlen", "32")
+    assert rc == 0 and "perplexity" in out and "size on disk" in out
+    rc, out, _ = _run(capsys, "generate", str(tiny_model_dir), "To be", "--max-new-tokens", "5",
+                      "--template", "alpaca", "--show-prompt")
+    assert rc == 0 and "### Instruction:\nTo be" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["eval", "/no/such/model", "--data", "x.txt"], "no such file or folder"),
+        (["eval", "tinyllama-1b"], "unknown model 'tinyllama-1b'"),
+        (["eval", "{model}", "--data", "nocorpus"], "unknown corpus 'nocorpus'"),
+        (["eval", "{model}", "--data", "{text}", "--seqlen", "4096"], "fewer than one window of 4096"),
+        (["eval", "{model}", "--data", "{text}", "--seqlen", "0"], "seqlen must be a positive"),
+        (["eval", "{model}", "--data", "{text}", "--stride", "900"], "stride 900 is larger than seqlen"),
+        (["generate", "{model}", "hi", "--temperature", "0"], "temperature must be > 0"),
+        (["eval", "{model}", "--data", "{text}", "--device", "cuda:7"], "CUDA"),
+    ],
+)
+def test_bad_input_one_line_exit_2(capsys, tiny_model_dir, text_file, argv, match):
+    if "--device" in argv and __import__("torch").cuda.is_available():
+        pytest.skip("CUDA present")
+    argv = [a.format(model=tiny_model_dir, text=text_file) for a in argv]
+    rc, _, err = _run(capsys, *argv)
+    _assert_one_line_error(rc, err, match)
+
+
+def test_bad_files_one_line_exit_2(capsys, tiny_model_dir, text_file, tmp_path):
+    broken = shutil.copytree(tiny_model_dir, tmp_path / "broken")
+    shard = broken / "model.safetensors"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    rc, _, err = _run(capsys, "eval", str(broken), "--data", str(text_file))
+    _assert_one_line_error(rc, err, "truncated")
+    arch = shutil.copytree(tiny_model_dir, tmp_path / "arch")
+    cfg = json.loads((arch / "config.json").read_text())
+    cfg["model_type"] = "gpt2"
+    (arch / "config.json").write_text(json.dumps(cfg))
+    rc, _, err = _run(capsys, "eval", str(arch), "--data", str(text_file))
+    _assert_one_line_error(rc, err, "unsupported architecture 'gpt2'")
+    gguf = tmp_path / "cut.gguf"
+    gguf.write_bytes(b"GGUF\x03\x00")
+    rc, _, err = _run(capsys, "eval", str(gguf), "--data", str(text_file))
+    _assert_one_line_error(rc, err, "not a readable GGUF file")
+
+
+def test_debug_shows_the_traceback(tiny_model_dir):
+    with pytest.raises(UserError):
+        main(["--debug", "eval", "no-such-alias"])
+
+
+def test_console_script_exit_status():
+    exe = shutil.which("llmshrink") or pytest.skip("llmshrink is not installed as a console script")
+    proc = subprocess.run([exe, "eval", "no-such-alias"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("llmshrink: error: unknown model")
+    proc = subprocess.run([sys.executable, "-c", "import llmshrink, sys; print('torch' in sys.modules)"],
+                          capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "False"  # nothing heavy happens at import
