@@ -85,3 +85,37 @@ class GenerateConfig(Config):
         from .data.templates import get_template
 
         get_template(self.template)  # unknown names fail here, before a model is loaded
+
+
+QUANT_METHODS = ("gptq", "rtn")
+
+
+@dataclass
+class QuantConfig(Config):
+    """Weight quantization: the grid, the GPTQ solve, and calibration."""
+
+    kind: ClassVar[str] = "quantize"
+    method: str = field(default="gptq", metadata={"help": "gptq or rtn"})
+    bits: int = field(default=4, metadata={"help": "2, 3, 4 or 8"})
+    group_size: int = field(default=128, metadata={"help": "columns per scale/zero group; -1 for one per row"})
+    sym: bool = field(default=True, metadata={"help": "symmetric grid (zero point fixed mid-range)"})
+    act_order: bool = field(default=True, metadata={"help": "quantize columns in order of decreasing Hessian diagonal"})
+    static_groups: bool = field(default=False, metadata={"help": "fix group grids before the solve (with act_order)"})
+    damp: float = field(default=0.01, metadata={"help": "damping as a fraction of the mean Hessian diagonal"})
+    block_size: int = field(default=128, metadata={"help": "columns per lazy-update block"})
+    mse: bool = field(default=False, metadata={"help": "search a shrunk range per group for the lowest error"})
+
+    def __post_init__(self) -> None:
+        if self.method not in QUANT_METHODS:
+            raise UserError(f"unknown method {self.method!r}: use one of {', '.join(QUANT_METHODS)}")
+        if self.bits not in (2, 3, 4, 8):
+            raise UserError(f"bits must be 2, 3, 4 or 8, got {self.bits!r}")
+        if not isinstance(self.group_size, int) or (self.group_size != -1 and self.group_size < 1):
+            raise UserError(f"group size must be -1 (one group per row) or >= 1, got {self.group_size!r}")
+        if not 0 < self.damp < 1:
+            raise UserError(f"damp must be in (0, 1), got {self.damp!r}")
+        _positive("block_size", self.block_size)
+
+    @property
+    def maxq(self) -> int:
+        return (1 << self.bits) - 1
