@@ -84,7 +84,11 @@ def test_debug_shows_the_traceback(tiny_model_dir):
 
 
 def test_console_script_exit_status():
-    exe = shutil.which("llmshrink") or pytest.skip("llmshrink is not installed as a console script")
+    from pathlib import Path
+
+    beside = Path(sys.executable).parent / "llmshrink"  # the venv's scripts folder, on PATH or not
+    exe = str(beside) if beside.exists() else shutil.which("llmshrink")
+    assert exe, "the llmshrink console script is not installed: pip install -e ."
     proc = subprocess.run([exe, "eval", "no-such-alias"], capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("llmshrink: error: unknown model")

@@ -1,0 +1,95 @@
+"""One block-by-block driver over a decoder.
+
+Capture what enters the first decoder block for a batch of calibration windows (hidden states
+and the keyword arguments the model passes to every block: position embeddings, mask, ...),
+then walk the blocks one at a time: the caller's ``visit(i, block, inputs)`` sees the block and
+its inputs and may change the block (quantize it, score it); the driver then runs the block,
+as it is now, to produce the next block's inputs. Memory stays near one block plus activations.
+
+Side effects (hooks, ``use_cache``, the capture's early exit) are scoped and always undone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from .models.arch import ArchSpec
+
+
+class _Captured(Exception):
+    """Raised by the capture hook to stop the forward pass at the first block."""
+
+
+@dataclass
+class BlockInputs:
+    hidden: list[torch.Tensor]  # one [batch, seq, hidden] tensor per calibration batch
+    kwargs: list[dict]  # the keyword arguments each batch's blocks receive
+
+
+@contextlib.contextmanager
+def no_cache(model: torch.nn.Module) -> Iterator[None]:
+    cfg = getattr(model, "config", None)
+    old = getattr(cfg, "use_cache", None)
+    if cfg is not None:
+        cfg.use_cache = False
+    try:
+        yield
+    finally:
+        if cfg is not None:
+            cfg.use_cache = old
+
+
+@torch.no_grad()
+def capture_block_inputs(model: torch.nn.Module, arch: ArchSpec, batches: list[torch.Tensor]) -> BlockInputs:
+    """Run each batch of token ids up to the first decoder block and keep what enters it."""
+    first = arch.blocks(model)[0]
+    hidden, kwargs = [], []
+
+    def hook(_module, args, kw):
+        hidden.append(args[0] if args else kw.pop("hidden_states"))
+        kwargs.append({k: v for k, v in kw.items() if k != "hidden_states"})
+        raise _Captured
+
+    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+    device = next(model.parameters()).device
+    try:
+        with no_cache(model):
+            for ids in batches:
+                with contextlib.suppress(_Captured):
+                    model(input_ids=ids.to(device), use_cache=False)
+    finally:
+        handle.remove()
+    return BlockInputs(hidden, kwargs)
+
+
+def run_block(block: torch.nn.Module, inputs: BlockInputs) -> list[torch.Tensor]:
+    outs = []
+    with torch.no_grad():
+        for h, kw in zip(inputs.hidden, inputs.kwargs, strict=True):
+            out = block(h, **kw)
+            outs.append(out[0] if isinstance(out, tuple) else out)
+    return outs
+
+
+Visit = Callable[[int, torch.nn.Module, BlockInputs], None]
+
+
+def walk_blocks(model: torch.nn.Module, arch: ArchSpec, batches: list[torch.Tensor], visit: Visit,
+                *, blocks: range | None = None, progress=None) -> None:
+    """Call ``visit`` on each block in ``blocks`` (default all) with its inputs, propagating the
+    outputs of each block as changed by ``visit``."""
+    layers = arch.blocks(model)
+    todo = blocks if blocks is not None else range(len(layers))
+    inputs = capture_block_inputs(model, arch, batches)
+    last = max(todo) if len(todo) else -1
+    it = progress(range(last + 1), desc="blocks", unit="block") if progress else range(last + 1)
+    for i in it:
+        block = layers[i]
+        if i in todo:
+            visit(i, block, inputs)
+        if i < last:
+            inputs = BlockInputs(run_block(block, inputs), inputs.kwargs)
