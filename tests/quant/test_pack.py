@@ -67,8 +67,11 @@ def test_qweight_and_qzeros_round_trip(bits):
 
 
 def test_pack_errors():
+    with pytest.raises(UserError, match="multiple of 8"):
+        pack_codes(torch.zeros(12, 4, dtype=torch.int32), 4)
     with pytest.raises(UserError, match="multiple of 32"):
-        pack_codes(torch.zeros(48, 4, dtype=torch.int32), 4)
+        pack_codes(torch.zeros(48, 4, dtype=torch.int32), 3)
+    assert pack_codes(torch.zeros(16, 4, dtype=torch.int32), 2).shape == (1, 4)  # 16 codes fill a word
     with pytest.raises(ValueError, match="outside"):
         pack_codes(torch.full((32, 1), 16, dtype=torch.int32), 4)
     with pytest.raises(ValueError, match="not representable"):

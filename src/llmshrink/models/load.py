@@ -9,6 +9,7 @@ unpickled), and remote code runs only when the caller asks for it.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import logging
 import time
@@ -97,8 +98,14 @@ def read_config(folder: Path) -> dict:
 
 # quant_method in config.json -> loader for checkpoints that need their own modules.
 # Plain checkpoints (no quantization_config) use transformers directly.
+# Values are "module:function", imported only when such a checkpoint is loaded.
 CheckpointLoader = Callable[[Path, dict, torch.dtype, bool], torch.nn.Module]
-CHECKPOINT_LOADERS: dict[str, CheckpointLoader] = {}
+CHECKPOINT_LOADERS: dict[str, str] = {"gptq": "llmshrink.quant.load:load_gptq"}
+
+
+def _checkpoint_loader(method: str) -> CheckpointLoader:
+    module, _, func = CHECKPOINT_LOADERS[method].partition(":")
+    return getattr(importlib.import_module(module), func)
 
 
 def _load_plain(folder: Path, config: dict, dtype: torch.dtype, trust_remote_code: bool) -> torch.nn.Module:
@@ -112,7 +119,7 @@ def _load_plain(folder: Path, config: dict, dtype: torch.dtype, trust_remote_cod
                 f"(unpickling runs code): convert them to safetensors first"
             )
         raise UserError(f"{folder} holds no *.safetensors weights: give a complete model folder")
-    _check_safetensors(shards)
+    check_safetensors(shards)
     try:
         return AutoModelForCausalLM.from_pretrained(
             folder, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
@@ -121,7 +128,7 @@ def _load_plain(folder: Path, config: dict, dtype: torch.dtype, trust_remote_cod
         raise UserError(f"could not load weights from {folder} ({exc}): the folder may be incomplete") from exc
 
 
-def _check_safetensors(shards: list[Path]) -> None:
+def check_safetensors(shards: list[Path]) -> None:
     """Read each shard's header, so a truncated or damaged file is named instead of failing mid-load.
 
     Format: 8-byte little-endian header length, a JSON header giving each tensor's
@@ -173,7 +180,7 @@ def load_model(
     if method is None:
         loader = _load_plain
     elif method in CHECKPOINT_LOADERS:
-        loader = CHECKPOINT_LOADERS[method]
+        loader = _checkpoint_loader(method)
     else:
         raise UserError(f"{folder} is a {method!r}-quantized checkpoint, which llmshrink cannot load")
     model = loader(folder, config, DTYPES[dtype], trust_remote_code)

@@ -35,7 +35,9 @@ def _range_grid(xmin: torch.Tensor, xmax: torch.Tensor, maxq: int, sym: bool) ->
     empty = (xmin == 0) & (xmax == 0)
     xmin = torch.where(empty, -torch.ones_like(xmin), xmin)
     xmax = torch.where(empty, torch.ones_like(xmax), xmax)
-    scale = (xmax - xmin) / maxq
+    # Checkpoints store scales as fp16: solve with fp16-representable scales, so that packing
+    # loses nothing (floor at the smallest fp16 subnormal, never zero).
+    scale = torch.clamp((xmax - xmin) / maxq, min=2.0**-24).half().float()
     zero = torch.full_like(scale, (maxq + 1) / 2) if sym else torch.round(-xmin / scale)
     return Grid(scale, zero)
 

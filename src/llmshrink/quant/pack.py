@@ -17,34 +17,46 @@ import torch
 from ..errors import UserError
 
 
+def _block(bits: int) -> int:
+    """Codes per packing block: one word for 2/4/8 bits; 32 codes in 3 words for 3 bits."""
+    return 32 // bits if 32 % bits == 0 else 32
+
+
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack integer codes [n, m] along dim 0 into int32 [n · bits / 32, m]."""
     n, m = codes.shape
-    if n % 32:
-        raise UserError(f"cannot pack {n} rows at {bits} bits: the packed dimension must be a multiple of 32")
+    per = _block(bits)
+    if n % per:
+        raise UserError(f"cannot pack {n} rows at {bits} bits: the packed dimension must be a multiple of {per}")
     if codes.min() < 0 or codes.max() >= (1 << bits):
         raise ValueError(f"codes outside [0, {(1 << bits) - 1}]")
-    c = codes.to(torch.int64).reshape(n // 32, 32, m)
-    words = torch.zeros(n // 32, bits, m, dtype=torch.int64)
-    for k in range(32):
+    words_per = per * bits // 32
+    c = codes.to(torch.int64).reshape(n // per, per, m)
+    words = torch.zeros(n // per, words_per, m, dtype=torch.int64)
+    for k in range(per):
         for b in range(bits):
             pos = k * bits + b
             words[:, pos // 32] |= ((c[:, k] >> b) & 1) << (pos % 32)
-    return _to_int32(words.reshape(n // 32 * bits, m))
+    return _to_int32(words.reshape(n // per * words_per, m))
 
 
 def unpack_codes(packed: torch.Tensor, bits: int) -> torch.Tensor:
     """Inverse of :func:`pack_codes`: int32 [n · bits / 32, m] -> int32 codes [n, m]."""
     rows, m = packed.shape
-    if rows % bits:
+    if bits == 3 and rows % 3:
         raise UserError(f"a packed tensor of {rows} rows is not a whole number of {bits}-bit blocks")
-    w = (packed.to(torch.int64) & 0xFFFFFFFF).reshape(rows // bits, bits, m)
-    codes = torch.zeros(rows // bits, 32, m, dtype=torch.int64)
+    if bits in (2, 4, 8):  # no code straddles a word: one shift-and-mask over all codes
+        per = 32 // bits
+        shifts = torch.arange(0, 32, bits, dtype=torch.int32, device=packed.device)
+        codes32 = (packed[:, None, :] >> shifts[None, :, None]) & ((1 << bits) - 1)
+        return codes32.reshape(rows * per, m)
+    w = (packed.to(torch.int64) & 0xFFFFFFFF).reshape(rows // 3, 3, m)
+    codes = torch.zeros(rows // 3, 32, m, dtype=torch.int64)
     for k in range(32):
         for b in range(bits):
             pos = k * bits + b
             codes[:, k] |= ((w[:, pos // 32] >> (pos % 32)) & 1) << b
-    return codes.reshape(rows // bits * 32, m).to(torch.int32)
+    return codes.reshape(rows // 3 * 32, m).to(torch.int32)
 
 
 def _to_int32(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Writers for compressed models: Hugging Face GPTQ checkpoints (GGUF to come)."""

@@ -1,0 +1,52 @@
+"""Load GPTQ checkpoints (``quant_method: gptq``, ours and AutoGPTQ/GPTQModel's v1 format).
+
+A module is quantized where the safetensors hold ``<name>.qweight``; everything else loads as
+usual, so mixed checkpoints (some blocks packed, the rest full precision) need nothing special.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from .qlinear import QuantLinear
+
+
+def load_gptq(folder: Path, config: dict, dtype: torch.dtype, trust_remote_code: bool) -> torch.nn.Module:
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..models.load import check_safetensors
+
+    qc = config["quantization_config"]
+    fmt = qc.get("checkpoint_format", "gptq")
+    if fmt != "gptq":
+        raise UserError(f"{folder}: GPTQ checkpoint_format {fmt!r} is not supported; llmshrink reads 'gptq' (v1)")
+    bits = int(qc["bits"])
+    shards = sorted(folder.glob("*.safetensors"))
+    check_safetensors(shards)
+    state: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        state.update(load_file(shard))
+    hf_cfg = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    if hasattr(hf_cfg, "quantization_config"):
+        del hf_cfg.quantization_config
+    model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype, trust_remote_code=trust_remote_code)
+    for name in sorted(k.removesuffix(".qweight") for k in state if k.endswith(".qweight")):
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        linear = getattr(parent, child)
+        if not isinstance(linear, torch.nn.Linear):
+            raise UserError(f"{folder}: {name} holds packed weights but is not a linear layer in this architecture")
+        setattr(parent, child, QuantLinear(linear.in_features, linear.out_features, bits,
+                                           state[f"{name}.scales"].shape[0], bias=f"{name}.bias" in state,
+                                           dtype=state[f"{name}.scales"].dtype))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(hf_cfg, "tie_word_embeddings", False) else set()
+    if set(missing) - tied or unexpected:
+        raise UserError(f"{folder}: weights do not match the model (missing {sorted(missing)[:3]}, "
+                        f"unexpected {sorted(unexpected)[:3]}): the checkpoint is incomplete")
+    model.tie_weights()
+    return model

@@ -1,0 +1,57 @@
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from llmshrink.config import QuantConfig
+from llmshrink.errors import UserError
+from llmshrink.eval.perplexity import perplexity
+from llmshrink.export.hf import save_quantized
+from llmshrink.models.arch import arch_of
+from llmshrink.models.load import load_model
+from llmshrink.quant.api import quantize_model
+from llmshrink.quant.qlinear import QuantLinear
+from tests.conftest import make_tiny_model
+
+
+@pytest.mark.parametrize(("bits", "act_order"), [(4, True), (8, False), (2, True)])
+def test_partially_quantized_checkpoint_saves_reloads_and_matches(tmp_path, tokenizer, bits, act_order):
+    model = make_tiny_model(len(tokenizer), layers=3)
+    calib = torch.randint(0, len(tokenizer), (16, 32), generator=torch.Generator().manual_seed(0))
+    cfg = QuantConfig(bits=bits, group_size=16, act_order=act_order)
+    report = quantize_model(model, arch_of(model), calib, cfg, blocks=range(0, 2))
+    ids = torch.randint(0, len(tokenizer), (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(ids).logits
+    out = save_quantized(model, tokenizer, report, tmp_path / "q")
+
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert (qc["quant_method"], qc["bits"], qc["group_size"], qc["desc_act"]) == ("gptq", bits, 16, act_order)
+    assert qc["checkpoint_format"] == "gptq" and len(qc["quantized_modules"]) == 14
+    with safe_open(out / "model.safetensors", "pt") as fh:
+        keys = set(fh.keys())
+        assert fh.get_tensor("model.layers.0.self_attn.q_proj.qweight").dtype == torch.int32
+        assert fh.get_tensor("model.layers.0.self_attn.q_proj.scales").dtype == torch.float16
+    assert "model.layers.0.mlp.down_proj.g_idx" in keys and "model.layers.0.mlp.down_proj.weight" not in keys
+    assert "model.layers.2.mlp.down_proj.weight" in keys  # the unquantized block stays full precision
+
+    lm = load_model(str(out))
+    assert isinstance(lm.model.model.layers[1].mlp.up_proj, QuantLinear)
+    assert isinstance(lm.model.model.layers[2].mlp.up_proj, torch.nn.Linear)
+    with torch.no_grad():
+        got = lm.model(ids).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    stream = ids.reshape(-1)
+    a = perplexity(model, stream, seqlen=20).perplexity
+    b = perplexity(lm.model, stream, seqlen=20).perplexity
+    assert a == pytest.approx(b, rel=1e-6)
+
+
+def test_save_into_missing_folder(tmp_path, tokenizer):
+    model = make_tiny_model(len(tokenizer))
+    report = quantize_model(model, arch_of(model), torch.randint(0, 50, (4, 16)), QuantConfig(group_size=16),
+                            blocks=range(0, 1))
+    with pytest.raises(UserError, match="does not exist"):
+        save_quantized(model, tokenizer, report, tmp_path / "no" / "such" / "dir")
+    assert not list(tmp_path.iterdir())  # nothing half-written
