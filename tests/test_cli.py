@@ -95,3 +95,44 @@ def test_console_script_exit_status():
     proc = subprocess.run([sys.executable, "-c", "import llmshrink, sys; print('torch' in sys.modules)"],
                           capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "False"  # nothing heavy happens at import
+
+
+def test_quantize_then_eval_and_generate(capsys, tiny_model_dir, text_file, tmp_path):
+    out = tmp_path / "q4"
+    rc, stdout, _ = _run(capsys, "quantize", str(tiny_model_dir), "--out", str(out), "--bits", "4",
+                         "--group-size", "16", "--calib", str(text_file), "--nsamples", "8", "--seqlen", "32",
+                         "--blocks", "0:1")
+    assert rc == 0 and "| 0 | 7 |" in stdout
+    layers = [json.loads(line) for line in (out / "quantize_layers.jsonl").read_text().splitlines()]
+    assert len(layers) == 7 and all(r["loss"] <= r["rtn_loss"] * 1.0001 for r in layers)
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["bits"] == 4
+    rc, stdout, _ = _run(capsys, "eval", str(out), "--data", str(text_file), "--seqlen", "32", "--json")
+    assert rc == 0 and json.loads(stdout)["perplexity"] > 1
+    rc, stdout, _ = _run(capsys, "generate", str(out), "To be", "--max-new-tokens", "4")
+    assert rc == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--bits", "5"], "bits must be 2, 3, 4 or 8"),
+        (["--group-size", "0"], "group size must be -1"),
+        (["--method", "awq"], "unknown method 'awq'"),
+        (["--blocks", "0:9"], "outside the model's 2 blocks"),
+        (["--blocks", "x:y"], "bad block range"),
+        (["--seqlen", "4096"], "fewer than one window of 4096"),
+        (["--nsamples", "0"], "--nsamples must be >= 1"),
+    ],
+)
+def test_quantize_bad_input(capsys, tiny_model_dir, text_file, tmp_path, extra, match):
+    out = tmp_path / "q"
+    rc, _, err = _run(capsys, "quantize", str(tiny_model_dir), "--out", str(out), "--calib", str(text_file),
+                      "--group-size", "16", "--nsamples", "4", "--seqlen", "32", *extra)
+    _assert_one_line_error(rc, err, match)
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["corpus.txt"]  # nothing half-written
+
+
+def test_quantize_out_in_missing_folder(capsys, tiny_model_dir, text_file, tmp_path):
+    rc, _, err = _run(capsys, "quantize", str(tiny_model_dir), "--out", str(tmp_path / "a" / "b"),
+                      "--calib", str(text_file))
+    _assert_one_line_error(rc, err, "does not exist")

@@ -142,6 +142,60 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- quantize
+
+
+def _quantize_args(p: argparse.ArgumentParser) -> None:
+    from .config import QUANT_METHODS, QuantConfig
+    from .quant.job import CalibConfig
+
+    d, c = QuantConfig(), CalibConfig()
+    p.add_argument("model", help="model folder, .gguf file, or alias")
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    p.add_argument("--method", default=d.method, help=" or ".join(QUANT_METHODS))
+    p.add_argument("--bits", type=int, default=d.bits, help="2, 3, 4 or 8")
+    p.add_argument("--group-size", type=int, default=d.group_size, help="-1 for one group per row")
+    grid = p.add_mutually_exclusive_group()
+    grid.add_argument("--sym", dest="sym", action="store_true", default=d.sym, help="symmetric grid (default)")
+    grid.add_argument("--asym", dest="sym", action="store_false", help="asymmetric grid")
+    p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=d.act_order)
+    p.add_argument("--static-groups", action="store_true", default=d.static_groups)
+    p.add_argument("--mse", action="store_true", help="search shrunk ranges for the lowest error per group")
+    p.add_argument("--damp", type=float, default=d.damp)
+    p.add_argument("--calib", default=c.data, help="calibration corpus")
+    p.add_argument("--nsamples", type=int, default=c.nsamples)
+    p.add_argument("--seqlen", type=int, default=c.seqlen)
+    p.add_argument("--seed", type=int, default=c.seed)
+    p.add_argument("--batch-size", type=int, default=c.batch_size, help="calibration windows per forward pass")
+    p.add_argument("--blocks", default=None, help="blocks to quantize, A:B (default all)")
+    _model_args(p)
+
+
+@command("quantize", "quantize a model's decoder blocks (GPTQ or RTN) into a GPTQ checkpoint", _quantize_args)
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .config import QuantConfig
+    from .quant.job import CalibConfig, run_quantize
+
+    cfg = QuantConfig(method=args.method, bits=args.bits, group_size=args.group_size, sym=args.sym,
+                      act_order=args.act_order, static_groups=args.static_groups, damp=args.damp, mse=args.mse)
+    calib = CalibConfig(args.calib, args.nsamples, args.seqlen, args.seed, args.batch_size)
+    for name in ("nsamples", "seqlen", "batch_size"):
+        if getattr(calib, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+    lm = _load(args)
+    report, out = run_quantize(lm, cfg, calib, args.out, blocks=args.blocks, progress=_progress())
+    print(f"| block | layers | loss ({cfg.method}) | loss (rtn) | seconds |")
+    print("|---:|---:|---:|---:|---:|")
+    for b in report.blocks:
+        rows = [r for r in report.layers if r.name.startswith(f"{lm.arch.layers}.{b}.")]
+        rtn = sum(r.rtn_loss for r in rows) if cfg.method == "gptq" else sum(r.loss for r in rows)
+        print(f"| {b} | {len(rows)} | {sum(r.loss for r in rows):.4g} | {rtn:.4g} | "
+              f"{sum(r.seconds for r in rows):.1f} |")
+    print(f"\nsaved {out} ({_mb(sum(f.stat().st_size for f in out.glob('*.safetensors')))}); "
+          f"per-layer table: {out / 'quantize_layers.jsonl'}; {report.seconds:.0f} s")
+    return 0
+
+
 # ---------------------------------------------------------------- demo
 
 

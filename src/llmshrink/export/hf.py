@@ -46,7 +46,8 @@ def quantization_config(cfg: QuantConfig, report: QuantizeReport, *, true_sequen
     }
 
 
-def save_quantized(model: torch.nn.Module, tokenizer, report: QuantizeReport, out_dir: Path) -> Path:
+def save_quantized(model: torch.nn.Module, tokenizer, report: QuantizeReport, out_dir: Path, *,
+                   extra_files: dict[str, str] | None = None) -> Path:
     out_dir = Path(out_dir)
     if not out_dir.parent.is_dir():
         raise UserError(f"the folder {out_dir.parent} does not exist: create it or choose another --out")
@@ -60,6 +61,8 @@ def save_quantized(model: torch.nn.Module, tokenizer, report: QuantizeReport, ou
         cfg = json.loads(cfg_path.read_text())
         cfg["quantization_config"] = quantization_config(report.config, report)
         cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)

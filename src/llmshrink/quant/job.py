@@ -1,0 +1,71 @@
+"""The quantize job behind ``llmshrink quantize``: calibrate, quantize chosen blocks, save."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import QuantConfig
+from ..data.corpora import load_corpus
+from ..data.windows import bos_id, sample_windows, tokenize_corpus
+from ..errors import UserError
+from ..models.load import LoadedModel
+from .api import QuantizeReport, quantize_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CalibConfig:
+    data: str = "shakespeare:calib"
+    nsamples: int = 128
+    seqlen: int = 512
+    seed: int = 0
+    batch_size: int = 8
+
+
+def parse_blocks(spec: str | None, n_layers: int) -> range:
+    """``A:B`` (Python slice, ends optional) or ``N`` (block N alone) -> range, checked against the model."""
+    if spec is None or spec in ("", ":", "all"):
+        return range(n_layers)
+    try:
+        if ":" in spec:
+            a, _, b = spec.partition(":")
+            r = range(int(a) if a else 0, int(b) if b else n_layers)
+        else:
+            r = range(int(spec), int(spec) + 1)
+    except ValueError:
+        raise UserError(f"bad block range {spec!r}: write A:B, e.g. 0:26") from None
+    if len(r) == 0 or r.start < 0 or r.stop > n_layers:
+        raise UserError(f"block range {spec} is outside the model's {n_layers} blocks (0:{n_layers})")
+    return r
+
+
+def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Path, *, blocks: str | None = None,
+                 progress=None) -> tuple[QuantizeReport, Path]:
+    from ..export.hf import save_quantized
+
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise UserError(f"the folder {out.parent} does not exist: create it or choose another --out")
+    n_layers = len(lm.arch.blocks(lm.model))
+    todo = parse_blocks(blocks, n_layers)
+    stream = tokenize_corpus(load_corpus(calib.data), lm.tokenizer)
+    windows = sample_windows(stream, calib.nsamples, calib.seqlen, seed=calib.seed, bos=bos_id(lm.tokenizer),
+                             name=f"calibration corpus {calib.data}")
+    log.info("calibrating on %d x %d tokens of %s; blocks %d:%d", *windows.shape, calib.data, todo.start, todo.stop)
+    t0 = time.perf_counter()
+    report = quantize_model(lm.model, lm.arch, windows, cfg, blocks=todo, batch_size=calib.batch_size,
+                            progress=progress)
+    layers = "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in report.layers)
+    run = {"model": lm.name, "config": cfg.to_dict(), "calibration": dataclasses.asdict(calib),
+           "blocks": [todo.start, todo.stop], "quantize_seconds": report.seconds}
+    saved = save_quantized(lm.model, lm.tokenizer, report, out,
+                           extra_files={"quantize_layers.jsonl": layers,
+                                        "llmshrink_quantize.json": json.dumps(run, indent=2) + "\n"})
+    log.info("quantized and saved in %.1f s -> %s", time.perf_counter() - t0, saved)
+    return report, saved
