@@ -37,6 +37,7 @@ def test_partially_quantized_checkpoint_saves_reloads_and_matches(tmp_path, toke
     assert "model.layers.2.mlp.down_proj.weight" in keys  # the unquantized block stays full precision
 
     lm = load_model(str(out))
+    assert lm.num_parameters == sum(p.numel() for p in make_tiny_model(len(tokenizer), layers=3).parameters())
     assert isinstance(lm.model.model.layers[1].mlp.up_proj, QuantLinear)
     assert isinstance(lm.model.model.layers[2].mlp.up_proj, torch.nn.Linear)
     with torch.no_grad():

@@ -41,8 +41,11 @@ class LoadedModel:
 
     @property
     def num_parameters(self) -> int:
-        # Tied weights (embedding == lm_head) are counted once.
-        return sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values())
+        # Tied weights (embedding == lm_head) are counted once; packed layers count their weights,
+        # which are buffers (qweight) rather than parameters.
+        dense = sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values())
+        packed = sum(m.in_features * m.out_features for m in self.model.modules() if hasattr(m, "qweight"))
+        return dense + packed
 
     @property
     def size_on_disk(self) -> int:
