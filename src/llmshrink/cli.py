@@ -179,9 +179,6 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     cfg = QuantConfig(method=args.method, bits=args.bits, group_size=args.group_size, sym=args.sym,
                       act_order=args.act_order, static_groups=args.static_groups, damp=args.damp, mse=args.mse)
     calib = CalibConfig(args.calib, args.nsamples, args.seqlen, args.seed, args.batch_size)
-    for name in ("nsamples", "seqlen", "batch_size"):
-        if getattr(calib, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1")
     lm = _load(args)
     report, out = run_quantize(lm, cfg, calib, args.out, blocks=args.blocks, progress=_progress())
     print(f"| block | layers | loss ({cfg.method}) | loss (rtn) | seconds |")

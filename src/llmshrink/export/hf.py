@@ -9,14 +9,13 @@ blocks alone are quantized is an ordinary mixed checkpoint. ``config.json`` gain
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from ..config import QuantConfig
 from ..errors import UserError
+from ..paths import atomic_dir
 from ..quant.api import QuantizeReport
 from ..quant.qlinear import QuantLinear
 
@@ -25,9 +24,7 @@ def pack_model(model: torch.nn.Module, report: QuantizeReport) -> None:
     """Replace each quantized ``nn.Linear`` by its packed :class:`QuantLinear`, in place."""
     bits = report.config.bits
     for name, res in report.results.items():
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child, QuantLinear.from_result(getattr(parent, child), res, bits))
+        model.set_submodule(name, QuantLinear.from_result(model.get_submodule(name), res, bits))
 
 
 def quantization_config(cfg: QuantConfig, report: QuantizeReport, *, true_sequential: bool = True) -> dict:
@@ -52,9 +49,7 @@ def save_quantized(model: torch.nn.Module, tokenizer, report: QuantizeReport, ou
     if not out_dir.parent.is_dir():
         raise UserError(f"the folder {out_dir.parent} does not exist: create it or choose another --out")
     pack_model(model, report)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
-    tmp.chmod(0o755)
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         cfg_path = tmp / "config.json"
@@ -63,10 +58,4 @@ def save_quantized(model: torch.nn.Module, tokenizer, report: QuantizeReport, ou
         cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

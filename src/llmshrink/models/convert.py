@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError
+from ..paths import atomic_dir
 from .arch import arch_for
 
 log = logging.getLogger(__name__)
@@ -93,18 +92,10 @@ def convert_gguf(gguf_path: Path, out_dir: Path, *, source: dict | None = None) 
     del loaded
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary folder
-    try:
+    with atomic_dir(out_dir) as tmp:
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         marker = {"converted_from": str(gguf_path), **info, **(source or {})}
         (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("converted in %.1f s -> %s", time.perf_counter() - t0, out_dir)
     return out_dir

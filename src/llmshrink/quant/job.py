@@ -27,6 +27,11 @@ class CalibConfig:
     seed: int = 0
     batch_size: int = 8
 
+    def __post_init__(self) -> None:
+        for name in ("nsamples", "seqlen", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1")
+
 
 def parse_blocks(spec: str | None, n_layers: int) -> range:
     """``A:B`` (Python slice, ends optional) or ``N`` (block N alone) -> range, checked against the model."""

@@ -35,12 +35,10 @@ def load_gptq(folder: Path, config: dict, dtype: torch.dtype, trust_remote_code:
         del hf_cfg.quantization_config
     model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype, trust_remote_code=trust_remote_code)
     for name in sorted(k.removesuffix(".qweight") for k in state if k.endswith(".qweight")):
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        linear = getattr(parent, child)
+        linear = model.get_submodule(name)
         if not isinstance(linear, torch.nn.Linear):
             raise UserError(f"{folder}: {name} holds packed weights but is not a linear layer in this architecture")
-        setattr(parent, child, QuantLinear(linear.in_features, linear.out_features, bits,
+        model.set_submodule(name, QuantLinear(linear.in_features, linear.out_features, bits,
                                            state[f"{name}.scales"].shape[0], bias=f"{name}.bias" in state,
                                            dtype=state[f"{name}.scales"].dtype))
     missing, unexpected = model.load_state_dict(state, strict=False)
