@@ -75,7 +75,8 @@ def run_block(block: torch.nn.Module, inputs: BlockInputs) -> list[torch.Tensor]
     return outs
 
 
-Visit = Callable[[int, torch.nn.Module, BlockInputs], None]
+# A visit may return the block's outputs (as it computed them anyway) to spare the driver a pass.
+Visit = Callable[[int, torch.nn.Module, BlockInputs], "list[torch.Tensor] | None"]
 
 
 def walk_blocks(model: torch.nn.Module, arch: ArchSpec, batches: list[torch.Tensor], visit: Visit,
@@ -89,7 +90,6 @@ def walk_blocks(model: torch.nn.Module, arch: ArchSpec, batches: list[torch.Tens
     it = progress(range(last + 1), desc="blocks", unit="block") if progress else range(last + 1)
     for i in it:
         block = layers[i]
-        if i in todo:
-            visit(i, block, inputs)
+        outs = visit(i, block, inputs) if i in todo else None
         if i < last:
-            inputs = BlockInputs(run_block(block, inputs), inputs.kwargs)
+            inputs = BlockInputs(outs if outs is not None else run_block(block, inputs), inputs.kwargs)

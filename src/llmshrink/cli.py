@@ -181,13 +181,16 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     calib = CalibConfig(args.calib, args.nsamples, args.seqlen, args.seed, args.batch_size)
     lm = _load(args)
     report, out = run_quantize(lm, cfg, calib, args.out, blocks=args.blocks, progress=_progress())
-    print(f"| block | layers | loss ({cfg.method}) | loss (rtn) | seconds |")
-    print("|---:|---:|---:|---:|---:|")
+    def total(values) -> str:
+        values = [v for v in values if v is not None]
+        return f"{sum(values):.4g}" if values else "-"
+
+    print(f"| block | layers | loss ({cfg.method}) | loss (rtn) | max damp | solve s |")
+    print("|---:|---:|---:|---:|---:|---:|")
     for b in report.blocks:
         rows = [r for r in report.layers if r.name.startswith(f"{lm.arch.layers}.{b}.")]
-        rtn = sum(r.rtn_loss for r in rows) if cfg.method == "gptq" else sum(r.loss for r in rows)
-        print(f"| {b} | {len(rows)} | {sum(r.loss for r in rows):.4g} | {rtn:.4g} | "
-              f"{sum(r.seconds for r in rows):.1f} |")
+        print(f"| {b} | {len(rows)} | {total(r.loss for r in rows)} | {total(r.rtn_loss for r in rows)} | "
+              f"{max(r.damp for r in rows):g} | {sum(r.seconds for r in rows):.1f} |")
     print(f"\nsaved {out} ({_mb(sum(f.stat().st_size for f in out.glob('*.safetensors')))}); "
           f"per-layer table: {out / 'quantize_layers.jsonl'}; {report.seconds:.0f} s")
     return 0

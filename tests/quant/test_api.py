@@ -37,5 +37,85 @@ def test_quantize_model_checks_its_input():
         quantize_model(model, arch_of(model), _calib(), QuantConfig(), blocks=range(0, 5))
     with torch.no_grad():
         model.model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
-    with pytest.raises(UserError, match="non-finite"):
+    with pytest.raises(UserError, match=r"non-finite weights in model\.layers\.0\.mlp\.down_proj"):
         quantize_model(model, arch_of(model), _calib(), QuantConfig(group_size=16))
+    model = make_tiny_model(64)
+    with torch.no_grad():
+        model.model.layers[1].post_attention_layernorm.weight[0] = float("inf")
+    with pytest.raises(UserError, match=r"non-finite activations enter model\.layers\.1\.mlp\.gate_proj"):
+        quantize_model(model, arch_of(model), _calib(), QuantConfig(group_size=16))
+
+
+def _reference_quantize(model, calib, cfg, true_sequential):
+    """The reference driver, written plainly: for each block and group, run the whole block over
+    all batches with hooks on every linear of the group, solve, and finally run the block again."""
+    from llmshrink.blockwise import capture_block_inputs, run_block
+    from llmshrink.quant.gptq import accumulate_hessian, gptq_quantize
+
+    arch = arch_of(model)
+    inputs = capture_block_inputs(model, arch, list(calib.split(4)))
+    results = {}
+    for i, block in enumerate(arch.blocks(model)):
+        groups = arch.sequential if true_sequential else (arch.linear_names,)
+        for group in groups:
+            H = {n: [None, 0] for n in group}
+            hooks = [block.get_submodule(n).register_forward_pre_hook(
+                lambda _m, a, n=n, H=H: H[n].__setitem__(slice(0, 2), accumulate_hessian(*H[n], a[0]))) for n in group]
+            run_block(block, inputs)
+            for h in hooks:
+                h.remove()
+            for n in group:
+                mod = block.get_submodule(n)
+                res = gptq_quantize(mod.weight.data, H[n][0], cfg)
+                mod.weight.data = res.dequantize()
+                results[f"model.layers.{i}.{n}"] = res
+        inputs.hidden = run_block(block, inputs)
+    return results
+
+
+@pytest.mark.parametrize("true_sequential", [True, False])
+def test_staged_driver_matches_the_reference_driver(true_sequential):
+    """The staged driver (shared Hessians per group, early stops, replayed attention) solves the
+    same problems as running every block in full for every group."""
+    cfg = QuantConfig(bits=3, group_size=16)
+    calib = _calib(n=8)
+    ref_model, model = make_tiny_model(64, layers=3), make_tiny_model(64, layers=3)
+    model.load_state_dict(ref_model.state_dict())
+    expected = _reference_quantize(ref_model, calib, cfg, true_sequential)
+    report = quantize_model(model, arch_of(model), calib, cfg, batch_size=4, true_sequential=true_sequential)
+    assert report.results.keys() == expected.keys()
+    for name, res in report.results.items():
+        differ = (res.q != expected[name].q).float().mean()
+        assert differ < 1e-3, f"{name}: {differ:.2%} of codes differ"
+        torch.testing.assert_close(res.scales, expected[name].scales, rtol=1e-4, atol=1e-6)
+    ids = calib[:2]
+    torch.testing.assert_close(model(ids).logits, ref_model(ids).logits, rtol=1e-3, atol=1e-3)
+
+
+def test_group_members_read_the_same_input():
+    """The driver's shared Hessian per group rests on this property of LLaMA-family blocks."""
+    model = make_tiny_model(64)
+    arch = arch_of(model)
+    block = arch.blocks(model)[0]
+    seen = {}
+    hooks = [block.get_submodule(n).register_forward_pre_hook(lambda _m, a, n=n: seen.__setitem__(n, a[0]))
+             for n in arch.linear_names]
+    model(_calib(n=2))
+    for h in hooks:
+        h.remove()
+    for group in arch.sequential:
+        for n in group[1:]:
+            assert torch.equal(seen[n], seen[group[0]]), n
+
+
+def test_rtn_needs_no_calibration_and_rounds_the_same():
+    cfg = QuantConfig(method="rtn", bits=4, group_size=16)
+    a, b = make_tiny_model(64, layers=2), make_tiny_model(64, layers=2)
+    b.load_state_dict(a.state_dict())
+    with_calib = quantize_model(a, arch_of(a), _calib(), cfg)
+    without = quantize_model(b, arch_of(b), None, cfg)
+    assert all(r.loss is None for r in without.layers) and all(r.loss > 0 for r in with_calib.layers)
+    for name, res in without.results.items():
+        assert torch.equal(res.q, with_calib.results[name].q)
+    with pytest.raises(UserError, match="needs calibration"):
+        quantize_model(b, arch_of(b), None, QuantConfig(method="gptq"))

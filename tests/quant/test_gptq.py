@@ -96,3 +96,20 @@ def test_mse_search_never_worse_per_row():
 def test_quant_config_validation(kwargs, match):
     with pytest.raises(UserError, match=match):
         QuantConfig(**kwargs)
+
+
+def test_mse_search_weighted_by_column_importance():
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(64, 32, generator=g)
+    cw = torch.full((32,), 1e-3)
+    cw[:4] = 1.0  # four columns carry almost all the input energy
+
+    def err(grid, cols):
+        return (grid.dequantize(grid.quantize(w, 7)) - w)[:, cols].pow(2).sum()
+
+    plain = fit_grid(w, 7, sym=True, mse=True)
+    weighted = fit_grid(w, 7, sym=True, mse=True, col_weight=cw)
+    assert err(weighted, slice(0, 4)) < err(plain, slice(0, 4))
+    weighted_error_total = ((weighted.dequantize(weighted.quantize(w, 7)) - w).abs().pow(2.4) * cw).sum()
+    plain_error_total = ((plain.dequantize(plain.quantize(w, 7)) - w).abs().pow(2.4) * cw).sum()
+    assert weighted_error_total <= plain_error_total

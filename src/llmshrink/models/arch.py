@@ -32,11 +32,19 @@ class ArchSpec:
     norm: str = "model.norm"
     lm_head: str = "lm_head"
     rotary: str = "model.rotary_emb"
+    # Linear layers in the order a block runs them; the layers of one group read the same input
+    # (q/k/v the normed hidden states, gate/up the normed residual), so they share one Hessian.
     sequential: tuple[tuple[str, ...], ...] = LLAMA_SEQUENTIAL
+    # Sub-modules whose output the quantization driver may replay once all their linears are
+    # quantized, instead of running them again for later groups (attention, above all).
+    parts: tuple[str, ...] = ("self_attn", "mlp")
 
     @property
     def linear_names(self) -> tuple[str, ...]:
         return tuple(name for group in self.sequential for name in group)
+
+    def part_linears(self, part: str) -> tuple[str, ...]:
+        return tuple(n for n in self.linear_names if n.startswith(part + "."))
 
     def blocks(self, model: torch.nn.Module) -> torch.nn.ModuleList:
         return model.get_submodule(self.layers)  # type: ignore[return-value]

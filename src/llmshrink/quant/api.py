@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..blockwise import BlockInputs, run_block, walk_blocks
+from ..blockwise import BlockInputs, walk_blocks
 from ..config import QuantConfig
 from ..errors import UserError
 from ..models.arch import ArchSpec
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 class LayerRecord:
     name: str
     shape: tuple[int, int]
-    loss: float  # H-weighted reconstruction error
+    loss: float | None  # H-weighted reconstruction error (None: RTN without calibration)
     rtn_loss: float | None  # the same for round-to-nearest, for comparison (GPTQ only)
     damp: float
     seconds: float
@@ -45,65 +45,164 @@ class QuantizeReport:
     seconds: float = 0.0
 
 
-@contextlib.contextmanager
-def _hessian_hooks(modules: dict[str, torch.nn.Linear]) -> Iterator[dict[str, list]]:
-    state: dict[str, list] = {name: [None, 0] for name in modules}
+class _Stop(Exception):
+    """Raised by the last Hessian hook of a stage: nothing after that point is needed yet."""
 
-    def make(name):
+
+class _Replay(torch.nn.Module):
+    """Stands in for a finished sub-module: returns the output it gave for the current batch."""
+
+    def __init__(self, outputs: list, cursor: list[int]):
+        super().__init__()
+        self.outputs, self.cursor = outputs, cursor
+
+    def forward(self, *args, **kwargs):
+        return self.outputs[self.cursor[0]]
+
+
+@contextlib.contextmanager
+def _staged(block: torch.nn.Module, hessians: dict[str, list], stop_at: str, replay: dict[str, list],
+            record: dict[str, list], cursor: list[int]) -> Iterator[None]:
+    """Within the block: accumulate the Hessians of the named linears' inputs, stop the forward
+    pass at ``stop_at``'s input, stand finished parts in by their recorded outputs, and record
+    the outputs of parts that have just been finished."""
+    handles, swapped = [], {}
+
+    def make_hessian_hook(name):
         def hook(_m, args):
-            x = args[0]
-            if not torch.isfinite(x).all():
-                raise UserError(f"non-finite activations enter {name}: the model or its inputs hold NaN/inf")
-            state[name][0], state[name][1] = accumulate_hessian(state[name][0], state[name][1], x)
+            state = hessians[name]
+            state[0], state[1] = accumulate_hessian(state[0], state[1], args[0])
+            if name == stop_at:
+                raise _Stop
 
         return hook
 
-    handles = [m.register_forward_pre_hook(make(n)) for n, m in modules.items()]
+    def make_record_hook(part):
+        def hook(_m, _args, output):
+            record[part].append(output)
+
+        return hook
+
     try:
-        yield state
+        for name in hessians:
+            handles.append(block.get_submodule(name).register_forward_pre_hook(make_hessian_hook(name)))
+        for part in record:
+            handles.append(block.get_submodule(part).register_forward_hook(make_record_hook(part)))
+        for part, outputs in replay.items():
+            swapped[part] = block.get_submodule(part)
+            block.set_submodule(part, _Replay(outputs, cursor))
+        yield
     finally:
         for h in handles:
             h.remove()
+        for part, module in swapped.items():
+            block.set_submodule(part, module)
 
 
+def _solve_group(i: int, block: torch.nn.Module, group: tuple[str, ...], H: torch.Tensor, arch: ArchSpec,
+                 cfg: QuantConfig, report: QuantizeReport) -> None:
+    for name in group:
+        mod = block.get_submodule(name)
+        full = f"{arch.layers}.{i}.{name}"
+        W = mod.weight.data
+        if not torch.isfinite(W).all():
+            raise UserError(f"non-finite weights in {full}: the model file is damaged")
+        t0 = time.perf_counter()
+        rtn = rtn_quantize(W, cfg, H)
+        res = gptq_quantize(W, H, cfg) if cfg.method == "gptq" else rtn
+        mod.weight.data = res.dequantize().to(W.dtype).reshape(W.shape)
+        report.results[full] = res
+        report.layers.append(LayerRecord(full, tuple(W.shape), res.loss,
+                                         rtn.loss if cfg.method == "gptq" else None, res.damp,
+                                         time.perf_counter() - t0))
+        log.debug("%s: loss %.4g (rtn %.4g)", full, res.loss, rtn.loss)
+
+
+@torch.no_grad()
 def quantize_block(i: int, block: torch.nn.Module, inputs: BlockInputs, arch: ArchSpec, cfg: QuantConfig,
-                   report: QuantizeReport, *, true_sequential: bool = True) -> None:
-    groups = arch.sequential if true_sequential else (arch.linear_names,)
-    for group in groups:
-        mods = {name: block.get_submodule(name) for name in group}
-        with _hessian_hooks(mods) as state:
-            run_block(block, inputs)
-        for name, mod in mods.items():
-            full = f"{arch.layers}.{i}.{name}"
-            W = mod.weight.data
-            if not torch.isfinite(W).all():
-                raise UserError(f"non-finite weights in {full}: the model file is damaged")
-            H = state[name][0]
-            t0 = time.perf_counter()
-            rtn = rtn_quantize(W, cfg, H)
-            res = gptq_quantize(W, H, cfg) if cfg.method == "gptq" else rtn
-            mod.weight.data = res.dequantize().to(W.dtype).reshape(W.shape)
-            report.results[full] = res
-            report.layers.append(LayerRecord(full, tuple(W.shape), res.loss,
-                                             rtn.loss if cfg.method == "gptq" else None, res.damp,
-                                             time.perf_counter() - t0))
-            log.debug("%s: loss %.4g (rtn %.4g)", full, res.loss, rtn.loss)
+                   report: QuantizeReport, *, true_sequential: bool = True) -> list[torch.Tensor]:
+    """Quantize one block in place and return its (quantized) outputs for the next block.
+
+    True-sequential: one stage per group of linears. A stage runs the calibration batches through
+    the block only as far as its group's input (the hook stops the pass there), accumulates the
+    group's one shared Hessian, and solves the group. Parts whose linears are all quantized
+    (attention, once o_proj is done) are recorded the next time they run and then replayed, so
+    attention runs twice per block, not once per group, and no linear runs after the last group
+    needs it. Without true-sequential, one stage collects all Hessians from the original block.
+    """
+    groups = arch.sequential
+    stages = [[g] for g in groups] if true_sequential else [list(groups)]
+    done: set[str] = set()
+    replay: dict[str, list] = {}
+    cursor = [0]
+
+    def finished_parts() -> list[str]:
+        return [p for p in arch.parts if p not in replay and set(arch.part_linears(p)) <= done]
+
+    for stage in stages:
+        hessians = {g[0]: [None, 0] for g in stage}
+        record = {p: [] for p in finished_parts()}
+        with _staged(block, hessians, stage[-1][0], replay, record, cursor):
+            for b, (h, kw) in enumerate(zip(inputs.hidden, inputs.kwargs, strict=True)):
+                cursor[0] = b
+                with contextlib.suppress(_Stop):
+                    block(h, **kw)
+        replay.update({p: outs for p, outs in record.items() if len(outs) == len(inputs.hidden)})
+        for g in stage:
+            if not torch.isfinite(hessians[g[0]][0]).all():  # NaN/inf in any input reaches H
+                raise UserError(f"non-finite activations enter {arch.layers}.{i}.{g[0]}: "
+                                "the model or its inputs hold NaN/inf")
+            _solve_group(i, block, g, hessians[g[0]][0], arch, cfg, report)
+            done.update(g)
+
+    outs = []
+    with _staged(block, {}, "", replay, {}, cursor):
+        for b, (h, kw) in enumerate(zip(inputs.hidden, inputs.kwargs, strict=True)):
+            cursor[0] = b
+            out = block(h, **kw)
+            outs.append(out[0] if isinstance(out, tuple) else out)
+    if not all(torch.isfinite(o).all() for o in outs):
+        raise UserError(f"non-finite outputs from quantized block {arch.layers}.{i}: use more bits or calibration data")
+    return outs
 
 
-def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor, cfg: QuantConfig, *,
+def _rtn_block(i: int, block: torch.nn.Module, arch: ArchSpec, cfg: QuantConfig, report: QuantizeReport) -> None:
+    """Round-to-nearest needs no calibration: each weight is rounded on its own grid."""
+    for name in arch.linear_names:
+        mod, full = block.get_submodule(name), f"{arch.layers}.{i}.{name}"
+        W = mod.weight.data
+        if not torch.isfinite(W).all():
+            raise UserError(f"non-finite weights in {full}: the model file is damaged")
+        t0 = time.perf_counter()
+        res = rtn_quantize(W, cfg)
+        mod.weight.data = res.dequantize().to(W.dtype).reshape(W.shape)
+        report.results[full] = res
+        report.layers.append(LayerRecord(full, tuple(W.shape), None, None, 0.0, time.perf_counter() - t0))
+
+
+def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor | None, cfg: QuantConfig, *,
                    blocks: range | None = None, batch_size: int = 8, true_sequential: bool = True,
                    progress=None) -> QuantizeReport:
-    """Quantize ``blocks`` (default all) of ``model`` in place, calibrating on ``calib`` [n, seqlen]."""
+    """Quantize ``blocks`` (default all) of ``model`` in place, calibrating on ``calib`` [n, seqlen].
+
+    RTN without ``calib`` rounds the weights directly; with ``calib`` it is run through the same
+    driver as GPTQ so that its H-weighted loss is reported for comparison."""
     n_layers = len(arch.blocks(model))
     todo = blocks if blocks is not None else range(n_layers)
     if len(todo) == 0 or todo.start < 0 or todo.stop > n_layers:
         raise UserError(f"block range {todo.start}:{todo.stop} is outside the model's {n_layers} blocks")
     t0 = time.perf_counter()
     report = QuantizeReport(cfg, list(todo))
-    batches = list(calib.split(batch_size))
-    walk_blocks(model, arch, batches,
-                lambda i, block, inputs: quantize_block(i, block, inputs, arch, cfg, report,
-                                                        true_sequential=true_sequential),
-                blocks=todo, progress=progress)
+    if calib is None:
+        if cfg.method != "rtn":
+            raise UserError(f"{cfg.method} needs calibration data")
+        layers = arch.blocks(model)
+        for i in progress(todo, desc="blocks", unit="block") if progress else todo:
+            _rtn_block(i, layers[i], arch, cfg, report)
+    else:
+        walk_blocks(model, arch, list(calib.split(batch_size)),
+                    lambda i, block, inputs: quantize_block(i, block, inputs, arch, cfg, report,
+                                                            true_sequential=true_sequential),
+                    blocks=todo, progress=progress)
     report.seconds = time.perf_counter() - t0
     return report

@@ -10,13 +10,15 @@ What differs from the reference:
 - a group size that does not divide the width makes the last group shorter (no padding);
 - if the Cholesky factorisation fails (H not positive-definite after damping), damping is raised
   tenfold and the solve retried, up to ``max_retries`` times; the damping used is returned;
-- the loss reported is the H-weighted reconstruction error tr((W−Q) H (W−Q)ᵀ) on the undamped H.
+- the loss reported is the H-weighted reconstruction error tr((W−Q) H (W−Q)ᵀ) on the undamped H;
+- a group's grid is fitted on its columns with every update made so far, lazy ones included;
+- the optional MSE range search (the reference's ``grid``/``maxshrink``) weights each column's
+  error by the Hessian diagonal.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import torch
@@ -44,15 +46,17 @@ class QuantResult:
 
 
 def accumulate_hessian(H: torch.Tensor | None, n: int, x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Running ``H = 2/n Σ x xᵀ`` over the rows of ``x`` [..., in]; returns (H, n)."""
-    x = x.reshape(-1, x.shape[-1]).double()
+    """Running ``H = 2/n Σ x xᵀ`` over the rows of ``x`` [..., in]; returns (H, n).
+
+    Each batch's product is formed in float32 (the cost of quantization is dominated by these
+    products and the forward passes) and summed into a float64 ``H``."""
+    x = x.reshape(-1, x.shape[-1]).float()
     m = x.shape[0]
     if H is None:
         H = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
     H *= n / (n + m)
     n += m
-    x = x * math.sqrt(2 / n)
-    H += x.T @ x
+    H += (x.T @ x).double() * (2 / n)
     return H, n
 
 
@@ -97,13 +101,15 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, max_ret
     gs = in_f if cfg.group_size == -1 else cfg.group_size
     static: list[Grid] | None = None
     if cfg.static_groups and cfg.group_size != -1:
-        static = [fit_grid(W[:, a:b], maxq, sym=cfg.sym, mse=cfg.mse) for a, b in bounds]
+        hd = torch.diag(H).float()
+        static = [fit_grid(W[:, a:b], maxq, sym=cfg.sym, mse=cfg.mse, col_weight=hd[a:b]) for a, b in bounds]
 
     perm = None
     if cfg.act_order:
         perm = torch.argsort(torch.diag(H), descending=True)
         W, H = W[:, perm], H[perm][:, perm]
 
+    hdiag = torch.diag(H).float()  # weights of the MSE grid search, in solve order
     Hinv, damp = _inverse_cholesky(H, cfg.damp, max_retries)
     Hinv = Hinv.float()
 
@@ -127,7 +133,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, max_ret
                 g = col // gs
                 if col % gs == 0:
                     grid = fit_grid(_group_columns(W, W1, Err1, Hinv, i1, i, i2, min(col + gs, in_f)),
-                                    maxq, sym=cfg.sym, mse=cfg.mse)
+                                    maxq, sym=cfg.sym, mse=cfg.mse, col_weight=hdiag[col: min(col + gs, in_f)])
                     grids[g] = grid
             assert grid is not None
             w = W1[:, i]

@@ -42,9 +42,12 @@ def _range_grid(xmin: torch.Tensor, xmax: torch.Tensor, maxq: int, sym: bool) ->
     return Grid(scale, zero)
 
 
-def fit_grid(w: torch.Tensor, maxq: int, *, sym: bool, mse: bool = False,
+def fit_grid(w: torch.Tensor, maxq: int, *, sym: bool, mse: bool = False, col_weight: torch.Tensor | None = None,
              grid_steps: int = 100, max_shrink: float = 0.8, norm: float = 2.4) -> Grid:
-    """Fit one grid per row of ``w`` [rows, cols] (the range always includes 0)."""
+    """Fit one grid per row of ``w`` [rows, cols] (the range always includes 0).
+
+    ``col_weight`` [cols] weights each column's error in the MSE search (GPTQ passes the
+    Hessian diagonal: errors on inputs with more energy cost more)."""
     w = w.float()
     xmin = torch.clamp(w.min(dim=1).values, max=0)
     xmax = torch.clamp(w.max(dim=1).values, min=0)
@@ -55,7 +58,8 @@ def fit_grid(w: torch.Tensor, maxq: int, *, sym: bool, mse: bool = False,
     for i in range(int(max_shrink * grid_steps)):
         p = 1 - i / grid_steps
         cand = _range_grid(p * xmin, p * xmax, maxq, sym)
-        err = (cand.dequantize(cand.quantize(w, maxq)) - w).abs().pow(norm).sum(dim=1)
+        err = (cand.dequantize(cand.quantize(w, maxq)) - w).abs().pow(norm)
+        err = (err * col_weight).sum(dim=1) if col_weight is not None else err.sum(dim=1)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best.scale = torch.where(better, cand.scale, best.scale)

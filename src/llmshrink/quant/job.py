@@ -59,15 +59,19 @@ def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Pat
         raise UserError(f"the folder {out.parent} does not exist: create it or choose another --out")
     n_layers = len(lm.arch.blocks(lm.model))
     todo = parse_blocks(blocks, n_layers)
-    stream = tokenize_corpus(load_corpus(calib.data), lm.tokenizer)
-    windows = sample_windows(stream, calib.nsamples, calib.seqlen, seed=calib.seed, bos=bos_id(lm.tokenizer),
-                             name=f"calibration corpus {calib.data}")
-    log.info("calibrating on %d x %d tokens of %s; blocks %d:%d", *windows.shape, calib.data, todo.start, todo.stop)
+    windows = None
+    if cfg.method != "rtn":  # RTN rounds weights alone; no calibration pass
+        stream = tokenize_corpus(load_corpus(calib.data), lm.tokenizer)
+        windows = sample_windows(stream, calib.nsamples, calib.seqlen, seed=calib.seed,
+                                 bos=bos_id(lm.tokenizer), name=f"calibration corpus {calib.data}")
+        log.info("calibrating on %d x %d tokens of %s", *windows.shape, calib.data)
+    log.info("quantizing blocks %d:%d with %s", todo.start, todo.stop, cfg.method)
     t0 = time.perf_counter()
     report = quantize_model(lm.model, lm.arch, windows, cfg, blocks=todo, batch_size=calib.batch_size,
                             progress=progress)
     layers = "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in report.layers)
-    run = {"model": lm.name, "config": cfg.to_dict(), "calibration": dataclasses.asdict(calib),
+    run = {"model": lm.name, "config": cfg.to_dict(),
+           "calibration": dataclasses.asdict(calib) if windows is not None else None,
            "blocks": [todo.start, todo.stop], "quantize_seconds": report.seconds}
     saved = save_quantized(lm.model, lm.tokenizer, report, out,
                            extra_files={"quantize_layers.jsonl": layers,

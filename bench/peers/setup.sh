@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Build the peers' virtual environment, separate from llmshrink's own:
+#   bash bench/peers/setup.sh            -> bench/peers/.venv with GPTQModel (CPU) and llmshrink
+# GPTQModel 7.6.0 is the newest release that accepts torch 2.13.0; torch is pinned with a
+# constraints file so pip never swaps in a CUDA build. AutoGPTQ 0.7.1 refuses to quantize
+# without CUDA, so it is not installed on CPU-only machines.
+# Env: PYTHON (default python3.11), PEER_VENV (default bench/peers/.venv), TORCH_INDEX_URL.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+VENV=${PEER_VENV:-bench/peers/.venv}
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+py="$VENV/bin/python"
+constraints=$(mktemp)
+trap 'rm -f "$constraints"' EXIT
+echo "torch==2.13.0" > "$constraints"
+pip=("$py" -m pip install --quiet --disable-pip-version-check -c "$constraints")
+"$py" -c 'import torch' 2>/dev/null || "${pip[@]}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch==2.13.0
+# No CUDA toolkit here: GPTQModel's setup builds no extension when BUILD_CUDA_EXT=0.
+BUILD_CUDA_EXT=0 "${pip[@]}" --no-build-isolation gptqmodel==7.6.0 || BUILD_CUDA_EXT=0 "${pip[@]}" gptqmodel==7.6.0
+"${pip[@]}" -e .
+"$py" -c 'import gptqmodel, torch; print("gptqmodel", gptqmodel.__version__, "torch", torch.__version__)'
