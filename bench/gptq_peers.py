@@ -10,7 +10,7 @@ to exit, peak RSS from the kernel); then llmshrink's evaluator on shakespeare:ev
 original model and every checkpoint. Interop: each tool's checkpoint loaded by the other tool's
 loader, scored on the first ``--interop-tokens`` tokens (GPTQModel's CPU kernel is slow).
 
-Results go to OUT/results.json step by step (a rerun skips finished steps; --fresh starts over)
+PEER_PYTHON names the peers' interpreter if it is not bench/peers/.venv's. Results go to OUT/results.json step by step (a rerun skips finished steps; --fresh starts over)
 and a Markdown table is printed for BENCHMARKS.md.
 """
 
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PEER_PY = ROOT / "bench" / "peers" / ".venv" / "bin" / "python"
+PEER_PY = Path(os.environ.get("PEER_PYTHON", ROOT / "bench" / "peers" / ".venv" / "bin" / "python"))
 
 
 def run(cmd: list[str], log: Path) -> dict:

@@ -80,16 +80,19 @@ Visit = Callable[[int, torch.nn.Module, BlockInputs], "list[torch.Tensor] | None
 
 
 def walk_blocks(model: torch.nn.Module, arch: ArchSpec, batches: list[torch.Tensor], visit: Visit,
-                *, blocks: range | None = None, progress=None) -> None:
+                *, blocks: range | None = None, through: int | None = None, progress=None) -> BlockInputs:
     """Call ``visit`` on each block in ``blocks`` (default all) with its inputs, propagating the
-    outputs of each block as changed by ``visit``."""
+    outputs of each block as changed by ``visit``. Stop after the last visited block or, given
+    ``through``, run blocks up to ``through`` and return their outputs (e.g. the final hidden
+    states, for the lm_head)."""
     layers = arch.blocks(model)
     todo = blocks if blocks is not None else range(len(layers))
     inputs = capture_block_inputs(model, arch, batches)
-    last = max(todo) if len(todo) else -1
-    it = progress(range(last + 1), desc="blocks", unit="block") if progress else range(last + 1)
+    end = through if through is not None else (max(todo) + 1 if len(todo) else 0)
+    it = progress(range(end), desc="blocks", unit="block") if progress else range(end)
     for i in it:
         block = layers[i]
         outs = visit(i, block, inputs) if i in todo else None
-        if i < last:
+        if i < end - 1 or through is not None:
             inputs = BlockInputs(outs if outs is not None else run_block(block, inputs), inputs.kwargs)
+    return inputs

@@ -168,6 +168,8 @@ def _quantize_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=c.seed)
     p.add_argument("--batch-size", type=int, default=c.batch_size, help="calibration windows per forward pass")
     p.add_argument("--blocks", default=None, help="blocks to quantize, A:B (default all)")
+    p.add_argument("--lm-head", action="store_true",
+                   help="quantize the lm_head too (untied from the embeddings; default: keep it full precision)")
     _model_args(p)
 
 
@@ -180,7 +182,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                       act_order=args.act_order, static_groups=args.static_groups, damp=args.damp, mse=args.mse)
     calib = CalibConfig(args.calib, args.nsamples, args.seqlen, args.seed, args.batch_size)
     lm = _load(args)
-    report, out = run_quantize(lm, cfg, calib, args.out, blocks=args.blocks, progress=_progress())
+    report, out = run_quantize(lm, cfg, calib, args.out, blocks=args.blocks, lm_head=args.lm_head,
+                               progress=_progress())
     def total(values) -> str:
         values = [v for v in values if v is not None]
         return f"{sum(values):.4g}" if values else "-"

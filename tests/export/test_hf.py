@@ -7,7 +7,7 @@ from safetensors import safe_open
 from llmshrink.config import QuantConfig
 from llmshrink.errors import UserError
 from llmshrink.eval.perplexity import perplexity
-from llmshrink.export.hf import save_quantized
+from llmshrink.export.hf import check_packable, save_quantized
 from llmshrink.models.arch import arch_of
 from llmshrink.models.load import load_model
 from llmshrink.quant.api import quantize_model
@@ -56,3 +56,35 @@ def test_save_into_missing_folder(tmp_path, tokenizer):
     with pytest.raises(UserError, match="does not exist"):
         save_quantized(model, tokenizer, report, tmp_path / "no" / "such" / "dir")
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_quantized_lm_head_unties_saves_and_reloads(tmp_path, tokenizer):
+    model = make_tiny_model(320, layers=2, tie=True)  # a vocabulary the packing can hold (x8)
+    embed_before = model.model.embed_tokens.weight.detach().clone()
+    calib = torch.randint(0, len(tokenizer), (8, 32), generator=torch.Generator().manual_seed(0))
+    report = quantize_model(model, arch_of(model), calib, QuantConfig(bits=4, group_size=16), lm_head=True)
+    assert "lm_head" in report.results and report.layers[-1].name == "lm_head"
+    assert report.layers[-1].loss < report.layers[-1].rtn_loss
+    assert torch.equal(model.model.embed_tokens.weight, embed_before)  # the embeddings are untouched
+    assert not torch.equal(model.lm_head.weight, embed_before)
+    ids = torch.randint(0, len(tokenizer), (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(ids).logits
+    out = save_quantized(model, tokenizer, report, tmp_path / "q")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["quantization_config"]["lm_head"] is True and cfg["tie_word_embeddings"] is False
+    lm = load_model(str(out))
+    assert isinstance(lm.model.lm_head, QuantLinear)
+    with torch.no_grad():
+        torch.testing.assert_close(lm.model(ids).logits, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(lm.model.model.embed_tokens.weight, embed_before)
+
+
+def test_unpackable_layers_are_refused_before_any_work():
+    model = make_tiny_model(300)
+    arch = arch_of(model)
+    check_packable(model, arch, range(2), False, 4)
+    with pytest.raises(UserError, match=r"lm_head is 300x32: 4-bit GPTQ packing .* multiples of 8; leave --lm-head off"):
+        check_packable(model, arch, range(2), True, 4)
+    with pytest.raises(UserError, match=r"k_proj is 16x32: 3-bit GPTQ packing .* multiples of 32; choose other bits"):
+        check_packable(model, arch, range(1, 2), False, 3)

@@ -15,9 +15,25 @@ import torch
 
 from ..config import QuantConfig
 from ..errors import UserError
+from ..models.arch import ArchSpec
 from ..paths import atomic_dir
 from ..quant.api import QuantizeReport
+from ..quant.pack import packing_multiple
 from ..quant.qlinear import QuantLinear
+
+
+def check_packable(model: torch.nn.Module, arch: ArchSpec, todo: range, lm_head: bool, bits: int) -> None:
+    """Refuse, before hours of quantization, layers that the GPTQ layout cannot store."""
+    per = packing_multiple(bits)
+    layers = arch.blocks(model)
+    mods = [(f"{arch.layers}.{i}.{n}", layers[i].get_submodule(n)) for i in todo for n in arch.linear_names]
+    if lm_head:
+        mods.append((arch.lm_head, model.get_submodule(arch.lm_head)))
+    for name, mod in mods:
+        if mod.in_features % per or mod.out_features % per:
+            hint = "leave --lm-head off" if name == arch.lm_head else "choose other bits"
+            raise UserError(f"{name} is {mod.out_features}x{mod.in_features}: {bits}-bit GPTQ packing needs both "
+                            f"dimensions to be multiples of {per}; {hint}")
 
 
 def pack_model(model: torch.nn.Module, report: QuantizeReport) -> None:
@@ -39,6 +55,7 @@ def quantization_config(cfg: QuantConfig, report: QuantizeReport, *, true_sequen
         "true_sequential": true_sequential,
         "damp_percent": cfg.damp,
         "method": cfg.method,
+        "lm_head": report.lm_head,
         "quantized_modules": sorted(report.results),
     }
 

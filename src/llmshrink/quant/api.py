@@ -42,6 +42,7 @@ class QuantizeReport:
     blocks: list[int]
     results: dict[str, QuantResult] = field(default_factory=dict)
     layers: list[LayerRecord] = field(default_factory=list)
+    lm_head: bool = False
     seconds: float = 0.0
 
 
@@ -99,23 +100,26 @@ def _staged(block: torch.nn.Module, hessians: dict[str, list], stop_at: str, rep
             block.set_submodule(part, module)
 
 
-def _solve_group(i: int, block: torch.nn.Module, group: tuple[str, ...], H: torch.Tensor, arch: ArchSpec,
-                 cfg: QuantConfig, report: QuantizeReport) -> None:
-    for name in group:
-        mod = block.get_submodule(name)
-        full = f"{arch.layers}.{i}.{name}"
-        W = mod.weight.data
-        if not torch.isfinite(W).all():
-            raise UserError(f"non-finite weights in {full}: the model file is damaged")
-        t0 = time.perf_counter()
-        rtn = rtn_quantize(W, cfg, H)
-        res = gptq_quantize(W, H, cfg) if cfg.method == "gptq" else rtn
-        mod.weight.data = res.dequantize().to(W.dtype).reshape(W.shape)
-        report.results[full] = res
-        report.layers.append(LayerRecord(full, tuple(W.shape), res.loss,
-                                         rtn.loss if cfg.method == "gptq" else None, res.damp,
-                                         time.perf_counter() - t0))
-        log.debug("%s: loss %.4g (rtn %.4g)", full, res.loss, rtn.loss)
+def _solve(mod: torch.nn.Linear, full: str, H: torch.Tensor | None, cfg: QuantConfig,
+           report: QuantizeReport) -> None:
+    """Quantize one linear layer in place (GPTQ with ``H``; RTN scored on ``H`` if given)."""
+    W = mod.weight.data
+    if not torch.isfinite(W).all():
+        raise UserError(f"non-finite weights in {full}: the model file is damaged")
+    t0 = time.perf_counter()
+    rtn = rtn_quantize(W, cfg, H)
+    res = gptq_quantize(W, H, cfg) if cfg.method == "gptq" else rtn
+    mod.weight.data = res.dequantize().to(W.dtype).reshape(W.shape)
+    report.results[full] = res
+    report.layers.append(LayerRecord(full, tuple(W.shape), res.loss if H is not None else None,
+                                     rtn.loss if cfg.method == "gptq" else None, res.damp,
+                                     time.perf_counter() - t0))
+    log.debug("%s: loss %.4g (rtn %.4g)", full, res.loss, rtn.loss)
+
+
+def _check_hessian(H: torch.Tensor, full: str) -> None:
+    if not torch.isfinite(H).all():  # NaN/inf in any input reaches H
+        raise UserError(f"non-finite activations enter {full}: the model or its inputs hold NaN/inf")
 
 
 @torch.no_grad()
@@ -149,10 +153,10 @@ def quantize_block(i: int, block: torch.nn.Module, inputs: BlockInputs, arch: Ar
                     block(h, **kw)
         replay.update({p: outs for p, outs in record.items() if len(outs) == len(inputs.hidden)})
         for g in stage:
-            if not torch.isfinite(hessians[g[0]][0]).all():  # NaN/inf in any input reaches H
-                raise UserError(f"non-finite activations enter {arch.layers}.{i}.{g[0]}: "
-                                "the model or its inputs hold NaN/inf")
-            _solve_group(i, block, g, hessians[g[0]][0], arch, cfg, report)
+            H = hessians[g[0]][0]
+            _check_hessian(H, f"{arch.layers}.{i}.{g[0]}")
+            for name in g:
+                _solve(block.get_submodule(name), f"{arch.layers}.{i}.{name}", H, cfg, report)
             done.update(g)
 
     outs = []
@@ -166,43 +170,58 @@ def quantize_block(i: int, block: torch.nn.Module, inputs: BlockInputs, arch: Ar
     return outs
 
 
-def _rtn_block(i: int, block: torch.nn.Module, arch: ArchSpec, cfg: QuantConfig, report: QuantizeReport) -> None:
-    """Round-to-nearest needs no calibration: each weight is rounded on its own grid."""
-    for name in arch.linear_names:
-        mod, full = block.get_submodule(name), f"{arch.layers}.{i}.{name}"
-        W = mod.weight.data
-        if not torch.isfinite(W).all():
-            raise UserError(f"non-finite weights in {full}: the model file is damaged")
-        t0 = time.perf_counter()
-        res = rtn_quantize(W, cfg)
-        mod.weight.data = res.dequantize().to(W.dtype).reshape(W.shape)
-        report.results[full] = res
-        report.layers.append(LayerRecord(full, tuple(W.shape), None, None, 0.0, time.perf_counter() - t0))
+def _untied_head(model: torch.nn.Module, arch: ArchSpec) -> torch.nn.Linear:
+    """The lm_head, with a weight of its own: quantizing it must not touch tied embeddings."""
+    head = model.get_submodule(arch.lm_head)
+    if head.weight is model.get_submodule(arch.embed).weight:
+        head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=False)
+    if getattr(model, "config", None) is not None:
+        model.config.tie_word_embeddings = False
+    return head
+
+
+@torch.no_grad()
+def _quantize_head(model: torch.nn.Module, arch: ArchSpec, final: BlockInputs | None, cfg: QuantConfig,
+                   report: QuantizeReport) -> None:
+    head = _untied_head(model, arch)
+    H = None
+    if final is not None:
+        norm, n = model.get_submodule(arch.norm), 0
+        for h in final.hidden:
+            H, n = accumulate_hessian(H, n, norm(h))
+        _check_hessian(H, arch.lm_head)
+    _solve(head, arch.lm_head, H, cfg, report)
 
 
 def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor | None, cfg: QuantConfig, *,
                    blocks: range | None = None, batch_size: int = 8, true_sequential: bool = True,
-                   progress=None) -> QuantizeReport:
-    """Quantize ``blocks`` (default all) of ``model`` in place, calibrating on ``calib`` [n, seqlen].
+                   lm_head: bool = False, progress=None) -> QuantizeReport:
+    """Quantize ``blocks`` (default all) of ``model`` in place, calibrating on ``calib`` [n, seqlen];
+    with ``lm_head`` the output projection too (untied from the embeddings), calibrated on the
+    final norm's outputs of the quantized model.
 
     RTN without ``calib`` rounds the weights directly; with ``calib`` it is run through the same
     driver as GPTQ so that its H-weighted loss is reported for comparison."""
-    n_layers = len(arch.blocks(model))
+    layers = arch.blocks(model)
+    n_layers = len(layers)
     todo = blocks if blocks is not None else range(n_layers)
     if len(todo) == 0 or todo.start < 0 or todo.stop > n_layers:
         raise UserError(f"block range {todo.start}:{todo.stop} is outside the model's {n_layers} blocks")
     t0 = time.perf_counter()
-    report = QuantizeReport(cfg, list(todo))
+    report = QuantizeReport(cfg, list(todo), lm_head=lm_head)
+    final = None
     if calib is None:
         if cfg.method != "rtn":
             raise UserError(f"{cfg.method} needs calibration data")
-        layers = arch.blocks(model)
         for i in progress(todo, desc="blocks", unit="block") if progress else todo:
-            _rtn_block(i, layers[i], arch, cfg, report)
+            for name in arch.linear_names:
+                _solve(layers[i].get_submodule(name), f"{arch.layers}.{i}.{name}", None, cfg, report)
     else:
-        walk_blocks(model, arch, list(calib.split(batch_size)),
-                    lambda i, block, inputs: quantize_block(i, block, inputs, arch, cfg, report,
-                                                            true_sequential=true_sequential),
-                    blocks=todo, progress=progress)
+        final = walk_blocks(model, arch, list(calib.split(batch_size)),
+                            lambda i, block, inputs: quantize_block(i, block, inputs, arch, cfg, report,
+                                                                    true_sequential=true_sequential),
+                            blocks=todo, through=n_layers if lm_head else None, progress=progress)
+    if lm_head:
+        _quantize_head(model, arch, final, cfg, report)
     report.seconds = time.perf_counter() - t0
     return report

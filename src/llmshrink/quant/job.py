@@ -51,14 +51,15 @@ def parse_blocks(spec: str | None, n_layers: int) -> range:
 
 
 def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Path, *, blocks: str | None = None,
-                 progress=None) -> tuple[QuantizeReport, Path]:
-    from ..export.hf import save_quantized
+                 lm_head: bool = False, progress=None) -> tuple[QuantizeReport, Path]:
+    from ..export.hf import check_packable, save_quantized
 
     out = Path(out)
     if not out.parent.is_dir():
         raise UserError(f"the folder {out.parent} does not exist: create it or choose another --out")
     n_layers = len(lm.arch.blocks(lm.model))
     todo = parse_blocks(blocks, n_layers)
+    check_packable(lm.model, lm.arch, todo, lm_head, cfg.bits)
     windows = None
     if cfg.method != "rtn":  # RTN rounds weights alone; no calibration pass
         stream = tokenize_corpus(load_corpus(calib.data), lm.tokenizer)
@@ -68,11 +69,11 @@ def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Pat
     log.info("quantizing blocks %d:%d with %s", todo.start, todo.stop, cfg.method)
     t0 = time.perf_counter()
     report = quantize_model(lm.model, lm.arch, windows, cfg, blocks=todo, batch_size=calib.batch_size,
-                            progress=progress)
+                            lm_head=lm_head, progress=progress)
     layers = "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in report.layers)
     run = {"model": lm.name, "config": cfg.to_dict(),
            "calibration": dataclasses.asdict(calib) if windows is not None else None,
-           "blocks": [todo.start, todo.stop], "quantize_seconds": report.seconds}
+           "blocks": [todo.start, todo.stop], "lm_head": lm_head, "quantize_seconds": report.seconds}
     saved = save_quantized(lm.model, lm.tokenizer, report, out,
                            extra_files={"quantize_layers.jsonl": layers,
                                         "llmshrink_quantize.json": json.dumps(run, indent=2) + "\n"})

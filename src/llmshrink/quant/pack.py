@@ -22,6 +22,11 @@ def _block(bits: int) -> int:
     return 32 // bits if 32 % bits == 0 else 32
 
 
+def packing_multiple(bits: int) -> int:
+    """Both dimensions of a packed layer (qweight: in; qzeros: out) must be multiples of this."""
+    return _block(bits)
+
+
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack integer codes [n, m] along dim 0 into int32 [n · bits / 32, m]."""
     n, m = codes.shape
