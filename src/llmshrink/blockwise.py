@@ -77,10 +77,13 @@ def run_block(block: torch.nn.Module, inputs: BlockInputs) -> list[torch.Tensor]
 
 # A visit may return the block's outputs (as it computed them anyway) to spare the driver a pass.
 Visit = Callable[[int, torch.nn.Module, BlockInputs], "list[torch.Tensor] | None"]
+# Called before a block is first used (e.g. to read its weights from disk: ``models.lazy``).
+Prepare = Callable[[int, torch.nn.Module], None]
 
 
 def walk_blocks(model: torch.nn.Module, arch: ArchSpec, batches: list[torch.Tensor], visit: Visit,
-                *, blocks: range | None = None, through: int | None = None, progress=None) -> BlockInputs:
+                *, blocks: range | None = None, through: int | None = None, prepare: Prepare | None = None,
+                progress=None) -> BlockInputs:
     """Call ``visit`` on each block in ``blocks`` (default all) with its inputs, propagating the
     outputs of each block as changed by ``visit``. Stop after the last visited block or, given
     ``through``, run blocks up to ``through`` and return their outputs (e.g. the final hidden
@@ -92,6 +95,8 @@ def walk_blocks(model: torch.nn.Module, arch: ArchSpec, batches: list[torch.Tens
     it = progress(range(end), desc="blocks", unit="block") if progress else range(end)
     for i in it:
         block = layers[i]
+        if prepare is not None:
+            prepare(i, block)
         outs = visit(i, block, inputs) if i in todo else None
         if i < end - 1 or through is not None:
             inputs = BlockInputs(outs if outs is not None else run_block(block, inputs), inputs.kwargs)

@@ -180,8 +180,12 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     cfg = QuantConfig(method=args.method, bits=args.bits, group_size=args.group_size, sym=args.sym,
                       act_order=args.act_order, static_groups=args.static_groups, damp=args.damp, mse=args.mse)
+    from .models.load import load_model
+
     calib = CalibConfig(args.calib, args.nsamples, args.seqlen, args.seed, args.batch_size)
-    lm = _load(args)
+    # Blocks stay on disk until the driver reaches them: memory holds one float block at a time.
+    lm = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
+                    lazy_blocks=True)
     report, out = run_quantize(lm, cfg, calib, args.out, blocks=args.blocks, lm_head=args.lm_head,
                                progress=_progress())
     def total(values) -> str:

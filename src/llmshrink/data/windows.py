@@ -27,21 +27,28 @@ def bos_id(tokenizer) -> int | None:
     return bos if ids and ids[0] == bos else None
 
 
-def tokenize_corpus(corpus: Corpus, tokenizer, *, max_tokens: int | None = None) -> torch.Tensor:
-    """One 1-D stream of token ids (no special tokens) for the whole corpus."""
-    sep = tokenizer(SEPARATOR, add_special_tokens=False)["input_ids"]
-    texts = [d.text for d in corpus.documents]
-    encoded = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
-    stream: list[int] = []
-    for i, ids in enumerate(encoded):
-        if i:
-            stream.extend(sep)
-        stream.extend(ids)
-        if max_tokens is not None and len(stream) >= max_tokens:
+def tokenize_corpus(corpus: Corpus, tokenizer, *, max_tokens: int | None = None,
+                    docs_per_batch: int = 8) -> torch.Tensor:
+    """One 1-D stream of token ids (no special tokens) for the whole corpus.
+
+    Documents are tokenized a few at a time and kept as int64 tensors, not Python lists, so a
+    large corpus costs 8 bytes a token; with ``max_tokens`` tokenizing stops once enough is read."""
+    sep = torch.tensor(tokenizer(SEPARATOR, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    docs = corpus.documents
+    parts: list[torch.Tensor] = []
+    total = 0
+    for start in range(0, len(docs), docs_per_batch):
+        texts = [d.text for d in docs[start: start + docs_per_batch]]
+        for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]:
+            if parts:
+                parts.append(sep)
+                total += len(sep)
+            parts.append(torch.tensor(ids, dtype=torch.long))
+            total += len(ids)
+        if max_tokens is not None and total >= max_tokens:
             break
-    if max_tokens is not None:
-        stream = stream[:max_tokens]
-    return torch.tensor(stream, dtype=torch.long)
+    stream = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+    return stream[:max_tokens] if max_tokens is not None else stream
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,8 @@ def check_packable(model: torch.nn.Module, arch: ArchSpec, todo: range, lm_head:
 
 
 def pack_model(model: torch.nn.Module, report: QuantizeReport) -> None:
-    """Replace each quantized ``nn.Linear`` by its packed :class:`QuantLinear`, in place."""
+    """Replace each quantized ``nn.Linear`` by its packed :class:`QuantLinear`, in place (layers
+    packed during quantization are already)."""
     bits = report.config.bits
     for name, res in report.results.items():
         model.set_submodule(name, QuantLinear.from_result(model.get_submodule(name), res, bits))
@@ -56,7 +57,7 @@ def quantization_config(cfg: QuantConfig, report: QuantizeReport, *, true_sequen
         "damp_percent": cfg.damp,
         "method": cfg.method,
         "lm_head": report.lm_head,
-        "quantized_modules": sorted(report.results),
+        "quantized_modules": sorted(r.name for r in report.layers),
     }
 
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,6 +25,9 @@ from ..paths import cache_subdir
 from .arch import ArchSpec, arch_for
 from .convert import MARKER, convert_gguf, is_gguf
 from .zoo import ALIASES, get_alias
+
+if TYPE_CHECKING:
+    from .lazy import LazyBlocks
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,7 @@ class LoadedModel:
     name: str  # the MODEL argument as given
     arch: ArchSpec
     seconds: float
+    blocks: LazyBlocks | None = None  # set when the decoder blocks are read on demand (lazy_blocks=True)
 
     @property
     def num_parameters(self) -> int:
@@ -114,6 +119,17 @@ def _checkpoint_loader(method: str) -> CheckpointLoader:
 def _load_plain(folder: Path, config: dict, dtype: torch.dtype, trust_remote_code: bool) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
+    _shards(folder)
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            folder, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise UserError(f"could not load weights from {folder} ({exc}): the folder may be incomplete") from exc
+
+
+def _shards(folder: Path) -> list[Path]:
+    """The folder's safetensors shards, headers checked; pickled weights are refused."""
     shards = sorted(folder.glob("*.safetensors"))
     if not shards:
         if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
@@ -123,12 +139,7 @@ def _load_plain(folder: Path, config: dict, dtype: torch.dtype, trust_remote_cod
             )
         raise UserError(f"{folder} holds no *.safetensors weights: give a complete model folder")
     check_safetensors(shards)
-    try:
-        return AutoModelForCausalLM.from_pretrained(
-            folder, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
-        )
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise UserError(f"could not load weights from {folder} ({exc}): the folder may be incomplete") from exc
+    return shards
 
 
 def check_safetensors(shards: list[Path]) -> None:
@@ -169,8 +180,12 @@ def load_model(
     dtype: str = "float32",
     device: str = "cpu",
     trust_remote_code: bool = False,
+    lazy_blocks: bool = False,
 ) -> LoadedModel:
-    """Load MODEL (folder, .gguf or alias) for inference, on ``device``, in eval mode."""
+    """Load MODEL (folder, .gguf or alias) for inference, on ``device``, in eval mode.
+
+    ``lazy_blocks``: leave the decoder blocks on disk (parameters on ``meta``) for a job that
+    reads them one at a time through ``LoadedModel.blocks`` (plain checkpoints only)."""
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -186,9 +201,17 @@ def load_model(
         loader = _checkpoint_loader(method)
     else:
         raise UserError(f"{folder} is a {method!r}-quantized checkpoint, which llmshrink cannot load")
-    model = loader(folder, config, DTYPES[dtype], trust_remote_code)
-    model.to(device).eval()
+    blocks = None
+    if lazy_blocks:
+        if method is not None:
+            raise UserError(f"{folder} is already {method}-quantized: quantize the original model instead")
+        from .lazy import load_lazy
+
+        model, blocks = load_lazy(folder, _shards(folder), arch, DTYPES[dtype], device, trust_remote_code)
+    else:
+        model = loader(folder, config, DTYPES[dtype], trust_remote_code)
+        model.to(device).eval()
     tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
     seconds = time.perf_counter() - t0
     log.info("loaded %s from %s in %.1f s", spec, folder, seconds)
-    return LoadedModel(model, tokenizer, folder, spec, arch, seconds)
+    return LoadedModel(model, tokenizer, folder, spec, arch, seconds, blocks)

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..blockwise import BlockInputs, walk_blocks
+from ..blockwise import BlockInputs, Prepare, walk_blocks
 from ..config import QuantConfig
 from ..errors import UserError
 from ..models.arch import ArchSpec
 from .gptq import QuantResult, accumulate_hessian, gptq_quantize, rtn_quantize
+from .qlinear import QuantLinear
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class QuantizeReport:
     results: dict[str, QuantResult] = field(default_factory=dict)
     layers: list[LayerRecord] = field(default_factory=list)
     lm_head: bool = False
+    packed: bool = False  # layers were packed into QuantLinear as they were solved (results not kept)
     seconds: float = 0.0
 
 
@@ -102,7 +104,8 @@ def _staged(block: torch.nn.Module, hessians: dict[str, list], stop_at: str, rep
 
 def _solve(mod: torch.nn.Linear, full: str, H: torch.Tensor | None, cfg: QuantConfig,
            report: QuantizeReport) -> None:
-    """Quantize one linear layer in place (GPTQ with ``H``; RTN scored on ``H`` if given)."""
+    """Quantize one linear layer in place (GPTQ with ``H``; RTN scored on ``H`` if given): its
+    weight becomes the dequantized solution; the result is kept for packing."""
     W = mod.weight.data
     if not torch.isfinite(W).all():
         raise UserError(f"non-finite weights in {full}: the model file is damaged")
@@ -117,6 +120,13 @@ def _solve(mod: torch.nn.Linear, full: str, H: torch.Tensor | None, cfg: QuantCo
     log.debug("%s: loss %.4g (rtn %.4g)", full, res.loss, rtn.loss)
 
 
+def _pack(root: torch.nn.Module, names: list[tuple[str, str]], report: QuantizeReport) -> None:
+    """Swap solved linears of ``root`` (local name, full name) for packed modules; drop the codes."""
+    for local, full in names:
+        root.set_submodule(local, QuantLinear.from_result(root.get_submodule(local), report.results.pop(full),
+                                                          report.config.bits))
+
+
 def _check_hessian(H: torch.Tensor, full: str) -> None:
     if not torch.isfinite(H).all():  # NaN/inf in any input reaches H
         raise UserError(f"non-finite activations enter {full}: the model or its inputs hold NaN/inf")
@@ -125,7 +135,8 @@ def _check_hessian(H: torch.Tensor, full: str) -> None:
 @torch.no_grad()
 def quantize_block(i: int, block: torch.nn.Module, inputs: BlockInputs, arch: ArchSpec, cfg: QuantConfig,
                    report: QuantizeReport, *, true_sequential: bool = True) -> list[torch.Tensor]:
-    """Quantize one block in place and return its (quantized) outputs for the next block.
+    """Quantize one block in place and return its (quantized) outputs for the next block; the
+    outputs replace the inputs in ``inputs.hidden``, which is consumed.
 
     True-sequential: one stage per group of linears. A stage runs the calibration batches through
     the block only as far as its group's input (the hook stops the pass there), accumulates the
@@ -159,12 +170,16 @@ def quantize_block(i: int, block: torch.nn.Module, inputs: BlockInputs, arch: Ar
                 _solve(block.get_submodule(name), f"{arch.layers}.{i}.{name}", H, cfg, report)
             done.update(g)
 
-    outs = []
+    # Final pass: each batch's output takes the place of its input, and its recorded parts are
+    # dropped, so memory never holds inputs, outputs and records of every batch at once.
+    outs = inputs.hidden
     with _staged(block, {}, "", replay, {}, cursor):
-        for b, (h, kw) in enumerate(zip(inputs.hidden, inputs.kwargs, strict=True)):
+        for b, kw in enumerate(inputs.kwargs):
             cursor[0] = b
-            out = block(h, **kw)
-            outs.append(out[0] if isinstance(out, tuple) else out)
+            out = block(outs[b], **kw)
+            outs[b] = out[0] if isinstance(out, tuple) else out
+            for recorded in replay.values():
+                recorded[b] = None
     if not all(torch.isfinite(o).all() for o in outs):
         raise UserError(f"non-finite outputs from quantized block {arch.layers}.{i}: use more bits or calibration data")
     return outs
@@ -195,10 +210,17 @@ def _quantize_head(model: torch.nn.Module, arch: ArchSpec, final: BlockInputs | 
 
 def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor | None, cfg: QuantConfig, *,
                    blocks: range | None = None, batch_size: int = 8, true_sequential: bool = True,
-                   lm_head: bool = False, progress=None) -> QuantizeReport:
+                   lm_head: bool = False, pack: bool = False, prepare: Prepare | None = None,
+                   progress=None) -> QuantizeReport:
     """Quantize ``blocks`` (default all) of ``model`` in place, calibrating on ``calib`` [n, seqlen];
     with ``lm_head`` the output projection too (untied from the embeddings), calibrated on the
     final norm's outputs of the quantized model.
+
+    By default each layer keeps a float weight holding its quantized values and ``report.results``
+    the solutions. With ``pack`` each block's layers become packed :class:`QuantLinear` modules as
+    soon as the block is done, and the solutions are dropped: with ``prepare`` (which loads a
+    block's weights when the driver reaches it, see ``models.lazy``) memory then holds one block
+    in float, not the model.
 
     RTN without ``calib`` rounds the weights directly; with ``calib`` it is run through the same
     driver as GPTQ so that its H-weighted loss is reported for comparison."""
@@ -208,20 +230,33 @@ def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor |
     if len(todo) == 0 or todo.start < 0 or todo.stop > n_layers:
         raise UserError(f"block range {todo.start}:{todo.stop} is outside the model's {n_layers} blocks")
     t0 = time.perf_counter()
-    report = QuantizeReport(cfg, list(todo), lm_head=lm_head)
+    report = QuantizeReport(cfg, list(todo), lm_head=lm_head, packed=pack)
+
+    def done(i: int, block: torch.nn.Module) -> None:
+        if pack:
+            _pack(block, [(n, f"{arch.layers}.{i}.{n}") for n in arch.linear_names], report)
+
     final = None
     if calib is None:
         if cfg.method != "rtn":
             raise UserError(f"{cfg.method} needs calibration data")
         for i in progress(todo, desc="blocks", unit="block") if progress else todo:
+            if prepare is not None:
+                prepare(i, layers[i])
             for name in arch.linear_names:
                 _solve(layers[i].get_submodule(name), f"{arch.layers}.{i}.{name}", None, cfg, report)
+            done(i, layers[i])
     else:
-        final = walk_blocks(model, arch, list(calib.split(batch_size)),
-                            lambda i, block, inputs: quantize_block(i, block, inputs, arch, cfg, report,
-                                                                    true_sequential=true_sequential),
-                            blocks=todo, through=n_layers if lm_head else None, progress=progress)
+        def visit(i, block, inputs):
+            outs = quantize_block(i, block, inputs, arch, cfg, report, true_sequential=true_sequential)
+            done(i, block)
+            return outs
+
+        final = walk_blocks(model, arch, list(calib.split(batch_size)), visit, blocks=todo,
+                            through=n_layers if lm_head else None, prepare=prepare, progress=progress)
     if lm_head:
         _quantize_head(model, arch, final, cfg, report)
+        if pack:
+            _pack(model, [(arch.lm_head, arch.lm_head)], report)
     report.seconds = time.perf_counter() - t0
     return report

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class QuantResult:
-    q: torch.Tensor  # [out, in] integer codes (int32), original column order
+    q: torch.Tensor  # [out, in] integer codes (uint8: every width is <= 8 bits), original column order
     scales: torch.Tensor  # [groups, out] float32
     zeros: torch.Tensor  # [groups, out] integer zero points (int32)
     g_idx: torch.Tensor  # [in] int32: group of each input column
@@ -154,7 +154,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, max_ret
     final = static if static is not None else [grids[g] for g in range(len(grids))]
     scales = torch.stack([gr.scale for gr in final])
     zeros = torch.stack([gr.zero for gr in final]).round().to(torch.int32)
-    res = QuantResult(Qint.to(torch.int32), scales, zeros, g_idx, perm, 0.0, damp)
+    res = QuantResult(Qint.to(torch.uint8), scales, zeros, g_idx, perm, 0.0, damp)
     res.loss = weighted_error(W0, Q, H_orig)
     return res
 
@@ -179,7 +179,7 @@ def rtn_quantize(W: torch.Tensor, cfg: QuantConfig, H: torch.Tensor | None = Non
     grids = [fit_grid(W0[:, a:b], cfg.maxq, sym=cfg.sym, mse=cfg.mse) for a, b in bounds]
     q = torch.cat([gr.quantize(W0[:, a:b], cfg.maxq) for gr, (a, b) in zip(grids, bounds, strict=True)], dim=1)
     g_idx = torch.cat([torch.full((b - a,), g, dtype=torch.int32) for g, (a, b) in enumerate(bounds)])
-    res = QuantResult(q.to(torch.int32), torch.stack([g.scale for g in grids]),
+    res = QuantResult(q.to(torch.uint8), torch.stack([g.scale for g in grids]),
                       torch.stack([g.zero for g in grids]).round().to(torch.int32), g_idx, None, 0.0, 0.0)
     if H is not None:
         res.loss = weighted_error(W0, res.dequantize(), H)

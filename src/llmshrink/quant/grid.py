@@ -38,7 +38,8 @@ def _range_grid(xmin: torch.Tensor, xmax: torch.Tensor, maxq: int, sym: bool) ->
     # Checkpoints store scales as fp16: solve with fp16-representable scales, so that packing
     # loses nothing (floor at the smallest fp16 subnormal, never zero).
     scale = torch.clamp((xmax - xmin) / maxq, min=2.0**-24).half().float()
-    zero = torch.full_like(scale, (maxq + 1) / 2) if sym else torch.round(-xmin / scale)
+    # Asymmetric zero points stay >= 1: the GPTQ v1 layout stores zero - 1 and cannot hold 0.
+    zero = torch.full_like(scale, (maxq + 1) / 2) if sym else torch.clamp(torch.round(-xmin / scale), 1, maxq)
     return Grid(scale, zero)
 
 

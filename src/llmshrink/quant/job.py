@@ -68,8 +68,13 @@ def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Pat
         log.info("calibrating on %d x %d tokens of %s", *windows.shape, calib.data)
     log.info("quantizing blocks %d:%d with %s", todo.start, todo.stop, cfg.method)
     t0 = time.perf_counter()
+    # Packed as solved; with a lazily loaded model, blocks are read from disk one at a time.
+    prepare = lm.blocks.materialize if lm.blocks is not None else None
     report = quantize_model(lm.model, lm.arch, windows, cfg, blocks=todo, batch_size=calib.batch_size,
-                            lm_head=lm_head, progress=progress)
+                            lm_head=lm_head, pack=True, prepare=prepare, progress=progress)
+    if prepare is not None:  # blocks left out of --blocks are saved in full precision
+        for i, block in enumerate(lm.arch.blocks(lm.model)):
+            prepare(i, block)
     layers = "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in report.layers)
     run = {"model": lm.name, "config": cfg.to_dict(),
            "calibration": dataclasses.asdict(calib) if windows is not None else None,

@@ -33,10 +33,11 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     per = _block(bits)
     if n % per:
         raise UserError(f"cannot pack {n} rows at {bits} bits: the packed dimension must be a multiple of {per}")
+    codes = codes.to(torch.int64)
     if codes.min() < 0 or codes.max() >= (1 << bits):
         raise ValueError(f"codes outside [0, {(1 << bits) - 1}]")
     words_per = per * bits // 32
-    c = codes.to(torch.int64).reshape(n // per, per, m)
+    c = codes.reshape(n // per, per, m)
     words = torch.zeros(n // per, words_per, m, dtype=torch.int64)
     for k in range(per):
         for b in range(bits):

@@ -1,11 +1,22 @@
 """A linear layer that keeps its weight packed in the HF GPTQ layout and computes from it.
 
-CPU path: unpack and dequantize the weight, then one matmul. The dequantized weight can be
-cached (``cache=True``) to trade the memory saving for speed; by default it is rebuilt on every
-call, so memory holds only the packed form.
+Kernels (``QuantLinear.kernel``):
+
+- ``dequant``: unpack and dequantize the weight, then one matmul. The dequantized weight can be
+  cached (``cache=True``) to trade the memory saving for speed; by default it is rebuilt on
+  every call, so memory holds only the packed form.
+- ``int4``: PyTorch's int4 CPU kernel (``_weight_int4pack_mm_for_cpu``), for 4-bit layers whose
+  groups it can express: input columns are sorted by group (act-order's ``g_idx``) and a ragged
+  last group is split into kernel groups of gcd(group sizes). The kernel's grid is
+  ``(q - 8)·s + m``, so a GPTQ zero point z becomes ``m = (8 - z)·s``: exact, no re-rounding.
+- ``auto`` (default): ``int4`` for a few rows at a time (token-by-token generation), where it
+  beats dequantizing the whole weight, and ``dequant`` for long inputs, where the kernel is slow
+  on CPUs without AMX; see BENCHMARKS.md.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +36,11 @@ class QuantLinear(torch.nn.Module):
         self.register_buffer("g_idx", torch.zeros(in_features, dtype=torch.int32))
         self.bias = torch.nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
         self.cache = False
+        self.kernel = "auto"  # auto | dequant | int4
+        self.int4_max_rows = 4
         self._w: torch.Tensor | None = None
+        self._int4: tuple | None = None
+        self._int4_ok: bool | None = None
 
     @classmethod
     def from_result(cls, linear: torch.nn.Linear, res: QuantResult, bits: int) -> QuantLinear:
@@ -47,7 +62,50 @@ class QuantLinear(torch.nn.Module):
         scales = self.scales.float()
         return scales.T[:, g] * (q - zeros.T[:, g])
 
+    def int4_supported(self) -> bool:
+        if self._int4_ok is None:
+            self._int4_ok = (self.bits == 4 and self.qweight.device.type == "cpu"
+                             and hasattr(torch, "_weight_int4pack_mm_for_cpu") and self._int4_group() is not None)
+        return self._int4_ok
+
+    def _int4_group(self) -> int | None:
+        sizes = torch.bincount(self.g_idx.long())
+        kg = math.gcd(*[int(n) for n in sizes[sizes > 0]], self.in_features)
+        for size in (256, 128, 64, 32):
+            if kg % size == 0:
+                return size
+        return None
+
+    def _int4_operands(self) -> tuple:
+        if self._int4 is None:
+            kg = self._int4_group()
+            order = torch.argsort(self.g_idx.long(), stable=True)
+            q = unpack_qweight(self.qweight, 4)[:, order].contiguous()  # [out, in], groups contiguous
+            groups = self.g_idx.long()[order][::kg]  # the GPTQ group of each kernel group
+            s = self.scales.float()[groups]  # [in / kg, out]
+            z = unpack_qzeros(self.qzeros, 4).float()[groups]
+            sz = torch.stack([s, (8 - z) * s], dim=-1).contiguous()
+            identity = torch.equal(order, torch.arange(self.in_features))
+            self._int4 = (torch._convert_weight_to_int4pack_for_cpu(q, 1), kg, sz, None if identity else order)
+        return self._int4
+
+    def _forward_int4(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.int4_supported():
+            raise ValueError(f"the int4 CPU kernel cannot run this layer ({self.extra_repr()}); use kernel='dequant'")
+        packed, kg, sz, order = self._int4_operands()
+        x2 = x.reshape(-1, self.in_features)
+        if order is not None:
+            x2 = x2[:, order]
+        y = torch._weight_int4pack_mm_for_cpu(x2.contiguous(), packed, kg, sz.to(x.dtype))
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.numel() // self.in_features
+        if self.kernel == "int4" or (self.kernel == "auto" and self._w is None and rows <= self.int4_max_rows
+                                     and x.dtype in (torch.float32, torch.bfloat16) and self.int4_supported()):
+            return self._forward_int4(x)
         w = self._w
         if w is None:
             w = self.dequantized_weight().to(x.dtype)

@@ -1,0 +1,114 @@
+"""Load a model with its decoder blocks left on disk, to be read one block at a time.
+
+For jobs that walk the blocks once (quantization), holding every block's float weights is
+waste: the model skeleton is built with its parameters on the ``meta`` device (no memory),
+embeddings, final norm and lm_head are read at once, and :meth:`LazyBlocks.materialize` reads
+one block's tensors when the driver reaches it. Tensors are read with plain file reads at the
+offsets of the safetensors header, not through a memory map, so the file's pages never count
+towards the process's resident memory, and one tensor at a time is in flight.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from .arch import ArchSpec
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+
+
+@dataclass(frozen=True)
+class _Entry:
+    shard: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int  # absolute byte offset in the shard
+    end: int
+
+
+class SafetensorsIndex:
+    """Where each tensor of a folder's safetensors shards lives, from their headers."""
+
+    def __init__(self, shards: list[Path]):
+        self.entries: dict[str, _Entry] = {}
+        for shard in shards:
+            with open(shard, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(n))
+            for name, v in header.items():
+                if name == "__metadata__":
+                    continue
+                if v["dtype"] not in _DTYPES:
+                    raise UserError(f"{shard}: tensor {name} has dtype {v['dtype']}, which llmshrink does not read")
+                a, b = v["data_offsets"]
+                self.entries[name] = _Entry(shard, _DTYPES[v["dtype"]], tuple(v["shape"]), 8 + n + a, 8 + n + b)
+
+    def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        e = self.entries[name]
+        with open(e.shard, "rb") as fh:
+            fh.seek(e.start)
+            buf = bytearray(fh.read(e.end - e.start))
+        if len(buf) != e.end - e.start:
+            raise UserError(f"{e.shard} ends inside tensor {name}: the file is truncated; restore it")
+        t = torch.frombuffer(buf, dtype=e.dtype) if buf else torch.empty(0, dtype=e.dtype)
+        t = t.reshape(e.shape)
+        if dtype is not None and t.is_floating_point() and t.dtype != dtype:
+            t = t.to(dtype)
+        return t
+
+
+class LazyBlocks:
+    """Reads decoder blocks' weights on demand into a model whose blocks sit on ``meta``."""
+
+    def __init__(self, index: SafetensorsIndex, arch: ArchSpec, dtype: torch.dtype, device: str = "cpu"):
+        self.index, self.arch, self.dtype, self.device = index, arch, dtype, device
+
+    @staticmethod
+    def is_materialized(block: torch.nn.Module) -> bool:
+        return not any(p.is_meta for p in block.parameters())
+
+    def materialize(self, i: int, block: torch.nn.Module) -> None:
+        if self.is_materialized(block):
+            return
+        prefix = f"{self.arch.layers}.{i}."
+        state = {k[len(prefix):]: self.index.read(k, self.dtype).to(self.device)
+                 for k in self.index.entries if k.startswith(prefix)}
+        missing, unexpected = block.load_state_dict(state, strict=False, assign=True)
+        if missing or unexpected:
+            raise UserError(f"block {i} in the checkpoint does not match the model (missing {missing[:3]}, "
+                            f"unexpected {unexpected[:3]}): the checkpoint is incomplete")
+
+
+def load_lazy(folder: Path, shards: list[Path], arch: ArchSpec, dtype: torch.dtype, device: str,
+              trust_remote_code: bool) -> tuple[torch.nn.Module, LazyBlocks]:
+    """The model with everything but its decoder blocks loaded; the blocks come from the
+    returned :class:`LazyBlocks`."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    index = SafetensorsIndex(shards)
+    hf_cfg = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype, trust_remote_code=trust_remote_code)
+    prefix = arch.layers + "."
+    state = {k: index.read(k, dtype).to(device) for k in index.entries if not k.startswith(prefix)}
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    tied = {f"{arch.lm_head}.weight"} if getattr(hf_cfg, "tie_word_embeddings", False) else set()
+    missing = [k for k in missing if not k.startswith(prefix) and k not in tied]
+    if missing or unexpected:
+        raise UserError(f"{folder}: weights do not match the model (missing {missing[:3]}, unexpected "
+                        f"{unexpected[:3]}): the checkpoint is incomplete")
+    if tied:
+        model.get_submodule(arch.lm_head).weight = model.get_submodule(arch.embed).weight
+    for buf_name, buf in model.named_buffers():  # rotary tables etc. were built on the CPU
+        if buf.device != torch.device(device):
+            owner, _, leaf = buf_name.rpartition(".")
+            model.get_submodule(owner)._buffers[leaf] = buf.to(device)
+    return model.eval(), LazyBlocks(index, arch, dtype, device)
