@@ -160,7 +160,9 @@ def _quantize_args(p: argparse.ArgumentParser) -> None:
     grid.add_argument("--asym", dest="sym", action="store_false", help="asymmetric grid")
     p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=d.act_order)
     p.add_argument("--static-groups", action="store_true", default=d.static_groups)
-    p.add_argument("--mse", action="store_true", help="search shrunk ranges for the lowest error per group")
+    p.add_argument("--mse", action=argparse.BooleanOptionalAction, default=d.mse,
+                   help="search shrunk ranges for the lowest (Hessian-weighted) error per group (default on; "
+                        "--no-mse: plain min/max ranges)")
     p.add_argument("--damp", type=float, default=d.damp)
     p.add_argument("--calib", default=c.data, help="calibration corpus")
     p.add_argument("--nsamples", type=int, default=c.nsamples)

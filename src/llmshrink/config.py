@@ -103,7 +103,8 @@ class QuantConfig(Config):
     static_groups: bool = field(default=False, metadata={"help": "fix group grids before the solve (with act_order)"})
     damp: float = field(default=0.01, metadata={"help": "damping as a fraction of the mean Hessian diagonal"})
     block_size: int = field(default=128, metadata={"help": "columns per lazy-update block"})
-    mse: bool = field(default=False, metadata={"help": "search a shrunk range per group for the lowest error"})
+    mse: bool = field(default=True, metadata={"help": "search a shrunk range per group for the lowest "
+                                                      "(Hessian-weighted, for GPTQ) error"})
 
     def __post_init__(self) -> None:
         if self.method not in QUANT_METHODS:
