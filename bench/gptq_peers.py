@@ -5,7 +5,7 @@
 
 For each config (bits:group_size, symmetric, act-order, damp 0.01, 128 x 512 calibration
 tokens of shakespeare:calib, seed 0), in this order and one at a time, so timings do not
-overlap: llmshrink GPTQ (default and --mse), llmshrink RTN, GPTQModel GPTQ (each a fresh process, timed from start
+overlap: llmshrink GPTQ (default and --no-mse), llmshrink RTN, GPTQModel GPTQ (each a fresh process, timed from start
 to exit, peak RSS from the kernel); then llmshrink's evaluator on shakespeare:eval for the
 original model and every checkpoint. Interop: each tool's checkpoint loaded by the other tool's
 loader, scored on the first ``--interop-tokens`` tokens (GPTQModel's CPU kernel is slow).
@@ -109,8 +109,8 @@ def main() -> None:
 
 def _ours(tag: str) -> dict[str, list[str]]:
     """llmshrink's rows: name -> extra arguments of ``llmshrink quantize``."""
-    return {f"llmshrink_gptq_{tag}": ["--method", "gptq"], f"llmshrink_gptq_mse_{tag}": ["--method", "gptq", "--mse"],
-            f"llmshrink_rtn_{tag}": ["--method", "rtn"]}
+    return {f"llmshrink_gptq_{tag}": ["--method", "gptq", "--no-mse"], f"llmshrink_gptq_mse_{tag}": ["--method", "gptq"],
+            f"llmshrink_rtn_{tag}": ["--method", "rtn", "--no-mse"]}
 
 
 def report(results: dict, configs, interop, args) -> str:
@@ -124,8 +124,10 @@ def report(results: dict, configs, interop, args) -> str:
         tag = f"{bits}b_g{gs}"
         peer_q, peer_e = results[f"quantize/gptqmodel_{tag}"], results[f"eval/gptqmodel_{tag}"]
         peer_inc = peer_e["perplexity"] - base
-        rows = {f"gptqmodel_{tag}": f"GPTQModel {peer_q.get('version', '')}", f"llmshrink_gptq_{tag}": "llmshrink GPTQ",
-                f"llmshrink_gptq_mse_{tag}": "llmshrink GPTQ --mse", f"llmshrink_rtn_{tag}": "llmshrink RTN"}
+        rows = {f"gptqmodel_{tag}": f"GPTQModel {peer_q.get('version', '')}",
+                f"llmshrink_gptq_{tag}": "llmshrink GPTQ --no-mse",
+                f"llmshrink_gptq_mse_{tag}": "llmshrink GPTQ (default: H-weighted MSE search)",
+                f"llmshrink_rtn_{tag}": "llmshrink RTN (min/max grid)"}
         for name, label in rows.items():
             q, e = results[f"quantize/{name}"], results[f"eval/{name}"]
             inc = e["perplexity"] - base
