@@ -1,10 +1,11 @@
 """Quantize a model's decoder blocks with GPTQ or RTN, block by block.
 
-For each block, in true-sequential order (q/k/v, then o, then gate/up, then down): hooks collect
-the Hessian of each linear layer's inputs over the calibration windows, the pure solver returns a
-:class:`QuantResult`, and the layer's weight is replaced by its dequantized solution, so the
-next group and the next block see the quantized outputs. The results are returned per layer
-for packing (HF GPTQ checkpoints, GGUF) by the exporters.
+For each block, in true-sequential order (q/k/v, then o, then gate/up, then down): a hook
+collects one Hessian per group of linears (they read the same input) over the calibration
+windows, the pure solver returns a :class:`QuantResult` per layer, and the layer's weight is
+replaced by its dequantized solution, so the next group and the next block see the quantized
+outputs (see :func:`quantize_block` for the staged passes). The results are kept per layer for
+the exporters, or, with ``pack=True``, packed into :class:`QuantLinear` as each block is done.
 """
 
 from __future__ import annotations
