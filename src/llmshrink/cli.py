@@ -205,6 +205,77 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- prune
+
+
+def _prune_args(p: argparse.ArgumentParser) -> None:
+    from .config import HEAL_LOSSES, HEAL_METHODS, PRUNE_CRITERIA, HealConfig, PruneConfig
+
+    d, h = PruneConfig(), HealConfig()
+    p.add_argument("model", help="model folder, .gguf file, or alias")
+    p.add_argument("--out", required=True,
+                   help="output folder (written atomically): the pruned model, or with --score-only the scores")
+    p.add_argument("--criterion", default=d.criterion, help=", ".join(PRUNE_CRITERIA))
+    p.add_argument("--score-only", action="store_true", help="score the blocks (JSON + PNG), remove nothing")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--remove", type=int, default=None, help="number of blocks to remove")
+    how.add_argument("--ratio", type=float, default=None, help="fraction of blocks to remove, in (0, 1)")
+    p.add_argument("--keep-first", type=int, default=d.keep_first, help="never remove the first N blocks")
+    p.add_argument("--keep-last", type=int, default=d.keep_last, help="never remove the last N blocks")
+    p.add_argument("--iterative", action="store_true", help="re-score after each removal")
+    p.add_argument("--data", default=d.data, help="scoring corpus")
+    p.add_argument("--nsamples", type=int, default=d.nsamples, help="scoring windows")
+    p.add_argument("--seqlen", type=int, default=d.seqlen, help="tokens per scoring window")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--heal", default=h.method, choices=HEAL_METHODS, help="heal the pruned model (default none)")
+    p.add_argument("--heal-steps", type=int, default=h.steps)
+    p.add_argument("--heal-data", default=h.data, help="healing corpus")
+    p.add_argument("--heal-seqlen", type=int, default=h.seqlen)
+    p.add_argument("--heal-batch-size", type=int, default=h.batch_size)
+    p.add_argument("--heal-lr", type=float, default=h.lr)
+    p.add_argument("--heal-loss", default=h.loss, choices=HEAL_LOSSES,
+                   help="lm: next-token loss; kd: distil from the unpruned model; lm+kd: both")
+    p.add_argument("--lora-rank", type=int, default=h.rank)
+    p.add_argument("--lora-alpha", type=float, default=h.alpha)
+    _model_args(p)
+
+
+@command("prune", "score decoder blocks, remove the least important, heal with LoRA", _prune_args)
+def cmd_prune(args: argparse.Namespace) -> int:
+    from .config import HealConfig, PruneConfig
+    from .prune.job import run_prune
+
+    cfg = PruneConfig(criterion=args.criterion, remove=args.remove, ratio=args.ratio, keep_first=args.keep_first,
+                      keep_last=args.keep_last, iterative=args.iterative, data=args.data, nsamples=args.nsamples,
+                      seqlen=args.seqlen, seed=args.seed, batch_size=args.batch_size)
+    heal = HealConfig(method=args.heal, steps=args.heal_steps, data=args.heal_data, seqlen=args.heal_seqlen,
+                      batch_size=args.heal_batch_size, lr=args.heal_lr, loss=args.heal_loss, rank=args.lora_rank,
+                      alpha=args.lora_alpha)
+    if args.score_only and args.heal != "none":
+        raise UserError("--score-only removes nothing, so there is nothing to --heal: drop one of them")
+    lm = _load(args)
+    rec = run_prune(lm, cfg, args.out, heal=heal, score_only=args.score_only, progress=_progress())
+    first = rec["scores"][0]
+    removed = set(rec.get("removed", []))
+    print(f"| block | {cfg.criterion} score | removed |")
+    print("|---:|---:|:---:|")
+    for i, s in enumerate(first["scores"]):
+        print(f"| {i} | {s:.6g} | {'x' if i in removed else ''} |")
+    print(f"\nscored in {first['seconds']:.1f} s")
+    if args.score_only:
+        print(f"saved {args.out}/block_scores.json and block_scores.png")
+        return 0
+    print(f"removed {sorted(removed)}: {rec['blocks_before']} -> {rec['blocks_after']} blocks, "
+          f"{rec['parameters_before']:,} -> {rec['parameters_after']:,} parameters")
+    if "heal" in rec:
+        hr = rec["heal"]
+        print(f"healed: {hr['steps']} steps, {hr['tokens']:,} tokens in {hr['seconds']:.0f} s, "
+              f"loss {hr['loss_first']:.3f} -> {hr['loss_last']:.3f}")
+    print(f"saved {args.out} (a plain transformers model; scores in llmshrink_prune.json, block_scores.png)")
+    return 0
+
+
 # ---------------------------------------------------------------- demo
 
 

@@ -120,3 +120,87 @@ class QuantConfig(Config):
     @property
     def maxq(self) -> int:
         return (1 << self.bits) - 1
+
+
+PRUNE_CRITERIA = ("ppl", "taylor", "magnitude", "angular")
+
+
+@dataclass
+class PruneConfig(Config):
+    """Depth pruning: which blocks to score on what data, and how many to remove."""
+
+    kind: ClassVar[str] = "prune"
+    criterion: str = field(default="ppl", metadata={"help": "ppl, taylor, magnitude or angular"})
+    remove: int | None = field(default=None, metadata={"help": "number of blocks to remove"})
+    ratio: float | None = field(default=None, metadata={"help": "fraction of blocks to remove, in (0, 1)"})
+    keep_first: int = field(default=1, metadata={"help": "never remove the first N blocks"})
+    keep_last: int = field(default=1, metadata={"help": "never remove the last N blocks"})
+    iterative: bool = field(default=False, metadata={"help": "re-score after each removal"})
+    data: str = field(default="shakespeare:calib", metadata={"help": "scoring corpus"})
+    nsamples: int = field(default=16, metadata={"help": "scoring windows"})
+    seqlen: int = field(default=256, metadata={"help": "tokens per scoring window"})
+    seed: int = 0
+    batch_size: int = field(default=4, metadata={"help": "scoring windows per forward pass"})
+
+    def __post_init__(self) -> None:
+        if self.criterion not in PRUNE_CRITERIA:
+            raise UserError(f"unknown criterion {self.criterion!r}: use one of {', '.join(PRUNE_CRITERIA)}")
+        if self.remove is not None and self.ratio is not None:
+            raise UserError("give either remove (a number of blocks) or ratio (a fraction), not both")
+        _positive("remove", self.remove, allow_none=True)
+        if self.ratio is not None and not 0 < self.ratio < 1:
+            raise UserError(f"ratio must be in (0, 1), got {self.ratio!r}")
+        for name in ("keep_first", "keep_last"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise UserError(f"{name} must be a whole number >= 0, got {value!r}")
+        for name in ("nsamples", "seqlen", "batch_size"):
+            _positive(name, getattr(self, name))
+        if self.seqlen < 2:
+            raise UserError("seqlen must be at least 2 tokens: a window needs a context and a target")
+
+    def n_remove(self, n_blocks: int) -> int:
+        """Blocks to remove from a model of ``n_blocks``, checked against what may be removed."""
+        if self.remove is None and self.ratio is None:
+            raise UserError("say how many blocks to remove: --remove N or --ratio R (or use --score-only)")
+        n = self.remove if self.remove is not None else round(self.ratio * n_blocks)
+        if n >= n_blocks:
+            raise UserError(f"cannot remove {n} of the model's {n_blocks} blocks: at least one must stay")
+        if n < 1:
+            raise UserError(f"ratio {self.ratio} of {n_blocks} blocks rounds to 0 blocks: give a larger ratio")
+        removable = n_blocks - self.keep_first - self.keep_last
+        if n > removable:
+            raise UserError(f"cannot remove {n} blocks: with keep_first={self.keep_first} and "
+                            f"keep_last={self.keep_last} only {max(removable, 0)} of {n_blocks} may go")
+        return n
+
+
+HEAL_METHODS = ("none", "lora")
+HEAL_LOSSES = ("lm", "kd", "lm+kd")
+
+
+@dataclass
+class HealConfig(Config):
+    """Healing a pruned model with LoRA: a short language-model (or distillation) fine-tune, merged."""
+
+    kind: ClassVar[str] = "heal"
+    method: str = field(default="none", metadata={"help": "none or lora"})
+    steps: int = field(default=200, metadata={"help": "optimizer steps"})
+    data: str = field(default="shakespeare:calib", metadata={"help": "healing corpus"})
+    seqlen: int = 256
+    batch_size: int = 4
+    rank: int = field(default=8, metadata={"help": "LoRA rank"})
+    alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (scale = alpha / rank)"})
+    lr: float = 5e-4
+    loss: str = field(default="lm", metadata={"help": "lm (next-token), kd (KL to the unpruned model) or lm+kd"})
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in HEAL_METHODS:
+            raise UserError(f"unknown healing method {self.method!r}: use one of {', '.join(HEAL_METHODS)}")
+        if self.loss not in HEAL_LOSSES:
+            raise UserError(f"unknown healing loss {self.loss!r}: use one of {', '.join(HEAL_LOSSES)}")
+        for name in ("steps", "seqlen", "batch_size", "rank"):
+            _positive(name, getattr(self, name))
+        if not self.lr > 0 or not self.alpha > 0:
+            raise UserError("lr and alpha must be > 0")

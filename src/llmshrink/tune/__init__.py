@@ -1,0 +1,1 @@
+"""Training: one small loop shared by healing (prune) and tail fine-tuning."""

@@ -1,0 +1,28 @@
+import itertools
+
+import pytest
+import torch
+
+from llmshrink.tune.train import lr_factor, train_loop
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    f = [lr_factor(s, 100, 10) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(f[9:]))
+    assert f[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_train_loop_fits_a_linear_map():
+    torch.manual_seed(0)
+    target = torch.randn(4, 8)
+    w = torch.nn.Parameter(torch.zeros(4, 8))
+    xs = (torch.randn(16, 8) for _ in range(300))
+    stats = train_loop([w], xs, lambda x: ((x @ w.T - x @ target.T) ** 2).mean(), steps=300, lr=0.05)
+    assert stats.steps == 300 and len(stats.losses) == 300 and stats.tokens == 300 * 16 * 8
+    assert stats.mean_loss(False) < 0.01 * stats.mean_loss(True)
+
+
+def test_train_loop_needs_parameters():
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        train_loop([], iter([]), lambda x: x, steps=1, lr=0.1)
