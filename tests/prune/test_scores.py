@@ -75,7 +75,7 @@ def test_magnitude_needs_no_data_and_ranks_a_shrunk_block_last():
             if isinstance(m, torch.nn.Linear):
                 m.weight.mul_(0.5)
     s = score_blocks(model, arch_of(model), None, "magnitude")
-    expected = sum(float(m.weight.abs().sum()) for m in model.model.layers[0].modules()
+    expected = sum(float(m.weight.detach().abs().sum()) for m in model.model.layers[0].modules()
                    if isinstance(m, torch.nn.Linear))
     assert s.scores[0] == pytest.approx(expected, rel=1e-6)
     assert s.order()[0] == 2
