@@ -25,9 +25,8 @@ from llmshrink.config import EvalConfig, HealConfig, PruneConfig
 from llmshrink.eval.run import evaluate_perplexity
 from llmshrink.eval.speed import decode_speed
 from llmshrink.models.load import load_model, weights_size
-from llmshrink.prune.depth import remove_blocks
 from llmshrink.prune.heal import heal_lora
-from llmshrink.prune.job import choose_blocks, scoring_batches
+from llmshrink.prune.job import remove_least_important, scoring_batches
 
 ROOT = Path("runs/bench/prune_heal")
 
@@ -71,8 +70,7 @@ def main() -> None:
         teacher = None
         if heal.loss != "lm":
             teacher = load_model(args.model).model
-        removed, history = choose_blocks(lm, cfg, scoring_batches(lm, cfg))
-        remove_blocks(lm.model, lm.arch, removed)
+        removed, history = remove_least_important(lm, cfg, scoring_batches(lm, cfg))
         row = {"removed": removed, "score_seconds": history[0].seconds, "pruned": _eval(lm, args.data)}
         out = ROOT / f"{crit}-pruned"
         lm.model.save_pretrained(out, safe_serialization=True)

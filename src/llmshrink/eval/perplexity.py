@@ -35,6 +35,12 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """-log p(ids[:, t]) from the logits at t-1, flattened: [batch * (length - 1)]."""
+    logits = logits[:, :-1].float()
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1), reduction="none")
+
+
 @torch.inference_mode()
 def window_nll(model: torch.nn.Module, inputs: torch.Tensor, score_mask: torch.Tensor) -> tuple[float, int]:
     """Sum of -log p(target) over the positions where ``score_mask`` is true.
@@ -42,9 +48,7 @@ def window_nll(model: torch.nn.Module, inputs: torch.Tensor, score_mask: torch.T
     ``inputs`` is [batch, length]; ``score_mask[b, t]`` says whether token t is a scored target
     (it is predicted from tokens < t, so position 0 is never scored).
     """
-    logits = model(input_ids=inputs, use_cache=False).logits[:, :-1].float()
-    targets = inputs[:, 1:]
-    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none")
+    nll = token_nll(model(input_ids=inputs, use_cache=False).logits, inputs)
     mask = score_mask[:, 1:].reshape(-1)
     return float(nll[mask].double().sum()), int(mask.sum())
 

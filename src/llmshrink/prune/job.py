@@ -35,30 +35,27 @@ def scoring_batches(lm: LoadedModel, cfg: PruneConfig) -> list[torch.Tensor] | N
     return list(windows.split(cfg.batch_size))
 
 
-def choose_blocks(lm: LoadedModel, cfg: PruneConfig, batches, *, progress=None) -> tuple[list[int], list[BlockScores]]:
-    """Original indices of the blocks to remove and the scores that chose them.
+def remove_least_important(lm: LoadedModel, cfg: PruneConfig, batches, *,
+                           progress=None) -> tuple[list[int], list[BlockScores]]:
+    """Remove the least important blocks from ``lm.model`` in place; returns their original
+    indices and the scores that chose them.
 
     One-shot: score once, remove the ``n`` least important. Iterative: score, remove the least
-    important, re-score the smaller model, ... (the model is pruned in place as it goes)."""
-    n_blocks = len(lm.arch.blocks(lm.model))
-    n = cfg.n_remove(n_blocks)
-    if not cfg.iterative:
-        s = score_blocks(lm.model, lm.arch, batches, cfg.criterion, progress=progress)
-        return sorted(s.order(cfg.keep_first, cfg.keep_last)[:n]), [s]
-    original = list(range(n_blocks))
+    important, re-score the smaller model, ... one block at a time."""
+    original = list(range(len(lm.arch.blocks(lm.model))))
+    n = cfg.n_remove(len(original))
+    per_round = 1 if cfg.iterative else n
     removed, history = [], []
-    for _ in range(n):
+    while len(removed) < n:
         s = score_blocks(lm.model, lm.arch, batches, cfg.criterion, progress=progress)
-        worst = s.order(cfg.keep_first, cfg.keep_last)[0]
+        worst = s.order(cfg.keep_first, cfg.keep_last)[:per_round]
         history.append(s)
-        removed.append(original.pop(worst))
-        remove_blocks(lm.model, lm.arch, [worst])
-        log.info("removed block %d (score %.4g); %d blocks left", removed[-1], s.scores[worst], len(original))
+        removed += [original[i] for i in worst]
+        remove_blocks(lm.model, lm.arch, worst)
+        original = [b for i, b in enumerate(original) if i not in worst]
+        log.info("removed blocks %s by %s; %d blocks left", sorted(removed[-len(worst):]), cfg.criterion,
+                 len(original))
     return sorted(removed), history
-
-
-def _num_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 def run_prune(lm: LoadedModel, cfg: PruneConfig, out: Path, *, heal: HealConfig | None = None,
@@ -73,9 +70,8 @@ def run_prune(lm: LoadedModel, cfg: PruneConfig, out: Path, *, heal: HealConfig 
         cfg.n_remove(n_blocks)  # refuse a bad count before any scoring
     t0 = time.perf_counter()
     batches = scoring_batches(lm, cfg)
-    params_before = _num_params(lm.model)
     record: dict = {"model": lm.name, "config": cfg.to_dict(), "blocks_before": n_blocks,
-                    "parameters_before": params_before}
+                    "parameters_before": lm.num_parameters}
     if score_only:
         s = score_blocks(lm.model, lm.arch, batches, cfg.criterion, progress=progress)
         record["scores"] = [dataclasses.asdict(s)]
@@ -84,28 +80,24 @@ def run_prune(lm: LoadedModel, cfg: PruneConfig, out: Path, *, heal: HealConfig 
             plot_scores(s, tmp / "block_scores.png", title=f"{lm.name}: block importance")
         return record
     teacher = copy.deepcopy(lm.model) if heal.method != "none" and heal.loss != "lm" else None
-    removed, history = choose_blocks(lm, cfg, batches, progress=progress)
-    if not cfg.iterative:
-        remove_blocks(lm.model, lm.arch, removed)
+    removed, history = remove_least_important(lm, cfg, batches, progress=progress)
     kept = [i for i in range(n_blocks) if i not in removed]
     log.info("removed blocks %s by %s; %d of %d blocks left", removed, cfg.criterion, len(kept), n_blocks)
     record.update(scores=[dataclasses.asdict(s) for s in history], removed=removed, kept=kept,
                   blocks_after=len(kept), score_seconds=sum(s.seconds for s in history))
-    model = lm.model
     if heal.method == "lora":
         from .heal import heal_lora
 
-        model, stats = heal_lora(model, lm.arch, lm.tokenizer, heal, teacher=teacher, progress=progress)
+        lm.model, stats = heal_lora(lm.model, lm.arch, lm.tokenizer, heal, teacher=teacher, progress=progress)
         record["heal"] = {"config": heal.to_dict(), "steps": stats.steps, "tokens": stats.tokens,
                           "seconds": stats.seconds, "loss_first": stats.mean_loss(True),
                           "loss_last": stats.mean_loss(False)}
-    record["parameters_after"] = _num_params(model)
+    record["parameters_after"] = lm.num_parameters
     record["seconds"] = time.perf_counter() - t0
     with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        lm.model.save_pretrained(tmp, safe_serialization=True)
         lm.tokenizer.save_pretrained(tmp)
         (tmp / "llmshrink_prune.json").write_text(json.dumps(record, indent=2) + "\n")
         plot_scores(history[0], tmp / "block_scores.png", removed=removed,
                     title=f"{lm.name}: block importance")
-    lm.model = model
     return record

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..blockwise import BlockInputs, capture_block_inputs, no_cache, run_block, walk_blocks
 from ..errors import UserError
+from ..eval.perplexity import token_nll
 from ..models.arch import ArchSpec
 
 Scorer = Callable[..., "tuple[list[float], dict]"]
@@ -47,8 +48,7 @@ class BlockScores:
 
 def _nll_sum(logits: torch.Tensor, ids: torch.Tensor) -> tuple[float, int]:
     """Sum of next-token negative log-likelihoods (float64) and the number of targets."""
-    logits = logits[:, :-1].float()
-    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1), reduction="none")
+    nll = token_nll(logits, ids)
     return float(nll.double().sum()), nll.numel()
 
 
