@@ -79,7 +79,17 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--backend", default="auto", choices=["auto", "transformers", "llama.cpp"],
+                   help="auto (default): llama.cpp for a .gguf file, transformers otherwise")
     _model_args(p)
+
+
+def _eval_backend(args: argparse.Namespace) -> str:
+    from pathlib import Path
+
+    if args.backend != "auto":
+        return args.backend
+    return "llama.cpp" if Path(args.model).suffix.lower() == ".gguf" and Path(args.model).is_file() else "transformers"
 
 
 @command("eval", "perplexity of a model on a corpus", _eval_args)
@@ -89,13 +99,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     cfg = EvalConfig(data=args.data, seqlen=args.seqlen, stride=args.stride, max_tokens=args.max_tokens,
                      batch_size=args.batch_size)
-    lm = _load(args)
+    backend = _eval_backend(args)
+    if backend == "llama.cpp":
+        from .eval.llamacpp import load_llamacpp
+
+        lm = load_llamacpp(args.model, n_ctx=cfg.seqlen)
+    else:
+        lm = _load(args)
     rec = evaluate_perplexity(lm, cfg, progress=_progress())
+    rec["backend"] = backend
     if args.json:
         print(json.dumps(rec))
     else:
         _print_table([
-            ("model", rec["model"]), ("data", rec["data"]), ("perplexity", f"{rec['perplexity']:.4f}"),
+            ("model", rec["model"]), ("backend", backend), ("data", rec["data"]),
+            ("perplexity", f"{rec['perplexity']:.4f}"),
             ("tokens scored", str(rec["tokens"])), ("windows", f"{rec['windows']} x {rec['seqlen']}"),
             ("seconds", f"{rec['seconds']:.1f}"), ("parameters", f"{rec['parameters']:,}"),
             ("size on disk", _mb(rec["size_on_disk"])),
@@ -202,6 +220,54 @@ def cmd_quantize(args: argparse.Namespace) -> int:
               f"{max(r.damp for r in rows):g} | {sum(r.seconds for r in rows):.1f} |")
     print(f"\nsaved {out} ({_mb(sum(f.stat().st_size for f in out.glob('*.safetensors')))}); "
           f"per-layer table: {out / 'quantize_layers.jsonl'}; {report.seconds:.0f} s")
+    return 0
+
+
+# ---------------------------------------------------------------- export
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    from .config import GGUFConfig
+    from .export.ggml import EXPORT_TYPES
+    from .quant.job import CalibConfig
+
+    d, c = GGUFConfig(), CalibConfig()
+    p.add_argument("model", help="model folder (plain, pruned or GPTQ-quantized), .gguf file, or alias")
+    p.add_argument("--format", default="gguf", choices=["gguf"], help="output format (gguf)")
+    p.add_argument("--type", default=d.type, help=", ".join(EXPORT_TYPES))
+    p.add_argument("--embed-type", default=None, help="type of token_embd/output (default q8_0 for quantized types)")
+    p.add_argument("--out", required=True, help="output .gguf file (written atomically)")
+    p.add_argument("--method", default=d.method, choices=["gptq", "rtn"],
+                   help="gptq: solve on the type's grid (default); rtn: round to nearest")
+    p.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=d.act_order)
+    p.add_argument("--mse", action=argparse.BooleanOptionalAction, default=d.mse)
+    p.add_argument("--damp", type=float, default=d.damp)
+    p.add_argument("--calib", default=c.data, help="calibration corpus")
+    p.add_argument("--nsamples", type=int, default=c.nsamples)
+    p.add_argument("--seqlen", type=int, default=c.seqlen)
+    p.add_argument("--seed", type=int, default=c.seed)
+    p.add_argument("--batch-size", type=int, default=c.batch_size)
+    _model_args(p)
+
+
+@command("export", "write a model as a GGUF file for llama.cpp (GPTQ solved on Q4_0/Q4_1/Q8_0 grids)",
+         _export_args)
+def cmd_export(args: argparse.Namespace) -> int:
+    from .config import GGUFConfig
+    from .export.gguf import export_gguf
+    from .quant.job import CalibConfig
+
+    cfg = GGUFConfig(type=args.type, embed_type=args.embed_type, method=args.method, act_order=args.act_order,
+                     damp=args.damp, mse=args.mse)
+    calib = CalibConfig(args.calib, args.nsamples, args.seqlen, args.seed, args.batch_size)
+    lm = _load(args)
+    rep = export_gguf(lm, cfg, args.out, calib=calib, progress=_progress())
+    _print_table([
+        ("file", str(rep.path)), ("type", f"{rep.type} (embeddings {rep.embed_type})"),
+        ("tensors", ", ".join(f"{n} {k}" for k, n in sorted(rep.tensors.items()))),
+        ("layers solved", f"{len(rep.solved)} ({rep.method})"), ("layers carried over", str(len(rep.carried))),
+        ("layers re-rounded", str(len(rep.requantized))), ("size", _mb(rep.size)), ("seconds", f"{rep.seconds:.1f}"),
+    ])
     return 0
 
 

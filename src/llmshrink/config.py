@@ -105,6 +105,8 @@ class QuantConfig(Config):
     block_size: int = field(default=128, metadata={"help": "columns per lazy-update block"})
     mse: bool = field(default=True, metadata={"help": "search a shrunk range per group for the lowest "
                                                       "(Hessian-weighted, for GPTQ) error"})
+    grid: str = field(default="zero", metadata={"help": "zero (HF GPTQ: scale and zero point), signed (GGUF "
+                                                        "Q4_0/Q8_0) or min (GGUF Q4_1: scale and fp16 minimum)"})
 
     def __post_init__(self) -> None:
         if self.method not in QUANT_METHODS:
@@ -116,10 +118,55 @@ class QuantConfig(Config):
         if not 0 < self.damp < 1:
             raise UserError(f"damp must be in (0, 1), got {self.damp!r}")
         _positive("block_size", self.block_size)
+        from .quant.grid import GRID_KINDS
+
+        if self.grid not in GRID_KINDS:
+            raise UserError(f"unknown grid {self.grid!r}: use one of {', '.join(GRID_KINDS)}")
+        if (self.grid == "signed" and not self.sym) or (self.grid == "min" and self.sym):
+            raise UserError(f"a {self.grid} grid is {'symmetric' if self.grid == 'signed' else 'asymmetric'}: "
+                            f"set sym={self.grid == 'signed'}")
+        if self.grid != "zero" and self.act_order and not self.static_groups and self.group_size != -1:
+            raise UserError(f"a {self.grid} grid stores one scale per block of consecutive columns: "
+                            "act_order needs static_groups")
 
     @property
     def maxq(self) -> int:
         return (1 << self.bits) - 1
+
+
+@dataclass
+class GGUFConfig(Config):
+    """GGUF export: the tensor type, and how quantized types are solved."""
+
+    kind: ClassVar[str] = "export"
+    type: str = field(default="q4_0", metadata={"help": "f16, bf16, q8_0, q4_0 or q4_1"})
+    embed_type: str | None = field(default=None, metadata={"help": "type of token_embd/output; default q8_0 for "
+                                                                   "quantized types, else the type itself"})
+    method: str = field(default="gptq", metadata={"help": "gptq (solve on the GGML grid) or rtn"})
+    act_order: bool = field(default=True, metadata={"help": "GPTQ in order of decreasing Hessian diagonal"})
+    damp: float = 0.01
+    mse: bool = field(default=True, metadata={"help": "search each block's scale for the lowest error"})
+
+    def __post_init__(self) -> None:
+        from .export.ggml import ggml_type
+
+        ggml_type(self.type)
+        if self.embed_type is not None:
+            ggml_type(self.embed_type)
+        if self.method not in QUANT_METHODS:
+            raise UserError(f"unknown method {self.method!r}: use one of {', '.join(QUANT_METHODS)}")
+        if not 0 < self.damp < 1:
+            raise UserError(f"damp must be in (0, 1), got {self.damp!r}")
+
+    def quant_config(self) -> QuantConfig | None:
+        """The GPTQ/RTN settings that solve on this type's grid (None for float types)."""
+        from .export.ggml import BLOCK, ggml_type
+
+        t = ggml_type(self.type)
+        if not t.quantized:
+            return None
+        return QuantConfig(method=self.method, bits=t.bits, group_size=BLOCK, sym=t.grid == "signed", grid=t.grid,
+                           act_order=self.act_order, static_groups=self.act_order, damp=self.damp, mse=self.mse)
 
 
 PRUNE_CRITERIA = ("ppl", "taylor", "magnitude", "angular")

@@ -44,3 +44,20 @@ def atomic_dir(out_dir: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_file(out: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``out``; on success it replaces ``out`` in one rename, on any
+    error it is removed, so a half-written file never appears under the final name."""
+    out = Path(out)
+    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}-", suffix=".part")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        tmp.chmod(0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

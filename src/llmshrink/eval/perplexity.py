@@ -32,7 +32,8 @@ class PerplexityResult:
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    p = next(model.parameters(), None)  # a wrapper around another runtime (llama.cpp) has none
+    return p.device if p is not None else torch.device("cpu")
 
 
 def token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

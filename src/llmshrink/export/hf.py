@@ -64,6 +64,9 @@ def quantization_config(cfg: QuantConfig, report: QuantizeReport, *, true_sequen
 def save_quantized(model: torch.nn.Module, tokenizer, report: QuantizeReport, out_dir: Path, *,
                    extra_files: dict[str, str] | None = None) -> Path:
     out_dir = Path(out_dir)
+    if report.config.grid != "zero":
+        raise UserError(f"HF GPTQ checkpoints store scale/zero-point grids, not {report.config.grid!r} grids: "
+                        "quantize with grid=zero, or export to GGUF")
     if not out_dir.parent.is_dir():
         raise UserError(f"the folder {out_dir.parent} does not exist: create it or choose another --out")
     pack_model(model, report)

@@ -39,10 +39,20 @@ class QuantResult:
     perm: torch.Tensor | None  # act-order permutation, if any
     loss: float  # tr((W - Ŵ) H (W - Ŵ)ᵀ), H undamped
     damp: float  # damping fraction actually used (0 for RTN)
+    mins: torch.Tensor | None = None  # [groups, out] float32: ``min`` grids (Ŵ = scale·q + min)
 
     def dequantize(self) -> torch.Tensor:
         cols = self.g_idx.long()
+        if self.mins is not None:
+            return self.scales.T[:, cols] * self.q.float() + self.mins.T[:, cols]
         return self.scales.T[:, cols] * (self.q.float() - self.zeros.T[:, cols].float())
+
+
+def _stack(grids: list[Grid], g_idx: torch.Tensor, q: torch.Tensor, perm, damp: float) -> QuantResult:
+    scales = torch.stack([g.scale for g in grids])
+    zeros = torch.stack([g.zero for g in grids]).round().to(torch.int32)
+    mins = torch.stack([g.offset for g in grids]) if grids[0].offset is not None else None
+    return QuantResult(q.to(torch.uint8), scales, zeros, g_idx, perm, 0.0, damp, mins)
 
 
 def accumulate_hessian(H: torch.Tensor | None, n: int, x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -102,7 +112,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, max_ret
     static: list[Grid] | None = None
     if cfg.static_groups and cfg.group_size != -1:
         hd = torch.diag(H).float()
-        static = [fit_grid(W[:, a:b], maxq, sym=cfg.sym, mse=cfg.mse, col_weight=hd[a:b]) for a, b in bounds]
+        static = [fit_grid(W[:, a:b], maxq, sym=cfg.sym, mse=cfg.mse, col_weight=hd[a:b], kind=cfg.grid)
+                  for a, b in bounds]
 
     perm = None
     if cfg.act_order:
@@ -133,7 +144,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, max_ret
                 g = col // gs
                 if col % gs == 0:
                     grid = fit_grid(_group_columns(W, W1, Err1, Hinv, i1, i, i2, min(col + gs, in_f)),
-                                    maxq, sym=cfg.sym, mse=cfg.mse, col_weight=hdiag[col: min(col + gs, in_f)])
+                                    maxq, sym=cfg.sym, mse=cfg.mse, col_weight=hdiag[col: min(col + gs, in_f)],
+                                    kind=cfg.grid)
                     grids[g] = grid
             assert grid is not None
             w = W1[:, i]
@@ -152,9 +164,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, max_ret
         inv = torch.argsort(perm)
         Q, Qint = Q[:, inv], Qint[:, inv]
     final = static if static is not None else [grids[g] for g in range(len(grids))]
-    scales = torch.stack([gr.scale for gr in final])
-    zeros = torch.stack([gr.zero for gr in final]).round().to(torch.int32)
-    res = QuantResult(Qint.to(torch.uint8), scales, zeros, g_idx, perm, 0.0, damp)
+    res = _stack(final, g_idx, Qint, perm, damp)
     res.loss = weighted_error(W0, Q, H_orig)
     return res
 
@@ -176,11 +186,10 @@ def rtn_quantize(W: torch.Tensor, cfg: QuantConfig, H: torch.Tensor | None = Non
     """Round-to-nearest on the same grids (the baseline); ``H``, if given, only scores the loss."""
     W0 = W.float()
     bounds = group_bounds(W0.shape[1], cfg.group_size)
-    grids = [fit_grid(W0[:, a:b], cfg.maxq, sym=cfg.sym, mse=cfg.mse) for a, b in bounds]
+    grids = [fit_grid(W0[:, a:b], cfg.maxq, sym=cfg.sym, mse=cfg.mse, kind=cfg.grid) for a, b in bounds]
     q = torch.cat([gr.quantize(W0[:, a:b], cfg.maxq) for gr, (a, b) in zip(grids, bounds, strict=True)], dim=1)
     g_idx = torch.cat([torch.full((b - a,), g, dtype=torch.int32) for g, (a, b) in enumerate(bounds)])
-    res = QuantResult(q.to(torch.uint8), torch.stack([g.scale for g in grids]),
-                      torch.stack([g.zero for g in grids]).round().to(torch.int32), g_idx, None, 0.0, 0.0)
+    res = _stack(grids, g_idx, q, None, 0.0)
     if H is not None:
         res.loss = weighted_error(W0, res.dequantize(), H)
     return res

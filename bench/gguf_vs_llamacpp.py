@@ -1,0 +1,203 @@
+"""llmshrink's GPTQ GGUF files against llama.cpp's own quantizer, all scored by llama.cpp.
+
+From the default model: llmshrink writes F16 and GPTQ-solved Q4_0 / Q4_1 / Q8_0 GGUF files;
+llama.cpp (``llama_model_quantize`` through llama-cpp-python) makes Q4_0 / Q4_1 / Q8_0 from our
+F16 file, with the embedding at Q8_0 like ours (and, for Q4_0, also with its default Q6_K
+embedding), and with an importance matrix (the mean squared input of every linear layer over
+the same calibration windows GPTQ uses; what ``llama-imatrix`` computes). Every file is then
+evaluated by llama.cpp (its tokenizer, its logits) on the same ``shakespeare:eval`` windows,
+and transformers' perplexity of the original model is recorded beside them.
+
+Resumable: finished rows are kept in runs/bench/gguf/results.json; delete it to start over.
+
+    python bench/gguf_vs_llamacpp.py [--nsamples 128] [--max-tokens N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from llmshrink.config import EvalConfig, GGUFConfig
+from llmshrink.data.corpora import load_corpus
+from llmshrink.data.windows import bos_id, sample_windows, tokenize_corpus
+from llmshrink.eval.llamacpp import load_llamacpp
+from llmshrink.eval.run import evaluate_perplexity
+from llmshrink.export.gguf import export_gguf
+from llmshrink.models.load import load_model
+from llmshrink.quant.job import CalibConfig
+
+ROOT = Path("runs/bench/gguf")
+OURS = ("q4_0", "q4_1", "q8_0")
+# row name -> (llama.cpp ftype, token embedding type or None for llama.cpp's default, imatrix?)
+THEIRS = {
+    "llama.cpp q4_0": ("MOSTLY_Q4_0", "Q8_0", False),
+    "llama.cpp q4_0 + imatrix": ("MOSTLY_Q4_0", "Q8_0", True),
+    "llama.cpp q4_1": ("MOSTLY_Q4_1", "Q8_0", False),
+    "llama.cpp q4_1 + imatrix": ("MOSTLY_Q4_1", "Q8_0", True),
+    "llama.cpp q8_0": ("MOSTLY_Q8_0", "Q8_0", False),
+    "llama.cpp q4_0 (default: q6_k embedding)": ("MOSTLY_Q4_0", None, False),
+}
+
+
+def _save(path: Path, rec: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rec, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def importance(lm, calib: CalibConfig) -> dict[str, np.ndarray]:
+    """Mean squared input per column of every block linear, by GGUF tensor name (llama-imatrix's statistic)."""
+    import gguf
+
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, len(lm.arch.blocks(lm.model)))
+    stream = tokenize_corpus(load_corpus(calib.data), lm.tokenizer)
+    windows = sample_windows(stream, calib.nsamples, calib.seqlen, seed=calib.seed, bos=bos_id(lm.tokenizer))
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    hooks = []
+    for i, block in enumerate(lm.arch.blocks(lm.model)):
+        for local in lm.arch.linear_names:
+            key = names.get_name(f"{lm.arch.layers}.{i}.{local}.weight", try_suffixes=(".weight",))
+
+            def hook(_m, args, key=key):
+                x = args[0].reshape(-1, args[0].shape[-1]).double()
+                sums[key] = sums.get(key, 0) + (x * x).sum(0)
+                counts[key] = counts.get(key, 0) + x.shape[0]
+
+            hooks.append(block.get_submodule(local).register_forward_pre_hook(hook))
+    with torch.inference_mode():
+        for batch in windows.split(calib.batch_size):
+            lm.model(input_ids=batch, use_cache=False)
+    for h in hooks:
+        h.remove()
+    return {k: (sums[k] / counts[k]).float().numpy() for k in sums}
+
+
+def llama_quantize(src: Path, dst: Path, ftype: str, embed: str | None, imatrix: dict | None) -> None:
+    import llama_cpp
+
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_{ftype}")
+    p.nthread = 2
+    if embed is not None:
+        t = getattr(llama_cpp, f"GGML_TYPE_{embed}")
+        p.token_embedding_type = t
+        p.output_tensor_type = t
+    keep = []
+    if imatrix is not None:
+        entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
+        for e, (name, values) in zip(entries, imatrix.items(), strict=False):
+            arr = np.ascontiguousarray(values, dtype=np.float32)
+            keep.append(arr)
+            e.name = name.encode()
+            e.data = arr.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            e.size = arr.size
+        entries[len(imatrix)].name = None  # the list ends at a null name
+        p.imatrix = entries
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p))
+    if rc != 0:
+        raise RuntimeError(f"llama_model_quantize failed ({rc}) for {dst}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--data", default="shakespeare:eval")
+    ap.add_argument("--nsamples", type=int, default=CalibConfig.nsamples)
+    ap.add_argument("--max-tokens", type=int, default=None)
+    args = ap.parse_args()
+    ROOT.mkdir(parents=True, exist_ok=True)
+    path = ROOT / "results.json"
+    res = json.loads(path.read_text()) if path.exists() else {"rows": {}}
+    res.update(model=args.model, machine=platform.machine(), data=args.data, nsamples=args.nsamples,
+               max_tokens=args.max_tokens)
+    rows = res["rows"]
+    calib = CalibConfig(nsamples=args.nsamples)
+    ecfg = EvalConfig(data=args.data, max_tokens=args.max_tokens)
+    lm = None
+
+    def model():
+        nonlocal lm
+        if lm is None:
+            lm = load_model(args.model)
+        return lm
+
+    if "transformers (original)" not in rows:
+        r = evaluate_perplexity(model(), ecfg)
+        rows["transformers (original)"] = {"perplexity": r["perplexity"], "tokens": r["tokens"]}
+        _save(path, res)
+    f16 = ROOT / "f16.gguf"
+    if not f16.exists():
+        export_gguf(model(), GGUFConfig(type="f16"), f16)
+    imat = ROOT / "imatrix.npz"
+    if not imat.exists():
+        np.savez(imat, **importance(model(), calib))
+    with np.load(imat, allow_pickle=False) as z:
+        imatrix = {k: z[k] for k in z.files}
+
+    def ours(t: str) -> Path:
+        nonlocal lm
+        f = ROOT / f"gptq-{t}.gguf"
+        if not f.exists():
+            lm = None  # GPTQ rewrites the weights it solves: start each export from the original
+            t0 = time.perf_counter()
+            export_gguf(model(), GGUFConfig(type=t), f, calib=calib)
+            res.setdefault("export_seconds", {})[t] = time.perf_counter() - t0
+            _save(path, res)
+            lm = None
+        return f
+
+    def theirs(name: str) -> Path:
+        ftype, embed, use_imatrix = THEIRS[name]
+        f = ROOT / (name.replace(" ", "_").replace("+", "").replace("(", "").replace(")", "").replace(":", "")
+                    + ".gguf")
+        if not f.exists():
+            llama_quantize(f16, f, ftype, embed, imatrix if use_imatrix else None)
+        return f
+
+    # Pairs first (ours, then llama.cpp's from the same F16), so a cut-short run still compares.
+    order = [("llmshrink f16", lambda: f16)]
+    for t in OURS:
+        order += [(f"llmshrink gptq {t}", lambda t=t: ours(t)), (f"llama.cpp {t}", lambda t=t: theirs(f"llama.cpp {t}"))]
+    order += [(n, lambda n=n: theirs(n)) for n in THEIRS if n not in dict(order)]
+    for name, make in order:
+        if name in rows:
+            continue
+        f = make()
+        lc = load_llamacpp(f, n_ctx=ecfg.seqlen)
+        r = evaluate_perplexity(lc, ecfg)
+        rows[name] = {"perplexity": r["perplexity"], "tokens": r["tokens"], "size": f.stat().st_size,
+                      "bits_per_weight": 8 * f.stat().st_size / r["parameters"], "parameters": r["parameters"],
+                      "eval_seconds": r["eval_seconds"]}
+        _save(path, res)
+        print(name, rows[name], flush=True)
+    print(table(res))
+
+
+def table(res: dict) -> str:
+    rows = res["rows"]
+    base = rows["llmshrink f16"]["perplexity"]
+    lines = ["| file | size MB | bits/weight | perplexity | increase over F16 |", "|---|---:|---:|---:|---:|"]
+    for name, r in rows.items():
+        if "size" not in r:
+            lines.append(f"| {name} | | | {r['perplexity']:.3f} | |")
+            continue
+        lines.append(f"| {name} | {r['size'] / 1e6:.1f} | {r['bits_per_weight']:.2f} | {r['perplexity']:.3f} | "
+                     f"{r['perplexity'] - base:+.3f} |")
+    ours, theirs = rows.get("llmshrink gptq q4_0"), rows.get("llama.cpp q4_0")
+    if ours and theirs:
+        lines.append(f"\nQ4_0 increase ratio (llmshrink GPTQ / llama.cpp): "
+                     f"{(ours['perplexity'] - base) / (theirs['perplexity'] - base):.3f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""Export a LLaMA-family model to a GGUF file that llama.cpp loads.
+
+For the block-quantized types (Q4_0, Q4_1, Q8_0) the decoder blocks' linear layers are solved by
+GPTQ on the type's own grid (32-column groups, fp16 scales, see :mod:`.ggml`), through the same
+block-by-block driver as ``llmshrink quantize``, and their codes are written into GGML blocks
+as they are: no second rounding. Layers already packed by ``llmshrink quantize`` are carried over
+exactly when their grid is the type's grid, and otherwise dequantized and rounded to the type
+(with a warning). Embeddings and an untied lm_head are rounded to ``embed_type``; norms stay F32.
+
+The file is written under a temporary name and renamed at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+
+from ..config import GGUFConfig, QuantConfig
+from ..data.corpora import load_corpus
+from ..data.windows import bos_id, sample_windows, tokenize_corpus
+from ..errors import UserError
+from ..models.load import LoadedModel
+from ..paths import atomic_file
+from ..quant.api import quantize_model
+from ..quant.gptq import QuantResult, rtn_quantize
+from ..quant.qlinear import QuantLinear
+from .ggml import BLOCK, GGMLType, float_tensor, ggml_type, pack_result
+from .gguf_meta import add_hparams, add_tokenizer, gguf_arch, read_vocab
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GGUFReport:
+    path: Path
+    type: str
+    embed_type: str
+    method: str
+    tensors: dict[str, int] = field(default_factory=dict)  # ggml type name -> tensor count
+    solved: list[str] = field(default_factory=list)  # layers whose GPTQ/RTN codes were written as solved
+    carried: list[str] = field(default_factory=list)  # packed layers carried over exactly
+    requantized: list[str] = field(default_factory=list)  # packed layers dequantized and rounded again
+    seconds: float = 0.0
+    size: int = 0
+
+
+def _rope_rows(out_features: int, n_head: int) -> torch.Tensor:
+    """Row order llama.cpp's RoPE expects for q/k (pairs interleaved, as convert_hf_to_gguf permutes)."""
+    return torch.arange(out_features).reshape(n_head, 2, out_features // n_head // 2).transpose(1, 2).reshape(-1)
+
+
+def _packed_result(mod: QuantLinear, qcfg: QuantConfig) -> QuantResult | None:
+    """A packed layer's solution, if it lies exactly on ``qcfg``'s GGML grid; else None."""
+    from ..quant.pack import unpack_qweight, unpack_qzeros
+
+    if mod.bits != qcfg.bits or mod.in_features % BLOCK:
+        return None
+    g_idx = mod.g_idx.to(torch.int32)
+    if not torch.equal(g_idx, torch.arange(mod.in_features, dtype=torch.int32) // BLOCK):
+        return None
+    q = unpack_qweight(mod.qweight, mod.bits).to(torch.uint8)
+    zeros = unpack_qzeros(mod.qzeros, mod.bits).to(torch.int32)
+    scales = mod.scales.float()
+    if qcfg.grid == "signed":
+        if not torch.all(zeros == 1 << (mod.bits - 1)):
+            return None
+        return QuantResult(q, scales, zeros, g_idx, None, 0.0, 0.0)
+    mins = (-scales * zeros.float())  # Ŵ = s·(q − z) = s·q + (−s·z): exact only if −s·z is fp16
+    if not torch.equal(mins.half().float(), mins):
+        return None
+    return QuantResult(q, scales, torch.zeros_like(zeros), g_idx, None, 0.0, 0.0, mins)
+
+
+def _round(w: torch.Tensor, t: GGMLType, qcfg: QuantConfig | None) -> np.ndarray:
+    """Round a float weight to ``t`` (RTN on its grid for block types)."""
+    if not t.quantized:
+        return float_tensor(w, t)
+    cfg = qcfg if qcfg is not None and qcfg.bits == t.bits and qcfg.grid == t.grid else \
+        QuantConfig(method="rtn", bits=t.bits, group_size=BLOCK, sym=t.grid == "signed", grid=t.grid,
+                    act_order=False)
+    if w.shape[1] % BLOCK:
+        raise UserError(f"a weight of width {w.shape[1]} cannot be stored as {t.name} (blocks of {BLOCK}): "
+                        "choose f16 or bf16")
+    return pack_result(rtn_quantize(w.float(), cfg), t)
+
+
+def _linear_bytes(name: str, mod: torch.nn.Module, t: GGMLType, qcfg: QuantConfig | None,
+                  results: dict[str, QuantResult], report: GGUFReport) -> np.ndarray:
+    if name in results:
+        report.solved.append(name)
+        return pack_result(results.pop(name), t)
+    if isinstance(mod, QuantLinear):
+        res = _packed_result(mod, qcfg) if qcfg is not None else None
+        if res is not None:
+            report.carried.append(name)
+            return pack_result(res, t)
+        report.requantized.append(name)
+        log.warning("%s: its %d-bit GPTQ grid is not %s's; dequantized and rounded again to %s", name, mod.bits,
+                    t.name, t.name)
+        return _round(mod.dequantized_weight(), t, qcfg)
+    if t.quantized:
+        report.solved.append(name)
+    return _round(mod.weight.data, t, qcfg)
+
+
+def _float_blocks(lm: LoadedModel) -> range | None:
+    """The trailing run of blocks whose linears are all plain (not packed): what GPTQ may solve."""
+    blocks = lm.arch.blocks(lm.model)
+    plain = [all(isinstance(b.get_submodule(n), torch.nn.Linear) for n in lm.arch.linear_names) for b in blocks]
+    first = len(plain)
+    while first > 0 and plain[first - 1]:
+        first -= 1
+    if any(plain[:first]):
+        log.warning("plain blocks before packed ones are rounded (RTN), not solved by GPTQ")
+    return range(first, len(plain)) if first < len(plain) else None
+
+
+def solve_blocks(lm: LoadedModel, qcfg: QuantConfig, calib, progress=None) -> dict[str, QuantResult]:
+    """GPTQ (or RTN) on the GGML grid for the model's plain blocks: {full layer name: result}."""
+    todo = _float_blocks(lm)
+    if todo is None:
+        return {}
+    windows = None
+    if qcfg.method == "gptq":
+        stream = tokenize_corpus(load_corpus(calib.data), lm.tokenizer)
+        windows = sample_windows(stream, calib.nsamples, calib.seqlen, seed=calib.seed,
+                                 bos=bos_id(lm.tokenizer), name=f"calibration corpus {calib.data}")
+        log.info("calibrating on %d x %d tokens of %s", *windows.shape, calib.data)
+    report = quantize_model(lm.model, lm.arch, windows, qcfg, blocks=todo, batch_size=calib.batch_size,
+                            progress=progress)
+    return report.results
+
+
+def export_gguf(lm: LoadedModel, cfg: GGUFConfig, out: Path, *, calib=None, progress=None) -> GGUFReport:
+    """Write ``lm`` to ``out`` as GGUF of ``cfg.type``; GPTQ-solved when the type is block-quantized."""
+    from ..quant.job import CalibConfig
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise UserError(f"the folder {out.parent} does not exist: create it or choose another --out")
+    config = lm.model.config
+    arch_name = gguf_arch(getattr(config, "model_type", None))
+    t = ggml_type(cfg.type)
+    et = ggml_type(cfg.embed_type or ("q8_0" if t.quantized else t.name))
+    read_vocab(lm.tokenizer, config.vocab_size)  # refuse an unrepresentable tokenizer before solving
+    qcfg = cfg.quant_config()
+    report = GGUFReport(out, t.name, et.name, cfg.method if t.quantized else "none")
+    results = solve_blocks(lm, qcfg, calib or CalibConfig(), progress) if qcfg is not None else {}
+
+    model, arch = lm.model, lm.arch
+    blocks = arch.blocks(model)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, len(blocks))
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    rope_heads = {"self_attn.q_proj": heads, "self_attn.k_proj": kv}
+    tensors: list[tuple[str, np.ndarray, GGMLType]] = []
+
+    def add(hf_name: str, data: np.ndarray, tt: GGMLType, rows: torch.Tensor | None = None) -> None:
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise UserError(f"no GGUF name for tensor {hf_name}: this model has parts llama.cpp's llama lacks")
+        tensors.append((name, data[rows.numpy()] if rows is not None else data, tt))
+
+    f32 = ggml_type("f32")
+    embed = model.get_submodule(arch.embed).weight.data
+    add(f"{arch.embed}.weight", _round(embed, et, None), et)
+    for i, block in enumerate(blocks):
+        for local, mod in block.named_modules():
+            full = f"{arch.layers}.{i}.{local}"
+            if local in arch.linear_names:
+                rows = _rope_rows(mod.out_features, rope_heads[local]) if local in rope_heads else None
+                add(f"{full}.weight", _linear_bytes(full, mod, t, qcfg, results, report), t, rows)
+                if getattr(mod, "bias", None) is not None:
+                    add(f"{full}.bias", float_tensor(mod.bias.data[rows] if rows is not None else mod.bias.data,
+                                                     f32), f32)
+            elif not any(local.startswith(n + ".") for n in arch.linear_names):
+                for pname, p in mod.named_parameters(recurse=False):
+                    add(f"{full}.{pname}", float_tensor(p.data, f32), f32)
+    add(f"{arch.norm}.weight", float_tensor(model.get_submodule(arch.norm).weight.data, f32), f32)
+    head = model.get_submodule(arch.lm_head)
+    tied = not isinstance(head, QuantLinear) and head.weight.data_ptr() == embed.data_ptr()
+    if not tied:  # llama.cpp uses token_embd as the output when there is no output.weight
+        w = head.dequantized_weight() if isinstance(head, QuantLinear) else head.weight.data
+        add(f"{arch.lm_head}.weight", _round(w, et, None), et)
+
+    with atomic_file(out) as tmp:
+        w = gguf.GGUFWriter(tmp, arch_name)
+        add_hparams(w, config, len(blocks), lm.name)
+        add_tokenizer(w, lm.tokenizer, config.vocab_size)
+        w.add_file_type(int(t.file_type))
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        for name, data, tt in tensors:
+            raw = tt.ggml if tt.ggml == gguf.GGMLQuantizationType.BF16 or tt.quantized else None
+            w.add_tensor(name, data, raw_dtype=raw)
+            report.tensors[tt.name] = report.tensors.get(tt.name, 0) + 1
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file(progress=False)
+        w.close()
+    report.size = out.stat().st_size
+    report.seconds = time.perf_counter() - t0
+    log.info("wrote %s (%s, %.1f MB) in %.1f s", out, t.name, report.size / 1e6, report.seconds)
+    return report

@@ -1,0 +1,103 @@
+"""llama.cpp (llama-cpp-python) runs our GGUF files: loads, tokenizes like transformers, generates,
+and scores the same windows as ``llmshrink eval``."""
+
+import json
+
+import pytest
+import torch
+
+from llmshrink.cli import main
+from llmshrink.config import EvalConfig, GGUFConfig
+from llmshrink.errors import UserError
+from llmshrink.eval.llamacpp import load_llamacpp
+from llmshrink.eval.run import evaluate_perplexity
+from llmshrink.export.gguf import export_gguf
+from llmshrink.models.load import load_model
+from llmshrink.prune.depth import remove_blocks
+from llmshrink.quant.job import CalibConfig
+from tests.conftest import TEXT, make_tiny_model, save_model_dir
+
+pytest.importorskip("llama_cpp", reason="llama-cpp-python is a test dependency: pip install -e .[test]")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from tests.conftest import make_tokenizer
+
+    tok = make_tokenizer()
+    return save_model_dir(tmp_path_factory.mktemp("tiny") / "m", make_tiny_model(len(tok), layers=3), tok)
+
+
+@pytest.mark.parametrize("type_name", ["f16", "bf16", "q8_0", "q4_0", "q4_1"])
+def test_llama_cpp_loads_and_generates_every_type(tmp_path, tiny, text_file, type_name):
+    lm = load_model(str(tiny))
+    out = tmp_path / f"m-{type_name}.gguf"
+    export_gguf(lm, GGUFConfig(type=type_name), out, calib=CalibConfig(str(text_file), 8, 32, batch_size=4))
+    lc = load_llamacpp(out, n_ctx=128)
+    text = "Now is the winter of our discontent, 2024 -- made glorious <|user|> summer!"
+    assert lc.tokenizer(text, add_special_tokens=False)["input_ids"] == \
+        lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    prompt = lm.tokenizer("To be, or not to be", add_special_tokens=False)["input_ids"]
+    got = lc.model.greedy(prompt, 12)
+    assert len(got) >= 1 and all(0 <= t < lm.model.config.vocab_size for t in got)
+    # llama.cpp's logits are those of the weights the file holds, as transformers reads them; llama.cpp
+    # rounds activations to 8 bits in quantized dot products, so they agree closely, not exactly.
+    back = load_model(str(out))
+    with torch.no_grad():
+        ref = back.model(torch.tensor([prompt])).logits
+    diff = (lc.model(torch.tensor([prompt])).logits - ref).abs()
+    scale = (ref - ref.mean(-1, keepdim=True)).abs().mean()
+    assert diff.mean() < 0.05 * scale, (diff.mean(), scale)
+
+
+def test_f16_greedy_continuation_and_perplexity_match_transformers(tmp_path, tiny, text_file, capsys):
+    lm = load_model(str(tiny))
+    out = tmp_path / "m.gguf"
+    export_gguf(lm, GGUFConfig(type="f16"), out)
+    lc = load_llamacpp(out, n_ctx=256)
+    prompt = lm.tokenizer("All the world's a stage", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        ref = lm.model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False,
+                                eos_token_id=None)[0, len(prompt):].tolist()
+    assert lc.model.greedy(prompt, 16, stop_at_eos=False) == ref
+    cfg = EvalConfig(data=str(text_file), seqlen=64)
+    ours = evaluate_perplexity(lm, cfg)["perplexity"]
+    assert main(["eval", str(out), "--data", str(text_file), "--seqlen", "64", "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["backend"] == "llama.cpp" and rec["tokens"] == evaluate_perplexity(lm, cfg)["tokens"]
+    assert rec["perplexity"] == pytest.approx(ours, rel=5e-3)
+
+
+def test_a_pruned_model_exports_and_runs(tmp_path, tiny):
+    lm = load_model(str(tiny))
+    remove_blocks(lm.model, lm.arch, [1])
+    out = tmp_path / "p.gguf"
+    export_gguf(lm, GGUFConfig(type="f16"), out)
+    lc = load_llamacpp(out, n_ctx=64)
+    ids = lm.tokenizer(TEXT[:60], add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(lc.model(torch.tensor([ids])).logits, lm.model(torch.tensor([ids])).logits,
+                                   atol=0.05, rtol=0)
+
+
+def test_missing_or_broken_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        load_llamacpp(tmp_path / "none.gguf")
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(UserError, match="could not load"):
+        load_llamacpp(bad)
+
+
+@pytest.mark.e2e
+def test_default_model_f16_through_llama_cpp_continues_like_transformers(tmp_path):
+    lm = load_model("smollm2-135m")
+    out = tmp_path / "smollm2-f16.gguf"
+    export_gguf(lm, GGUFConfig(type="f16"), out)
+    lc = load_llamacpp(out, n_ctx=256)
+    text = "Shall I compare thee to a summer's day? Thou art more lovely and more temperate: 1609"
+    assert lc.tokenizer(text)["input_ids"] == lm.tokenizer(text)["input_ids"]
+    prompt = lm.tokenizer("The king said to his son", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        ref = lm.model.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False)[0, len(prompt):]
+    assert lc.model.greedy(prompt, 32) == ref.tolist()
