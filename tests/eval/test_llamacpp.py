@@ -85,7 +85,7 @@ def test_missing_or_broken_file_is_a_user_error(tmp_path):
         load_llamacpp(tmp_path / "none.gguf")
     bad = tmp_path / "bad.gguf"
     bad.write_bytes(b"GGUF" + b"\0" * 64)
-    with pytest.raises(UserError, match="could not load"):
+    with pytest.raises(UserError, match="not a readable GGUF file"):
         load_llamacpp(bad)
 
 

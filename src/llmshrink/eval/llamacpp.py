@@ -98,8 +98,11 @@ def load_llamacpp(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no such file: {path}: check the path")
+    from ..models.convert import inspect_gguf
+
     llama_cpp = _llama_cpp()
     t0 = time.perf_counter()
+    inspect_gguf(path)  # a truncated or corrupt file: the reader's clear error, not llama.cpp's
     try:
         llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
                               n_threads=n_threads or os.cpu_count(), n_gpu_layers=0, verbose=False)
