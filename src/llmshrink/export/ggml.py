@@ -74,10 +74,14 @@ def _nibbles(q: np.ndarray) -> np.ndarray:
     return (q[..., :16] | (q[..., 16:] << 4)).astype(np.uint8)
 
 
-def check_blockwise(res: QuantResult, in_features: int) -> None:
-    """A solution fits GGML blocks if each group is 32 consecutive input columns."""
+def is_blockwise(g_idx: torch.Tensor, in_features: int) -> bool:
+    """Whether each group is 32 consecutive input columns, as GGML blocks are."""
     want = torch.arange(in_features, dtype=torch.int32) // BLOCK
-    if in_features % BLOCK or not torch.equal(res.g_idx.to(torch.int32), want):
+    return in_features % BLOCK == 0 and torch.equal(g_idx.to(torch.int32), want)
+
+
+def check_blockwise(res: QuantResult, in_features: int) -> None:
+    if not is_blockwise(res.g_idx, in_features):
         raise ValueError("the solution's groups are not consecutive blocks of 32 columns")
 
 

@@ -30,7 +30,7 @@ from ..paths import atomic_file
 from ..quant.api import quantize_model
 from ..quant.gptq import QuantResult, rtn_quantize
 from ..quant.qlinear import QuantLinear
-from .ggml import BLOCK, GGMLType, float_tensor, ggml_type, pack_result
+from .ggml import BLOCK, GGMLType, float_tensor, ggml_type, is_blockwise, pack_result
 from .gguf_meta import add_hparams, add_tokenizer, gguf_arch, read_vocab
 
 log = logging.getLogger(__name__)
@@ -59,10 +59,8 @@ def _packed_result(mod: QuantLinear, qcfg: QuantConfig) -> QuantResult | None:
     """A packed layer's solution, if it lies exactly on ``qcfg``'s GGML grid; else None."""
     from ..quant.pack import unpack_qweight, unpack_qzeros
 
-    if mod.bits != qcfg.bits or mod.in_features % BLOCK:
-        return None
     g_idx = mod.g_idx.to(torch.int32)
-    if not torch.equal(g_idx, torch.arange(mod.in_features, dtype=torch.int32) // BLOCK):
+    if mod.bits != qcfg.bits or not is_blockwise(g_idx, mod.in_features):
         return None
     q = unpack_qweight(mod.qweight, mod.bits).to(torch.uint8)
     zeros = unpack_qzeros(mod.qzeros, mod.bits).to(torch.int32)
