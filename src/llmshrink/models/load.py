@@ -214,4 +214,4 @@ def load_model(
     tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
     seconds = time.perf_counter() - t0
     log.info("loaded %s from %s in %.1f s", spec, folder, seconds)
-    return LoadedModel(model, tokenizer, folder, spec, arch, seconds, blocks)
+    return LoadedModel(model, tokenizer, folder, str(spec), arch, seconds, blocks)

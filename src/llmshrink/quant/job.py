@@ -34,17 +34,19 @@ class CalibConfig:
 
 
 def parse_blocks(spec: str | None, n_layers: int) -> range:
-    """``A:B`` (Python slice, ends optional) or ``N`` (block N alone) -> range, checked against the model."""
+    """``A:B`` (Python slice: ends optional, negative counts from the end) or ``N`` (block N alone) -> range, checked against the model."""
     if spec is None or spec in ("", ":", "all"):
         return range(n_layers)
     try:
         if ":" in spec:
             a, _, b = spec.partition(":")
-            r = range(int(a) if a else 0, int(b) if b else n_layers)
+            start, stop = int(a) if a else 0, int(b) if b else n_layers
+            start, stop = (start + n_layers if start < 0 else start), (stop + n_layers if stop < 0 else stop)
+            r = range(start, stop)
         else:
             r = range(int(spec), int(spec) + 1)
     except ValueError:
-        raise UserError(f"bad block range {spec!r}: write A:B, e.g. 0:26") from None
+        raise UserError(f"bad block range {spec!r}: write A:B, e.g. 0:26 (or 0:-4: all but the last four)") from None
     if len(r) == 0 or r.start < 0 or r.stop > n_layers:
         raise UserError(f"block range {spec} is outside the model's {n_layers} blocks (0:{n_layers})")
     return r

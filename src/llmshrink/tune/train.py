@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -34,37 +35,53 @@ def lr_factor(step: int, steps: int, warmup: int, floor: float = 0.1) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def train_loop(params: list[torch.nn.Parameter], batches: Iterable[torch.Tensor],
-               loss_fn: Callable[[torch.Tensor], torch.Tensor], *, steps: int, lr: float,
-               warmup: float = 0.05, clip: float = 1.0, weight_decay: float = 0.0,
+def train_loop(params: list[torch.nn.Parameter], batches: Iterable, loss_fn: Callable[[object], torch.Tensor], *,
+               steps: int, lr: float, warmup: float = 0.05, clip: float = 1.0, weight_decay: float = 0.0,
+               grad_accum: int = 1, tokens_of: Callable[[object], int] = lambda b: b.numel(),
+               start_step: int = 0, opt_state: dict | None = None,
+               on_step: Callable[[int, torch.optim.Optimizer, TrainStats], None] | None = None,
                progress=None) -> TrainStats:
-    """Run ``steps`` optimizer steps, one batch each; returns per-step losses and throughput."""
+    """Run optimizer steps ``start_step`` to ``steps``, each over ``grad_accum`` batches (their
+    losses averaged); returns per-step losses and throughput. ``opt_state`` resumes the optimizer
+    (the learning-rate schedule follows from the step), ``on_step(step, optimizer, stats)`` runs
+    after each step (checkpoints)."""
     if not params:
         raise ValueError("no trainable parameters")
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
     n_warm = max(1, int(warmup * steps))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, n_warm))
-    stats = TrainStats(0, 0, 0.0)
+    with warnings.catch_warnings():  # replaying the schedule up to a resumed step, before any optimizer step
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(start_step):
+            sched.step()
+    stats = TrainStats(start_step, 0, 0.0)
     t0 = time.perf_counter()
     it = iter(batches)
-    bar = progress(total=steps, desc="train", unit="step") if progress else None
+    bar = progress(total=steps, initial=start_step, desc="train", unit="step") if progress else None
     try:
-        for _ in range(steps):
-            ids = next(it)
-            with torch.enable_grad():
-                loss = loss_fn(ids)
-                loss.backward()
+        for step in range(start_step, steps):
+            total = 0.0
+            for _ in range(grad_accum):
+                batch = next(it)
+                with torch.enable_grad():
+                    loss = loss_fn(batch) / grad_accum
+                    loss.backward()
+                total += float(loss.detach())
+                stats.tokens += tokens_of(batch)
             torch.nn.utils.clip_grad_norm_(params, clip)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
-            stats.steps += 1
-            stats.tokens += ids.numel()
-            stats.losses.append(float(loss.detach()))
+            stats.steps = step + 1
+            stats.losses.append(total)
+            if on_step is not None:
+                on_step(step + 1, opt, stats)
             if bar is not None:
                 bar.update(1)
                 rate = stats.tokens / (time.perf_counter() - t0)
-                bar.set_postfix(loss=f"{stats.losses[-1]:.3f}", tok_s=f"{rate:.0f}")
+                bar.set_postfix(loss=f"{total:.3f}", tok_s=f"{rate:.0f}")
     finally:
         if bar is not None:
             bar.close()

@@ -1,0 +1,386 @@
+"""Tail fine-tuning: train the last N decoder blocks (and lm_head) with everything before frozen.
+
+The frozen front of the model, packed GPTQ blocks included, never changes, so its output for
+every training batch is computed once, by the block-wise driver, and kept; each training step
+then runs only the trainable tail (forward and backward), the final norm and lm_head. With
+``distill_from``, the original model's final hidden states are cached the same way and its
+next-token distribution is recomputed from them through its own lm_head at each step, so the
+loss is the KL divergence from the original model with no second model held in memory.
+
+Losses: ``task`` (next-token cross-entropy on the labels: every token for text, the response
+tokens for instruction data), ``kd`` (KL from the original model on every real token) or both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..blockwise import BlockInputs, walk_blocks
+from ..config import EvalConfig, FinetuneConfig
+from ..data.corpora import NAMED, load_corpus
+from ..data.instruct import IGNORE, collate, read_conversations, tokenize_dataset
+from ..data.windows import bos_id, sample_windows, tokenize_corpus
+from ..errors import UserError
+from ..models.load import LoadedModel
+from .checkpoint import load_checkpoint, save_checkpoint
+from .train import TrainStats, train_loop
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Batches:
+    ids: list[torch.Tensor]  # [batch, seq] token ids, right-padded
+    labels: list[torch.Tensor]  # IGNORE where no task loss
+    real: list[torch.Tensor]  # bool: real (not padding) tokens
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class FinetuneResult:
+    out: Path
+    stats: TrainStats
+    trainable: int
+    evaluation: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _batches(rows: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> Batches:
+    b = Batches([], [], [])
+    for ids, labels in rows:
+        b.ids.append(ids)
+        b.labels.append(labels)
+        b.real.append(ids != pad_id if pad_id >= 0 else torch.ones_like(ids, dtype=torch.bool))
+    return b
+
+
+def text_batches(lm: LoadedModel, cfg: FinetuneConfig, needed: int | None) -> Batches:
+    """Windows of ``seqlen`` tokens over a corpus (all of it, or ``needed`` windows), every token a target."""
+    stream = tokenize_corpus(load_corpus(cfg.data), lm.tokenizer)
+    bos = bos_id(lm.tokenizer)
+    n = cfg.nsamples
+    if n is None:
+        length = cfg.seqlen - (bos is not None)
+        n_all = stream.numel() // length
+        if n_all < 1:
+            raise UserError(f"corpus {cfg.data} has {stream.numel()} tokens, fewer than one window of "
+                            f"{cfg.seqlen}: give more text or a smaller --seqlen")
+        n = n_all if needed is None else min(n_all, needed)
+    windows = sample_windows(stream, n, cfg.seqlen, seed=cfg.seed, bos=bos, name=f"training corpus {cfg.data}")
+    labels = windows.clone()
+    if bos is not None:
+        labels[:, 0] = IGNORE
+    rows = [(windows[i: i + cfg.batch_size], labels[i: i + cfg.batch_size])
+            for i in range(0, len(windows), cfg.batch_size)]
+    return _batches(rows, -1)
+
+
+def instruct_batches(lm: LoadedModel, cfg: FinetuneConfig) -> tuple[Batches, Batches | None]:
+    """Training and held-out batches of tokenized conversations, response-only labels."""
+    convs = read_conversations(cfg.data, cfg.format, skip_bad_lines=cfg.skip_bad_lines)
+    random.Random(cfg.seed).shuffle(convs)
+    n_eval = max(1, round(cfg.eval_fraction * len(convs))) if cfg.eval_fraction > 0 and len(convs) > 1 else 0
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
+    if pad is None:
+        raise UserError("the tokenizer has neither a pad nor an end-of-sequence token to pad batches with")
+
+    def batches(part) -> Batches:
+        toks = tokenize_dataset(part, cfg.template, lm.tokenizer, cfg.seqlen)
+        rows = [collate(toks[i: i + cfg.batch_size], pad) for i in range(0, len(toks), cfg.batch_size)]
+        b = _batches(rows, -1)
+        b.real = [torch.zeros_like(ids, dtype=torch.bool) for ids in b.ids]
+        for r, chunk in zip(b.real, (toks[i: i + cfg.batch_size] for i in range(0, len(toks), cfg.batch_size)),
+                            strict=True):
+            for k, t in enumerate(chunk):
+                r[k, : len(t.ids)] = True
+        return b
+
+    return batches(convs[n_eval:]), (batches(convs[:n_eval]) if n_eval else None)
+
+
+def _packed(module: torch.nn.Module) -> bool:
+    return any(hasattr(m, "qweight") for m in module.modules())
+
+
+@torch.no_grad()
+def cache_inputs(lm: LoadedModel, batches: Batches, through: int, *, final_norm: bool = False,
+                 progress=None) -> BlockInputs:
+    """What enters block ``through`` for every batch (with ``final_norm``: the normed output of
+    the last block), computed once by the block-wise driver."""
+    packed = [m for m in lm.model.modules() if hasattr(m, "qweight") and hasattr(m, "cache")]
+    for m in packed:  # dequantize each frozen layer once, not once per batch
+        m.cache = True
+    try:
+        inputs = walk_blocks(lm.model, lm.arch, batches.ids, lambda *a: None, blocks=range(0), through=through,
+                             progress=progress)
+    finally:
+        for m in packed:
+            m.cache, m._w = False, None
+    if final_norm:
+        norm = lm.model.get_submodule(lm.arch.norm)
+        inputs = BlockInputs([norm(h) for h in inputs.hidden], inputs.kwargs)
+    return inputs
+
+
+def untie_lm_head(lm: LoadedModel) -> None:
+    """Give lm_head its own weight (a copy of the embedding it shared), so training it leaves the
+    frozen blocks' inputs alone."""
+    head = lm.model.get_submodule(lm.arch.lm_head)
+    emb = lm.model.get_submodule(lm.arch.embed)
+    if head.weight is emb.weight or head.weight.data_ptr() == emb.weight.data_ptr():
+        head.weight = torch.nn.Parameter(emb.weight.detach().clone())
+        for c in {id(c): c for c in (lm.model.config, lm.model.config.get_text_config())}.values():
+            c.tie_word_embeddings = False
+        log.info("lm_head untied from the embedding: it is trained on its own")
+
+
+def select_trainable(lm: LoadedModel, cfg: FinetuneConfig) -> tuple[torch.nn.Module, int]:
+    """Freeze everything, then make the tail (and lm_head) trainable; returns the module whose
+    named trainable parameters are checkpointed (a peft wrapper for LoRA) and the first tail block."""
+    blocks = lm.arch.blocks(lm.model)
+    n = len(blocks)
+    if cfg.n_train > n:
+        raise UserError(f"--train last:{cfg.n_train} asks for more blocks than the model's {n}")
+    first = n - cfg.n_train
+    for i in range(first, n):
+        if _packed(blocks[i]):
+            raise UserError(f"block {i} is quantized (packed) and cannot be trained: choose --train last:N "
+                            "over full-precision blocks (quantize fewer blocks with --blocks 0:K)")
+    head = lm.model.get_submodule(lm.arch.lm_head)
+    if cfg.lm_head and _packed(head):
+        raise UserError("lm_head is quantized (packed) and cannot be trained: leave --lm-head off")
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+    if cfg.lm_head:
+        untie_lm_head(lm)
+    root: torch.nn.Module = lm.model
+    if cfg.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        targets = sorted({name.rsplit(".", 1)[-1] for name in lm.arch.linear_names})
+        lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules=targets, bias="none",
+                          layers_to_transform=list(range(first, n)))
+        torch.manual_seed(cfg.seed)
+        root = get_peft_model(lm.model, lora)
+    else:
+        for i in range(first, n):
+            for p in blocks[i].parameters():
+                p.requires_grad_(True)
+    if cfg.lm_head:
+        lm.model.get_submodule(lm.arch.lm_head).weight.requires_grad_(True)
+    return root, first
+
+
+class TailLoss:
+    """Loss of one cached batch: the tail, the final norm and lm_head, against labels and/or the teacher."""
+
+    def __init__(self, lm: LoadedModel, first: int, cfg: FinetuneConfig, batches: Batches, inputs: BlockInputs,
+                 teacher: tuple[list[torch.Tensor], torch.Tensor] | None):
+        self.tail = list(lm.arch.blocks(lm.model))[first:]
+        self.norm = lm.model.get_submodule(lm.arch.norm)
+        self.head = lm.model.get_submodule(lm.arch.lm_head)
+        self.cfg, self.batches, self.inputs, self.teacher = cfg, batches, inputs, teacher
+
+    def logits(self, j: int) -> torch.Tensor:
+        h = self.inputs.hidden[j]
+        for block in self.tail:
+            out = block(h, **self.inputs.kwargs[j])
+            h = out[0] if isinstance(out, tuple) else out
+        return self.head(self.norm(h))
+
+    def parts(self, j: int) -> dict[str, torch.Tensor]:
+        logits = self.logits(j)[:, :-1].float()
+        out = {}
+        if self.cfg.loss in ("task", "task+kd"):
+            labels = self.batches.labels[j][:, 1:]
+            out["task"] = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE)
+        if self.cfg.loss in ("kd", "task+kd"):
+            hidden, weight = self.teacher
+            mask = self.batches.real[j][:, 1:]
+            with torch.no_grad():
+                t = F.log_softmax((hidden[j][:, :-1][mask] @ weight.T).float(), dim=-1)
+            s = F.log_softmax(logits[mask], dim=-1)
+            out["kd"] = (t.exp() * (t - s)).sum(-1).mean()
+        return out
+
+    def __call__(self, j: int) -> torch.Tensor:
+        return sum(self.parts(j).values())
+
+    @torch.no_grad()
+    def response_loss(self, batches: range) -> float:
+        """Mean next-token cross-entropy over the labelled tokens of these batches."""
+        total, count = 0.0, 0
+        for j in batches:
+            logits = self.logits(j)[:, :-1].float()
+            labels = self.batches.labels[j][:, 1:]
+            n = int((labels != IGNORE).sum())
+            total += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
+                                           ignore_index=IGNORE, reduction="sum"))
+            count += n
+        return total / max(count, 1)
+
+
+def _order(n: int, seed: int):
+    """Micro-batch indices, epoch after epoch, each epoch in its own seeded order."""
+    epoch = 0
+    while True:
+        perm = list(range(n))
+        random.Random(seed * 1_000_003 + epoch).shuffle(perm)
+        yield from perm
+        epoch += 1
+
+
+def config_hash(lm: LoadedModel, cfg: FinetuneConfig) -> str:
+    text = json.dumps({"model": str(lm.path), "config": cfg.to_dict()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def checkpoint_dir(out: Path) -> Path:
+    return out.parent / f".{out.name}.checkpoint"
+
+
+def _load_teacher(lm: LoadedModel, cfg: FinetuneConfig, batches: Batches, progress=None):
+    from ..models.load import load_model
+
+    p = next(lm.model.parameters())
+    teacher = load_model(cfg.distill_from, dtype=str(p.dtype).removeprefix("torch."), device=str(p.device))
+    if teacher.tokenizer.get_vocab() != lm.tokenizer.get_vocab():
+        raise UserError(f"--distill-from {cfg.distill_from} has another vocabulary than the model: distil from "
+                        "the model this one was made from")
+    hidden = cache_inputs(teacher, batches, len(teacher.arch.blocks(teacher.model)), final_norm=True,
+                          progress=progress).hidden
+    weight = teacher.model.get_submodule(teacher.arch.lm_head).weight.detach().clone()
+    del teacher
+    return hidden, weight
+
+
+def finetune(lm: LoadedModel, cfg: FinetuneConfig, out: Path, *, resume: bool = False,
+             eval_cfg: EvalConfig | None = None, progress=None) -> FinetuneResult:
+    """Train the tail of ``lm`` in place and save it to ``out``; see the module docstring."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise UserError(f"the folder {out.parent} does not exist: create it or choose another --out")
+    ckpt_dir = checkpoint_dir(out)
+    if ckpt_dir.exists() and not resume:
+        raise UserError(f"{ckpt_dir} holds the checkpoint of an interrupted run: pass --resume to continue it, "
+                        "or delete it to start over")
+    root, first = select_trainable(lm, cfg)
+    params = {name: p for name, p in root.named_parameters() if p.requires_grad}
+    per_step = cfg.batch_size * cfg.grad_accum
+    held_out = None
+    if cfg.format == "text":
+        batches = text_batches(lm, cfg, None if cfg.steps is None else cfg.steps * per_step)
+    else:
+        batches, held_out = instruct_batches(lm, cfg)
+    n_train = len(batches)
+    if held_out is not None:  # cached alongside, scored before and after training
+        batches = Batches(batches.ids + held_out.ids, batches.labels + held_out.labels, batches.real + held_out.real)
+    steps = cfg.steps or max(1, math.ceil((cfg.epochs or 1.0) * n_train / cfg.grad_accum))
+    log.info("fine-tuning blocks %d:%d%s (%s, %d trainable parameters) for %d steps of %d x %d micro-batches, "
+             "%s loss", first, first + cfg.n_train, " and lm_head" if cfg.lm_head else "", cfg.method,
+             sum(p.numel() for p in params.values()), steps, cfg.grad_accum, cfg.batch_size, cfg.loss)
+    inputs = cache_inputs(lm, batches, first, progress=progress)
+    teacher = _load_teacher(lm, cfg, batches, progress) if cfg.loss != "task" else None
+    loss = TailLoss(lm, first, cfg, batches, inputs, teacher)
+    evaluation: dict = {}
+    if held_out is not None:
+        evaluation["held_out_loss_before"] = loss.response_loss(range(n_train, len(batches)))
+
+    chash = config_hash(lm, cfg)
+    start, opt_state, losses, tokens = 0, None, [], 0
+    if resume and ckpt_dir.exists():
+        ck = load_checkpoint(ckpt_dir, params, chash)
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(ck.params[name])
+        start, opt_state, losses, tokens = ck.step, ck.opt_state, ck.losses, ck.tokens
+        log.info("resuming from step %d of %d (%s)", start, steps, ckpt_dir)
+
+    def on_step(step: int, opt, stats: TrainStats) -> None:
+        if step % cfg.save_every == 0 and step < steps:
+            save_checkpoint(ckpt_dir, step=step, params=params, opt=opt, losses=losses + stats.losses,
+                            tokens=tokens + stats.tokens, config_hash=chash)
+
+    order = _order(n_train, cfg.seed)
+    for _ in range(start * cfg.grad_accum):
+        next(order)
+    for m in lm.model.modules():
+        m.train(False)
+    for block in loss.tail:
+        block.train()
+    stats = train_loop(list(params.values()), order, loss, steps=steps, lr=cfg.lr, grad_accum=cfg.grad_accum,
+                       tokens_of=lambda j: int(batches.real[j].sum()), start_step=start, opt_state=opt_state,
+                       on_step=on_step, progress=progress)
+    for block in loss.tail:
+        block.eval()
+    stats.losses = losses + stats.losses
+    stats.tokens += tokens
+    if held_out is not None:
+        evaluation["held_out_loss_after"] = loss.response_loss(range(n_train, len(batches)))
+    del inputs, loss, teacher
+    if cfg.method == "lora":
+        root.merge_and_unload()
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+    eval_data = cfg.eval_data or _eval_split(cfg)
+    if eval_data is not None and eval_data != "none":
+        from ..eval.run import evaluate_perplexity
+
+        ecfg = eval_cfg or EvalConfig(data=eval_data)
+        evaluation["perplexity"] = evaluate_perplexity(lm, ecfg, progress=progress)["perplexity"]
+        evaluation["eval_data"] = ecfg.data
+    result = FinetuneResult(out, stats, sum(p.numel() for p in params.values()), evaluation)
+    record = {"model": lm.name, "config": cfg.to_dict(), "blocks": [first, first + cfg.n_train],
+              "steps": stats.steps, "tokens": stats.tokens, "train_seconds": stats.seconds,
+              "loss_first": stats.mean_loss(True), "loss_last": stats.mean_loss(False), "losses": stats.losses,
+              "trainable_parameters": result.trainable, "evaluation": evaluation}
+    save_finetuned(lm, out, {"llmshrink_finetune.json": json.dumps(record, indent=2) + "\n"})
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _eval_split(cfg: FinetuneConfig) -> str | None:
+    """A named corpus' held-out split, for text data (``shakespeare:calib`` -> ``shakespeare:eval``)."""
+    if cfg.format != "text":
+        return None
+    name, _, split = cfg.data.partition(":")
+    named = NAMED.get(name)
+    if named is None or "eval" not in named.splits or split == "eval":
+        return None
+    return f"{name}:eval"
+
+
+def save_finetuned(lm: LoadedModel, out: Path, extra_files: dict[str, str]) -> Path:
+    """Save the model (packed layers stay packed) with its source's ``quantization_config``."""
+    from ..paths import atomic_dir
+
+    src = json.loads((lm.path / "config.json").read_text())
+    with atomic_dir(out) as tmp:
+        lm.model.save_pretrained(tmp, safe_serialization=True)
+        lm.tokenizer.save_pretrained(tmp)
+        if "quantization_config" in src:
+            cfg_path = tmp / "config.json"
+            cfg = json.loads(cfg_path.read_text())
+            cfg["quantization_config"] = src["quantization_config"]
+            cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+        for name in ("llmshrink_quantize.json", "quantize_layers.jsonl"):
+            if (lm.path / name).is_file():
+                shutil.copy(lm.path / name, tmp / name)
+        for name, text in extra_files.items():
+            (tmp / name).write_text(text)
+    return out

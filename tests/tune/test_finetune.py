@@ -1,0 +1,160 @@
+import json
+
+import pytest
+import torch
+
+from llmshrink.cli import main
+from llmshrink.config import FinetuneConfig
+from llmshrink.errors import UserError
+from llmshrink.models.load import load_model
+from llmshrink.tune import finetune as ft
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory, tokenizer):
+    """A 4-block tiny model and its copy with blocks 0:2 packed at 4 bits."""
+    from tests.conftest import TEXT, make_tiny_model, save_model_dir
+
+    root = tmp_path_factory.mktemp("ft")
+    plain = save_model_dir(root / "plain", make_tiny_model(len(tokenizer), layers=4), tokenizer)
+    corpus = root / "corpus.txt"
+    corpus.write_text(TEXT * 8)
+    rc = main(["-q", "quantize", str(plain), "--out", str(root / "q"), "--bits", "4", "--group-size", "16",
+               "--blocks", "0:-2", "--calib", str(corpus), "--nsamples", "4", "--seqlen", "16"])
+    assert rc == 0
+    return {"plain": plain, "q": root / "q", "corpus": corpus}
+
+
+def _cfg(dirs, **kw):
+    base = dict(train="last:2", lm_head=True, data=str(dirs["corpus"]), seqlen=16, batch_size=2, steps=6, lr=1e-2,
+                eval_data="none", save_every=2)
+    return FinetuneConfig(**{**base, **kw})
+
+
+def _snapshot(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_only_the_tail_and_lm_head_change_and_packed_blocks_stay_packed(dirs, tmp_path, method):
+    lm = load_model(dirs["q"])
+    before = _snapshot(lm.model)
+    res = ft.finetune(lm, _cfg(dirs, method=method, distill_from=str(dirs["plain"]), loss="task+kd"),
+                      tmp_path / "out")
+    after = _snapshot(lm.model)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed, "training changed nothing"
+    assert all(k.startswith(("model.layers.2.", "model.layers.3.", "lm_head.")) for k in changed), changed
+    assert any(k.startswith("lm_head.") for k in changed) and any(".layers.3." in k for k in changed)
+    assert not any(".layers.0." in k or ".layers.1." in k or "embed_tokens" in k for k in changed)
+    assert all(p.grad is None for p in lm.model.parameters())  # nothing left trainable, no stray gradients
+    assert res.stats.steps == 6 and len(res.stats.losses) == 6
+    # the saved mixed checkpoint reloads with its packed blocks, its untied head and the trained weights
+    again = load_model(tmp_path / "out")
+    assert type(again.model.model.layers[0].mlp.down_proj).__name__ == "QuantLinear"
+    assert type(again.model.model.layers[3].mlp.down_proj).__name__ == "Linear"
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["quantization_config"]["bits"] == 4 and cfg["tie_word_embeddings"] is False
+    reloaded = again.model.state_dict()
+    assert all(torch.equal(reloaded[k], after[k]) for k in changed)
+    assert not (tmp_path / ".out.checkpoint").exists()
+
+
+def test_frozen_packed_blocks_receive_no_gradient(dirs):
+    lm = load_model(dirs["q"])
+    _root, first = ft.select_trainable(lm, _cfg(dirs))
+    assert first == 2
+    batches = ft.text_batches(lm, _cfg(dirs), 2)
+    ids = batches.ids[0]
+    loss = lm.model(input_ids=ids).logits.float().logsumexp(-1).mean()
+    loss.backward()
+    layers = lm.model.model.layers
+    assert all(p.grad is None for p in layers[:2].parameters())
+    assert all(not b.requires_grad for b in layers[:2].buffers())
+    assert all(p.grad is not None for p in layers[2:].parameters())
+    assert lm.model.lm_head.weight.grad is not None and lm.model.model.embed_tokens.weight.grad is None
+
+
+def test_training_packed_blocks_or_too_many_blocks_is_refused(dirs, tmp_path):
+    with pytest.raises(UserError, match="block 1 is quantized"):
+        ft.finetune(load_model(dirs["q"]), _cfg(dirs, train="last:3"), tmp_path / "o")
+    with pytest.raises(UserError, match="more blocks than the model's 4"):
+        ft.finetune(load_model(dirs["plain"]), _cfg(dirs, train="last:5"), tmp_path / "o")
+    with pytest.raises(UserError, match="last:N"):
+        _cfg(dirs, train="first:2")
+    with pytest.raises(UserError, match="--distill-from"):
+        _cfg(dirs, loss="kd")
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(dirs, tmp_path, monkeypatch):
+    cfg = _cfg(dirs, steps=6, save_every=2, distill_from=str(dirs["plain"]))
+    straight = load_model(dirs["q"])
+    ft.finetune(straight, cfg, tmp_path / "a")
+
+    real_save = ft.save_checkpoint
+
+    def save_then_die(folder, *, step, **kw):
+        real_save(folder, step=step, **kw)
+        if step == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ft, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        ft.finetune(load_model(dirs["q"]), cfg, tmp_path / "b")
+    assert (tmp_path / ".b.checkpoint" / "state.json").is_file() and not (tmp_path / "b").exists()
+    monkeypatch.setattr(ft, "save_checkpoint", real_save)
+    with pytest.raises(UserError, match="--resume"):
+        ft.finetune(load_model(dirs["q"]), cfg, tmp_path / "b")
+    with pytest.raises(UserError, match="other settings"):
+        ft.finetune(load_model(dirs["q"]), _cfg(dirs, steps=7, distill_from=str(dirs["plain"])), tmp_path / "b",
+                    resume=True)
+    resumed = load_model(dirs["q"])
+    res = ft.finetune(resumed, cfg, tmp_path / "b", resume=True)
+    assert res.stats.steps == 6 and len(res.stats.losses) == 6
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_instruction_data_trains_on_responses_and_reports_held_out_loss(dirs, tmp_path):
+    rows = [{"instruction": f"Say {w}.", "output": f"{w} {w} {w}"} for w in ("to be", "the world", "a stage",
+                                                                                  "or not", "the question")] * 4
+    data = tmp_path / "i.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lm = load_model(dirs["plain"])
+    res = ft.finetune(lm, _cfg(dirs, data=str(data), format="alpaca", template="alpaca", seqlen=256, steps=30,
+                               lr=3e-3, eval_fraction=0.2, eval_data=None), tmp_path / "out")
+    ev = res.evaluation
+    assert ev["held_out_loss_after"] < ev["held_out_loss_before"]
+    assert "perplexity" not in ev  # instruction data: the held-out split is the evaluation
+    rec = json.loads((tmp_path / "out" / "llmshrink_finetune.json").read_text())
+    assert rec["evaluation"] == ev and rec["steps"] == 30
+
+
+def test_cli_finetune_prints_the_summary_and_bad_input_exits_2(dirs, tmp_path, capsys):
+    rc = main(["finetune", str(dirs["q"]), "--out", str(tmp_path / "o"), "--train", "last:2", "--lm-head",
+               "--data", str(dirs["corpus"]), "--seqlen", "16", "--steps", "2", "--eval-data", str(dirs["corpus"]),
+               "--distill-from", str(dirs["plain"])])
+    out = capsys.readouterr().out
+    assert rc == 0 and "trainable parameters" in out and "perplexity" in out
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "x", "output": "y"}\nnot json\n')
+    rc = main(["finetune", str(dirs["plain"]), "--out", str(tmp_path / "p"), "--data", str(bad), "--format",
+               "alpaca", "--steps", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "bad.jsonl:2" in err and not (tmp_path / "p").exists()
+
+
+def test_the_tuned_mixed_checkpoint_exports_to_gguf_and_runs_in_llama_cpp(dirs, tmp_path):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is a test dependency: pip install -e .[test]")
+    from llmshrink.config import GGUFConfig
+    from llmshrink.eval.llamacpp import load_llamacpp
+    from llmshrink.export.gguf import export_gguf
+    from llmshrink.quant.job import CalibConfig
+
+    ft.finetune(load_model(dirs["q"]), _cfg(dirs, steps=2), tmp_path / "tuned")
+    rep = export_gguf(load_model(tmp_path / "tuned"), GGUFConfig(type="q8_0"), tmp_path / "m.gguf",
+                      calib=CalibConfig(str(dirs["corpus"]), 4, 16))
+    assert len(rep.requantized) == 14 and len(rep.solved) == 14  # packed blocks re-rounded, tuned ones solved
+    assert rep.tensors["q8_0"] == 30  # 28 block linears + the embedding + the untied, tuned output
+    lc = load_llamacpp(tmp_path / "m.gguf", n_ctx=64)
+    assert len(lc.model.greedy(lc.tokenizer.encode("To be, or not"), 8, stop_at_eos=False)) == 8
