@@ -9,7 +9,7 @@ from the corpus (tests/tune/instruct_set.py), its held-out response loss before 
 
 Resumable: finished rows are kept in ROOT/results.json; models in ROOT/.
 
-    python bench/finetune_recovery.py [--root runs/bench/finetune] [--bits 3 4] [--steps 150]
+    python bench/finetune_recovery.py [--root runs/bench/finetune] [--bits 3 4] [--steps 200] [--nsamples 200] [--seqlen 512] [--batch-size 2] [--lr 5e-4]
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ import json
 import platform
 import sys
 import time
+from functools import partial
 from pathlib import Path
+
+from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.tune.instruct_set
 
@@ -36,15 +39,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", default="runs/bench/finetune")
     ap.add_argument("--bits", type=int, nargs="+", default=[3, 4])
-    ap.add_argument("--steps", type=int, default=150)
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--nsamples", type=int, default=200)
+    ap.add_argument("--seqlen", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--instruct-steps", type=int, default=60)
     args = ap.parse_args()
     root = Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
     path = root / "results.json"
     res = json.loads(path.read_text()) if path.exists() else {"rows": {}}
-    res.update(model=MODEL, machine=f"{platform.machine()}, {platform.processor() or 'cpu'}", steps=args.steps,
+    bar = partial(tqdm, file=sys.stderr, mininterval=10)
+    res.update(nsamples=args.nsamples, seqlen=args.seqlen, batch_size=args.batch_size, model=MODEL, machine=f"{platform.machine()}, {platform.processor() or 'cpu'}", steps=args.steps,
                lr=args.lr)
     rows = res["rows"]
 
@@ -72,10 +79,11 @@ def main() -> None:
         pq = row(f"gptq {bits}-bit g128, blocks 0:26", lambda q=q: {"perplexity": ppl(q)})["perplexity"]
 
         def tune(q=q, bits=bits, pq=pq):
-            cfg = FinetuneConfig(train="last:4", lm_head=True, distill_from=MODEL, steps=args.steps, batch_size=4,
-                                 seqlen=512, lr=args.lr)
+            cfg = FinetuneConfig(train="last:4", lm_head=True, distill_from=MODEL, steps=args.steps,
+                                 batch_size=args.batch_size,
+                                 seqlen=args.seqlen, nsamples=args.nsamples, lr=args.lr)
             t0 = time.perf_counter()
-            r = finetune(load_model(q), cfg, root / f"q{bits}-tuned")
+            r = finetune(load_model(q), cfg, root / f"q{bits}-tuned", progress=bar)
             p = r.evaluation["perplexity"]
             return {"perplexity": p, "recovery": (pq - p) / (pq - orig), "train_seconds": r.stats.seconds,
                     "seconds": time.perf_counter() - t0, "tokens": r.stats.tokens,
@@ -89,7 +97,7 @@ def main() -> None:
         data = build_play_questions(root / "plays.jsonl")
         cfg = FinetuneConfig(train="last:4", lm_head=True, data=str(data), format="alpaca", template="chat",
                              steps=args.instruct_steps, batch_size=8, seqlen=128, lr=args.lr, eval_fraction=0.1)
-        r = finetune(load_model(root / f"q{min(args.bits)}"), cfg, root / "instruct-tuned")
+        r = finetune(load_model(root / f"q{min(args.bits)}"), cfg, root / "instruct-tuned", progress=bar)
         return {**r.evaluation, "train_seconds": r.stats.seconds, "tokens": r.stats.tokens, "seconds": r.seconds}
 
     row(f"instruction path (gptq {min(args.bits)}-bit model, play questions)", instruct)

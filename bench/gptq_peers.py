@@ -63,7 +63,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     res_path = out / "results.json"
     results = json.loads(res_path.read_text()) if res_path.exists() else {}
-    llmshrink = [sys.executable, "-m", "llmshrink.cli"]
+    llmshrink = [sys.executable, "-m", "llmshrink"]
 
     def step(key: str, cmd: list[str]) -> dict:
         if key not in results:

@@ -107,7 +107,8 @@ def _demo_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--out", default="runs/demo", help="output folder of the demo's recipe (resumable)")
     p.add_argument("--bits", type=int, default=4)
-    p.add_argument("--steps", type=int, default=60, help="tail fine-tuning steps")
+    p.add_argument("--steps", type=int, default=40, help="tail fine-tuning steps")
+    p.add_argument("--calib-samples", type=int, default=32, help="GPTQ calibration windows")
     p.add_argument("--data", default="shakespeare:eval")
     p.add_argument("--max-tokens", type=int, default=32768, help="tokens of the corpus to evaluate")
     p.add_argument("--instruction", default="Write one sentence about the sea.")
@@ -120,15 +121,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .eval.compare import compare_models
     from .recipe import demo_recipe, run_recipe
 
-    recipe = demo_recipe(args.model, args.out, bits=args.bits, steps=args.steps)
+    recipe = demo_recipe(args.model, args.out, bits=args.bits, steps=args.steps, nsamples=args.calib_samples)
     summary = run_recipe(recipe, progress=_progress())
     final = summary["model"]
     rows = compare_models([("original", args.model), ("quantized + tail-tuned", final)], data=args.data,
                           max_tokens=args.max_tokens, instruction=args.instruction, device=args.device,
                           progress=_progress())
-    n = len(summary["blocks"]) if "blocks" in summary else None
-    print(f"\nllmshrink demo: {args.model}, first blocks {recipe.stages[0].settings['blocks']} GPTQ {args.bits}-bit "
-          f"g128, last blocks and lm_head fine-tuned by distillation{'' if n is None else f' ({n})'}\n")
+    print(f"\nllmshrink demo: {args.model}: GPTQ {args.bits}-bit g128 on all blocks but the last 4, then the last 4 "
+          f"and lm_head fine-tuned by distillation ({args.steps} steps); stages in {summary['out']}\n")
     print("| model | perplexity | size on disk | decode ms/token | load s |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:

@@ -276,13 +276,13 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, progress=None) 
     return summary
 
 
-def demo_recipe(model: str, out: str, *, bits: int = 4, steps: int = 60) -> Recipe:
+def demo_recipe(model: str, out: str, *, bits: int = 4, steps: int = 40, nsamples: int = 32) -> Recipe:
     """``llmshrink demo``: the partial-quantization recipe with a small budget."""
     return parse_recipe({
         "model": model, "out": out,
         "stages": [
-            {"quantize": {"bits": bits, "group_size": 128, "blocks": "0:-4", "calib": {"nsamples": 32}}},
+            {"quantize": {"bits": bits, "group_size": 128, "blocks": "0:-4", "calib": {"nsamples": nsamples}}},
             {"finetune": {"train": "last:4", "lm_head": True, "distill_from": "original", "steps": steps,
-                          "batch_size": 4, "seqlen": 256, "lr": 1e-4, "eval_data": "none"}},
+                          "batch_size": 4, "seqlen": 256, "nsamples": 64, "lr": 1e-4, "eval_data": "none"}},
         ],
     }, "demo")

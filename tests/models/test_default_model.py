@@ -44,7 +44,7 @@ def test_conversion_preserves_logits_and_tokenizer(cached):
     assert diff <= 1e-5
 
 
-def test_cli_eval_json_and_demo(capsys):
+def test_cli_eval_json_and_demo(capsys, tmp_path):
     import json
 
     from llmshrink.cli import main
@@ -53,11 +53,28 @@ def test_cli_eval_json_and_demo(capsys):
     rec = json.loads(capsys.readouterr().out)
     print(f"\nperplexity on the first 2048 tokens of shakespeare:eval: {rec['perplexity']:.3f}")
     assert 5 < rec["perplexity"] < 200 and rec["tokens"] == 4 * 511
-    assert main(["demo", "--max-tokens", "1024"]) == 0
+    assert main(["demo", "--max-tokens", "1024", "--steps", "3", "--calib-samples", "4",
+                 "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
-    assert "| smollm2-135m | 134,515,008 |" in out
-    answer = out.strip().split("> Write one sentence about the sea.\n", 1)[1]
-    assert len(answer.split()) >= 3  # the instruct model answers with words
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    assert {"original", "quantized + tail-tuned"} <= set(rows)
+    for name in ("original", "quantized + tail-tuned"):
+        answer = out.split(f"[{name}] > Write one sentence about the sea.\n", 1)[1].split("\n[", 1)[0]
+        assert len(answer.split()) >= 3  # both models answer with words
+    tuned = tmp_path / "demo" / "1-finetune"
+    cfg = json.loads((tuned / "config.json").read_text())
+    assert cfg["quantization_config"]["bits"] == 4 and cfg["num_hidden_layers"] == 30
+    # the mixed checkpoint reloads in a fresh process and generates
+    import subprocess
+    import sys
+
+    gen = subprocess.run([sys.executable, "-m", "llmshrink", "-q", "generate", str(tuned), "Name a colour.",
+                          "--max-new-tokens", "8"], capture_output=True, text=True, check=True)
+    assert gen.stdout.strip()
+    # and exports to GGUF (round-to-nearest keeps this test short; GPTQ export is tested on tiny models)
+    assert main(["-q", "export", str(tuned), "--type", "q8_0", "--method", "rtn", "--out",
+                 str(tmp_path / "tuned.gguf")]) == 0
+    assert (tmp_path / "tuned.gguf").stat().st_size > 100e6
 
 
 def test_second_load_in_a_fresh_process_under_5_s(cached):

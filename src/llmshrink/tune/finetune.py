@@ -148,7 +148,7 @@ def untie_lm_head(lm: LoadedModel) -> None:
 
 
 def select_trainable(lm: LoadedModel, cfg: FinetuneConfig) -> tuple[torch.nn.Module, int]:
-    """Freeze everything, then make the tail (and lm_head) trainable; returns the module whose
+    """Freeze everything, then make the tail (its blocks, the final norm, and lm_head if asked) trainable; returns the module whose
     named trainable parameters are checkpointed (a peft wrapper for LoRA) and the first tail block."""
     blocks = lm.arch.blocks(lm.model)
     n = len(blocks)
@@ -179,6 +179,8 @@ def select_trainable(lm: LoadedModel, cfg: FinetuneConfig) -> tuple[torch.nn.Mod
         for i in range(first, n):
             for p in blocks[i].parameters():
                 p.requires_grad_(True)
+    for p in lm.model.get_submodule(lm.arch.norm).parameters():  # the final norm belongs to the tail
+        p.requires_grad_(True)
     if cfg.lm_head:
         lm.model.get_submodule(lm.arch.lm_head).weight.requires_grad_(True)
     return root, first
