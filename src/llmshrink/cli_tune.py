@@ -138,6 +138,3 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"\n[{r['name']}] > {args.instruction}\n{r['answer']}")
     return 0
-
-
-__all__ = ["_load", "_mb", "_model_args", "_print_table", "cmd_demo", "cmd_finetune", "cmd_run"]
