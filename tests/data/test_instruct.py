@@ -93,10 +93,11 @@ def test_truncation_drops_examples_without_a_response(tmp_path, tokenizer):
 def test_collate_pads_right_with_ignored_labels(tmp_path, tokenizer):
     toks = tokenize_dataset(read_conversations(_jsonl(tmp_path / "a.jsonl", ALPACA), "alpaca"), "alpaca",
                             tokenizer, 10_000)
-    ids, labels = collate(toks, pad_id=2)
+    ids, labels, real = collate(toks, pad_id=2)
     n0 = len(toks[0].ids)
     short = 0 if n0 < len(toks[1].ids) else 1
     n = len(toks[short].ids)
     assert ids.shape == labels.shape and ids.shape[1] == max(len(t.ids) for t in toks)
     assert torch.all(ids[short, n:] == 2) and torch.all(labels[short, n:] == IGNORE)
     assert ids[short, :n].tolist() == toks[short].ids
+    assert real.sum(1).tolist() == [len(t.ids) for t in toks]

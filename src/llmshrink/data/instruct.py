@@ -170,13 +170,16 @@ def tokenize_dataset(convs: list[Conversation], template_name: str, tokenizer, m
     return out
 
 
-def collate(examples: list[Tokenized], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``ids`` and ``labels`` (padding: IGNORE). With causal attention, padding on the
-    right never changes the real tokens' outputs, so no attention mask is needed."""
+def collate(examples: list[Tokenized], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``ids`` and ``labels`` (padding: IGNORE), and the mask of real tokens. With
+    causal attention, padding on the right never changes the real tokens' outputs, so no
+    attention mask is needed."""
     n = max(len(e.ids) for e in examples)
     ids = torch.full((len(examples), n), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), n), IGNORE, dtype=torch.long)
+    real = torch.zeros((len(examples), n), dtype=torch.bool)
     for i, e in enumerate(examples):
         ids[i, : len(e.ids)] = torch.tensor(e.ids)
         labels[i, : len(e.labels)] = torch.tensor(e.labels)
-    return ids, labels
+        real[i, : len(e.ids)] = True
+    return ids, labels, real

@@ -58,15 +58,6 @@ class FinetuneResult:
     seconds: float = 0.0
 
 
-def _batches(rows: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> Batches:
-    b = Batches([], [], [])
-    for ids, labels in rows:
-        b.ids.append(ids)
-        b.labels.append(labels)
-        b.real.append(ids != pad_id if pad_id >= 0 else torch.ones_like(ids, dtype=torch.bool))
-    return b
-
-
 def text_batches(lm: LoadedModel, cfg: FinetuneConfig, needed: int | None) -> Batches:
     """Windows of ``seqlen`` tokens over a corpus (all of it, or ``needed`` windows), every token a target."""
     stream = tokenize_corpus(load_corpus(cfg.data), lm.tokenizer)
@@ -83,9 +74,8 @@ def text_batches(lm: LoadedModel, cfg: FinetuneConfig, needed: int | None) -> Ba
     labels = windows.clone()
     if bos is not None:
         labels[:, 0] = IGNORE
-    rows = [(windows[i: i + cfg.batch_size], labels[i: i + cfg.batch_size])
-            for i in range(0, len(windows), cfg.batch_size)]
-    return _batches(rows, -1)
+    ids = list(windows.split(cfg.batch_size))
+    return Batches(ids, list(labels.split(cfg.batch_size)), [torch.ones_like(x, dtype=torch.bool) for x in ids])
 
 
 def instruct_batches(lm: LoadedModel, cfg: FinetuneConfig) -> tuple[Batches, Batches | None]:
@@ -99,13 +89,12 @@ def instruct_batches(lm: LoadedModel, cfg: FinetuneConfig) -> tuple[Batches, Bat
 
     def batches(part) -> Batches:
         toks = tokenize_dataset(part, cfg.template, lm.tokenizer, cfg.seqlen)
-        rows = [collate(toks[i: i + cfg.batch_size], pad) for i in range(0, len(toks), cfg.batch_size)]
-        b = _batches(rows, -1)
-        b.real = [torch.zeros_like(ids, dtype=torch.bool) for ids in b.ids]
-        for r, chunk in zip(b.real, (toks[i: i + cfg.batch_size] for i in range(0, len(toks), cfg.batch_size)),
-                            strict=True):
-            for k, t in enumerate(chunk):
-                r[k, : len(t.ids)] = True
+        b = Batches([], [], [])
+        for i in range(0, len(toks), cfg.batch_size):
+            ids, labels, real = collate(toks[i: i + cfg.batch_size], pad)
+            b.ids.append(ids)
+            b.labels.append(labels)
+            b.real.append(real)
         return b
 
     return batches(convs[n_eval:]), (batches(convs[:n_eval]) if n_eval else None)
