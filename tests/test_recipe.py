@@ -92,6 +92,30 @@ def test_a_killed_run_resumes_where_it_stopped(model_dir, tmp_path, text_file, m
     assert [s["status"] for s in changed["stages"]] == ["skipped (done)", "ran", "ran"]
 
 
+def test_a_checkpoint_from_other_upstream_settings_is_not_resumed(model_dir, tmp_path, text_file, monkeypatch):
+    real_save = ft.save_checkpoint
+
+    def save_then_die(folder, *, step, **kw):
+        real_save(folder, step=step, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ft, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(parse_recipe(_recipe(model_dir, tmp_path / "out", text_file)))
+    monkeypatch.setattr(ft, "save_checkpoint", real_save)
+    changed = _recipe(model_dir, tmp_path / "out", text_file)
+    changed["stages"][0]["quantize"]["bits"] = 8  # the fine-tune's input changes, its own settings do not
+
+    def must_not_resume(*a, **kw):
+        raise AssertionError("resumed a checkpoint trained on another input model")
+
+    monkeypatch.setattr(ft, "load_checkpoint", must_not_resume)
+    summary = run_recipe(parse_recipe(changed))
+    assert [s["status"] for s in summary["stages"]] == ["ran", "ran", "ran"]
+    done = json.loads((tmp_path / "out" / "1-finetune" / "llmshrink_finetune.json").read_text())
+    assert len(done["losses"]) == 4 and done["steps"] == 4
+
+
 def test_cli_run_prints_the_stage_table(model_dir, tmp_path, text_file, capsys):
     rec = _recipe(model_dir, tmp_path / "out", text_file, steps=2)
     rec["stages"] = rec["stages"][:1] + rec["stages"][2:]

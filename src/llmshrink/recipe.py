@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -243,6 +244,17 @@ def _done(out: Path, digest: str) -> dict | None:
     return rec if rec.get("hash") == digest else None
 
 
+def _forget_stale_checkpoint(root: Path, stage_out: Path, digest: str) -> None:
+    """A checkpoint left by an interrupted stage resumes only the same stage on the same input:
+    when the stage or anything before it changed, it is removed (its hash is kept beside it)."""
+    from .tune.finetune import checkpoint_dir
+
+    started = root / f".{stage_out.name}.hash"
+    if not started.is_file() or started.read_text() != digest:
+        shutil.rmtree(checkpoint_dir(stage_out), ignore_errors=True)
+        started.write_text(digest)
+
+
 def run_recipe(recipe: Recipe, *, out: str | Path | None = None, progress=None) -> dict:
     """Run the stages in order, skipping those already done with the same settings."""
     root = Path(out or recipe.out)
@@ -260,6 +272,7 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, progress=None) 
             log.info("stage %d (%s): done before with the same settings, skipped", k, stage.name)
             entry.update(status="skipped (done)", seconds=0.0, result=prior.get("result"))
         else:
+            _forget_stale_checkpoint(root, stage_out, digest)
             log.info("stage %d (%s) of %s -> %s", k, stage.name, model, stage_out)
             t0 = time.perf_counter()
             result = kind.run(model, stage_out, stage.configs, ctx, progress)
