@@ -65,8 +65,9 @@ def test_shipped_recipes_parse():
         assert load_recipe(f).stages
 
 
-def test_a_killed_run_resumes_where_it_stopped(model_dir, tmp_path, text_file, monkeypatch):
-    rec = _recipe(model_dir, tmp_path / "out", text_file)
+def _die_after_first_checkpoint(monkeypatch):
+    """Make the fine-tune stage stop (as if killed) right after writing its first checkpoint;
+    returns the real ``save_checkpoint`` to put back."""
     real_save = ft.save_checkpoint
 
     def save_then_die(folder, *, step, **kw):
@@ -74,6 +75,12 @@ def test_a_killed_run_resumes_where_it_stopped(model_dir, tmp_path, text_file, m
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ft, "save_checkpoint", save_then_die)
+    return real_save
+
+
+def test_a_killed_run_resumes_where_it_stopped(model_dir, tmp_path, text_file, monkeypatch):
+    rec = _recipe(model_dir, tmp_path / "out", text_file)
+    real_save = _die_after_first_checkpoint(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run_recipe(parse_recipe(rec))
     assert (tmp_path / "out" / "0-quantize" / ".llmshrink-stage.json").is_file()
@@ -93,13 +100,7 @@ def test_a_killed_run_resumes_where_it_stopped(model_dir, tmp_path, text_file, m
 
 
 def test_a_checkpoint_from_other_upstream_settings_is_not_resumed(model_dir, tmp_path, text_file, monkeypatch):
-    real_save = ft.save_checkpoint
-
-    def save_then_die(folder, *, step, **kw):
-        real_save(folder, step=step, **kw)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(ft, "save_checkpoint", save_then_die)
+    real_save = _die_after_first_checkpoint(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         run_recipe(parse_recipe(_recipe(model_dir, tmp_path / "out", text_file)))
     monkeypatch.setattr(ft, "save_checkpoint", real_save)
