@@ -7,7 +7,6 @@ traceback instead. Progress bars and logs go to stderr, so ``--json`` output on 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Callable
@@ -63,62 +62,6 @@ def _print_table(rows: list[tuple[str, str]]) -> None:
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
-
-
-# ---------------------------------------------------------------- eval
-
-
-def _eval_args(p: argparse.ArgumentParser) -> None:
-    from .config import EvalConfig
-
-    d = EvalConfig()
-    p.add_argument("model", help="model folder, .gguf file, or alias (e.g. smollm2-135m)")
-    p.add_argument("--data", default=d.data, help="corpus: name[:split], .txt, folder, .jsonl or hf:NAME")
-    p.add_argument("--seqlen", type=int, default=d.seqlen)
-    p.add_argument("--stride", type=int, default=None, help="sliding windows with this step (default: non-overlapping)")
-    p.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--backend", default="auto", choices=["auto", "transformers", "llama.cpp"],
-                   help="auto (default): llama.cpp for a .gguf file, transformers otherwise")
-    _model_args(p)
-
-
-def _eval_backend(args: argparse.Namespace) -> str:
-    from pathlib import Path
-
-    if args.backend != "auto":
-        return args.backend
-    return "llama.cpp" if Path(args.model).suffix.lower() == ".gguf" and Path(args.model).is_file() else "transformers"
-
-
-@command("eval", "perplexity of a model on a corpus", _eval_args)
-def cmd_eval(args: argparse.Namespace) -> int:
-    from .config import EvalConfig
-    from .eval.run import evaluate_perplexity
-
-    cfg = EvalConfig(data=args.data, seqlen=args.seqlen, stride=args.stride, max_tokens=args.max_tokens,
-                     batch_size=args.batch_size)
-    backend = _eval_backend(args)
-    if backend == "llama.cpp":
-        from .eval.llamacpp import load_llamacpp
-
-        lm = load_llamacpp(args.model, n_ctx=cfg.seqlen)
-    else:
-        lm = _load(args)
-    rec = evaluate_perplexity(lm, cfg, progress=_progress())
-    rec["backend"] = backend
-    if args.json:
-        print(json.dumps(rec))
-    else:
-        _print_table([
-            ("model", rec["model"]), ("backend", backend), ("data", rec["data"]),
-            ("perplexity", f"{rec['perplexity']:.4f}"),
-            ("tokens scored", str(rec["tokens"])), ("windows", f"{rec['windows']} x {rec['seqlen']}"),
-            ("seconds", f"{rec['seconds']:.1f}"), ("parameters", f"{rec['parameters']:,}"),
-            ("size on disk", _mb(rec["size_on_disk"])),
-        ])
-    return 0
 
 
 # ---------------------------------------------------------------- generate
@@ -352,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"llmshrink {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    from . import cli_tune  # noqa: F401  (registers finetune, run, demo)
+    from . import cli_eval, cli_tune  # noqa: F401  (register eval, bench, report; finetune, run, demo)
 
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, cmd in COMMANDS.items():

@@ -27,11 +27,21 @@ def test_int4_kernel_matches_dequantize_then_matmul(group_size, act_order, sym):
     x = torch.randn(3, 2, 96, generator=torch.Generator().manual_seed(1))
     m.kernel = "dequant"
     expected = m(x)
-    m.kernel = "int4"
+    m.kernel, m.int4_dtype = "int4", torch.float32  # the kernel's exact (slow) path
     torch.testing.assert_close(m(x), expected, rtol=1e-4, atol=1e-3)
+    m.int4_dtype = torch.bfloat16  # the fast path: bf16 activations and scales, fp32 result
+    fast = m(x)
+    assert fast.dtype == torch.float32
+    err = (fast - expected).abs().max() / expected.abs().max()
+    assert 0 < err < 2e-2  # bf16 rounding (2^-9 relative per operand), not a different answer
     m.kernel = "auto"  # a few rows: the int4 kernel; many rows: dequantize
-    torch.testing.assert_close(m(x[:1, :1]), expected[:1, :1], rtol=1e-4, atol=1e-3)
-    torch.testing.assert_close(m(x), expected, rtol=0, atol=0)
+    torch.testing.assert_close(m(x[:1, :1]), fast[:1, :1], rtol=0, atol=1e-6)
+    many = torch.randn(4, 8, 96, generator=torch.Generator().manual_seed(2))
+    assert many.numel() // 96 > m.int4_max_rows
+    m.kernel = "dequant"
+    reference = m(many)
+    m.kernel = "auto"
+    torch.testing.assert_close(m(many), reference, rtol=0, atol=0)
 
 
 def test_int4_kernel_declines_what_it_cannot_express():

@@ -1,0 +1,126 @@
+"""Zero-shot accuracy through lm-evaluation-harness, on any model llmshrink loads.
+
+The loaded model (plain, packed GPTQ or partially quantized) goes to lm-eval's own ``HFLM`` as a
+model instance, so the harness does the request building, batching and scoring. Built-in tasks
+(:mod:`.tasks`) are handed over as task configs over local JSONL files; any other name is looked
+up in lm-eval's task registry (hellaswag, piqa, arc_easy, ...), whose data come from the Hugging
+Face hub: when that is unreachable the error names the dataset that is missing.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+
+from ..data.corpora import load_corpus
+from ..errors import UserError
+from ..paths import cache_subdir
+from .tasks import BUILTIN_TASKS, TaskParams, write_task_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskRequest:
+    tasks: tuple[str, ...]
+    data: str = "shakespeare:eval"  # corpus the built-in tasks are made from
+    limit: int | None = None  # items per task (the first N of the shuffled set)
+    batch_size: int = 8
+    params: TaskParams = field(default_factory=TaskParams)
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise UserError("no tasks given: --tasks lastword,cloze4 (or lm-eval task names)")
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"--limit must be a positive number of items, got {self.limit}")
+        if self.batch_size < 1:
+            raise UserError(f"batch size must be positive, got {self.batch_size}")
+
+
+def _lm_eval():
+    try:
+        import lm_eval
+        from lm_eval.models.huggingface import HFLM
+        from lm_eval.tasks import TaskManager
+    except ImportError as exc:
+        raise UserError("zero-shot tasks need lm-evaluation-harness: pip install 'llmshrink[lmeval]'") from exc
+    return lm_eval, HFLM, TaskManager
+
+
+@functools.cache
+def _task_manager():
+    """lm-eval's task index (it reads every task YAML it ships: seconds), built once per process."""
+    _, _, TaskManager = _lm_eval()
+    return TaskManager(verbosity="ERROR")
+
+
+def task_configs(req: TaskRequest, task_manager) -> tuple[list, dict[str, int]]:
+    """lm-eval task entries: config dicts for built-in tasks, names for the registry's."""
+    entries: list = []
+    sizes: dict[str, int] = {}
+    corpus = None
+    for name in req.tasks:
+        if name in BUILTIN_TASKS:
+            corpus = corpus or load_corpus(req.data)
+            path, n = write_task_file(name, corpus, req.params, cache_subdir("tasks"))
+            entries.append(BUILTIN_TASKS[name].config(name, path))
+            sizes[name] = n
+        elif name in task_manager.all_tasks:
+            entries.append(name)
+        else:
+            raise UserError(f"unknown task {name!r}: built-in tasks are {', '.join(BUILTIN_TASKS)}; "
+                            "other names must be lm-eval tasks (lm-eval ls tasks)")
+    return entries, sizes
+
+
+def _hub_error(exc: Exception, tasks: tuple[str, ...]) -> UserError:
+    return UserError(f"could not load the data of task(s) {', '.join(t for t in tasks if t not in BUILTIN_TASKS)} "
+                     f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); the Hugging Face hub is "
+                     "probably unreachable: download the dataset into the HF cache on a connected machine, "
+                     "or use the built-in tasks (lastword, cloze4)")
+
+
+def harness_model(lm, batch_size: int):
+    """lm-eval's ``HFLM`` around a :class:`~llmshrink.models.load.LoadedModel`'s model and tokenizer."""
+    _, HFLM, _ = _lm_eval()
+    for m in lm.model.modules():  # packed layers: dequantize once, as for perplexity
+        if hasattr(m, "qweight") and hasattr(m, "cache"):
+            m.cache = True
+    return HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=batch_size)
+
+
+def run_tasks(lm, req: TaskRequest) -> dict:
+    """Run ``req.tasks`` on a :class:`~llmshrink.models.load.LoadedModel`; one JSON-ready record."""
+    return {"model": lm.name, **evaluate(harness_model(lm, req.batch_size), req)}
+
+
+def evaluate(model, req: TaskRequest) -> dict:
+    """Run ``req.tasks`` through lm-eval's ``simple_evaluate`` on an lm-eval ``LM``."""
+    lm_eval, _, _ = _lm_eval()
+    t0 = time.perf_counter()
+    tm = _task_manager()
+    entries, sizes = task_configs(req, tm)
+    try:
+        out = lm_eval.simple_evaluate(model=model, tasks=entries, limit=req.limit, task_manager=tm,
+                                      log_samples=False, bootstrap_iters=1000, verbosity="ERROR")
+    except (ConnectionError, OSError) as exc:
+        raise _hub_error(exc, req.tasks) from exc
+    except Exception as exc:
+        if any(w in str(exc).lower() for w in ("offline", "connect", "hub")):
+            raise _hub_error(exc, req.tasks) from exc
+        raise
+    counts = out.get("n-samples", {})
+    results = {}
+    for name in req.tasks:
+        r = out["results"].get(name, {})
+        metrics = {k.split(",")[0]: float(v) for k, v in r.items()
+                   if k not in ("alias", "sample_len") and isinstance(v, int | float)}
+        main = BUILTIN_TASKS[name].main_metric if name in BUILTIN_TASKS else (
+            "acc_norm" if "acc_norm" in metrics else "acc")
+        results[name] = {"metrics": metrics, "main_metric": main, "score": metrics.get(main),
+                         "items": counts.get(name, {}).get("effective"),
+                         "available": sizes.get(name, counts.get(name, {}).get("original"))}
+    return {"data": req.data, "limit": req.limit, "tasks": results,
+            "lm_eval_version": getattr(lm_eval, "__version__", None), "seconds": time.perf_counter() - t0}

@@ -1,0 +1,170 @@
+"""Built-in zero-shot tasks made deterministically from any corpus, scored by lm-evaluation-harness.
+
+- ``lastword`` (LAMBADA-style): a passage of ``context_words`` words; predict the word that follows.
+  lm-eval ``loglikelihood`` task, so ``acc`` is lm-eval's greedy exact match of the whole target
+  word (every target token is the argmax), and it also reports the target's perplexity.
+- ``cloze4`` (HellaSwag-style): a passage and four candidate continuations of ``choice_words``
+  words: the true one and three taken from other passages of the corpus. lm-eval
+  ``multiple_choice`` task: ``acc`` (sum of log-likelihoods) and ``acc_norm`` (log-likelihood
+  divided by the continuation's length in bytes, HellaSwag's length normalisation).
+
+Items come from non-overlapping spans of each document's whitespace-separated words, then are
+shuffled with a fixed seed, so ``--limit N`` takes a sample spread over the corpus. The gold
+position in ``cloze4`` cycles 0, 1, 2, 3 over the shuffled items: a model that cannot tell the
+choices apart scores exactly chance on a multiple of 4 items. Same corpus and parameters, same
+items, byte for byte; the JSONL files are cached by a hash of both and handed to lm-eval as a
+local ``json`` dataset, so no hub access is needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..data.corpora import Corpus
+from ..errors import UserError
+
+_STRIP = re.compile(r"^[^\w]+|[^\w]+$")
+
+
+@dataclass(frozen=True)
+class TaskParams:
+    context_words: int = 48
+    choice_words: int = 16  # cloze4 only
+    seed: int = 1234
+
+
+def _words(corpus: Corpus) -> list[list[str]]:
+    return [d.text.split() for d in corpus.documents]
+
+
+def _shuffled(items: list[dict], seed: int) -> list[dict]:
+    random.Random(seed).shuffle(items)
+    return items
+
+
+def build_lastword(corpus: Corpus, p: TaskParams) -> list[dict]:
+    """One item per span of ``context_words + 1`` words whose last word is alphabetic (>= 3 letters).
+
+    The target is that word without surrounding punctuation ("lord," -> "lord").
+    """
+    items = []
+    span = p.context_words + 1
+    for words in _words(corpus):
+        for i in range(0, len(words) - span + 1, span):
+            target = _STRIP.sub("", words[i + span - 1])
+            if len(target) >= 3 and target.isalpha():
+                items.append({"context": " ".join(words[i:i + span - 1]), "target": target})
+    return _shuffled(items, p.seed)
+
+
+def build_cloze4(corpus: Corpus, p: TaskParams) -> list[dict]:
+    """One item per span of ``context_words + choice_words`` words; distractors from other items."""
+    spans = []
+    span = p.context_words + p.choice_words
+    for words in _words(corpus):
+        for i in range(0, len(words) - span + 1, span):
+            spans.append((" ".join(words[i:i + p.context_words]), " ".join(words[i + p.context_words:i + span])))
+    if len(spans) < 4:
+        raise UserError(f"{corpus.name} is too short for cloze4: {len(spans)} passages of {span} words, "
+                        "need at least 4; use a longer corpus or smaller --task-context-words")
+    rng = random.Random(p.seed)
+    order = list(range(len(spans)))
+    rng.shuffle(order)
+    items = []
+    for n, k in enumerate(order):
+        context, true = spans[k]
+        choices = [spans[j][1] for j in _sample_others(rng, spans, k, true)]
+        label = n % 4
+        choices.insert(label, true)
+        items.append({"context": context, "choices": choices, "label": label})
+    return items
+
+
+def _sample_others(rng: random.Random, spans: list, k: int, true: str) -> list[int]:
+    """Three other passages whose continuation differs from the true one."""
+    if len({s[1] for s in spans} - {true}) < 3:
+        raise UserError("cloze4 needs at least 4 different continuations in the corpus")
+    picked: list[int] = []
+    while len(picked) < 3:
+        j = rng.randrange(len(spans))
+        if j != k and j not in picked and spans[j][1] != true:
+            picked.append(j)
+    return picked
+
+
+def _lastword_config(name: str, path: Path) -> dict:
+    return {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(path)}},
+        "test_split": "test",
+        "output_type": "loglikelihood",
+        "doc_to_text": "{{context}}",
+        "doc_to_target": "{{' ' + target}}",
+        "metric_list": [
+            {"metric": "perplexity", "aggregation": "perplexity", "higher_is_better": False},
+            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+        ],
+        "metadata": {"version": 1.0},
+    }
+
+
+def _cloze4_config(name: str, path: Path) -> dict:
+    return {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(path)}},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": "{{context}}",
+        "doc_to_choice": "{{choices}}",
+        "doc_to_target": "{{label}}",
+        "metric_list": [
+            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
+        ],
+        "metadata": {"version": 1.0},
+    }
+
+
+@dataclass(frozen=True)
+class BuiltinTask:
+    build: Callable[[Corpus, TaskParams], list[dict]]
+    config: Callable[[str, Path], dict]
+    main_metric: str
+    description: str
+
+
+BUILTIN_TASKS: dict[str, BuiltinTask] = {
+    "lastword": BuiltinTask(build_lastword, _lastword_config, "acc",
+                            "LAMBADA-style: the word that follows a passage, greedy exact match"),
+    "cloze4": BuiltinTask(build_cloze4, _cloze4_config, "acc_norm",
+                          "HellaSwag-style: the true continuation among 4, length-normalised log-likelihood"),
+}
+
+
+def write_task_file(name: str, corpus: Corpus, params: TaskParams, cache: Path) -> tuple[Path, int]:
+    """Build a built-in task's items and write them as JSONL under ``cache`` (reused when present)."""
+    task = BUILTIN_TASKS[name]
+    key = json.dumps({"task": name, "corpus": corpus.name, "chars": corpus.chars, **asdict(params)}, sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    path = cache / f"{name}-{digest}.jsonl"
+    if path.is_file():
+        return path, sum(1 for _ in path.open())
+    items = task.build(corpus, params)
+    if not items:
+        raise UserError(f"{corpus.name} gives no {name} items: the corpus is shorter than one passage "
+                        f"of {params.context_words} words")
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as f:
+        for item in items:
+            f.write(json.dumps(item, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path, len(items)
