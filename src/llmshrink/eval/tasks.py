@@ -98,39 +98,26 @@ def _sample_others(rng: random.Random, spans: list, k: int, true: str) -> list[i
     return picked
 
 
+def _metric(name: str, aggregation: str = "mean", higher_is_better: bool = True) -> dict:
+    return {"metric": name, "aggregation": aggregation, "higher_is_better": higher_is_better}
+
+
+def _local_task(name: str, path: Path, output_type: str, metrics: list[dict], **docs: str) -> dict:
+    """An lm-eval task config over a local JSONL file (the ``json`` dataset builder: no hub)."""
+    return {"task": name, "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(path)}},
+            "test_split": "test", "output_type": output_type, **docs, "metric_list": metrics,
+            "metadata": {"version": 1.0}}
+
+
 def _lastword_config(name: str, path: Path) -> dict:
-    return {
-        "task": name,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(path)}},
-        "test_split": "test",
-        "output_type": "loglikelihood",
-        "doc_to_text": "{{context}}",
-        "doc_to_target": "{{' ' + target}}",
-        "metric_list": [
-            {"metric": "perplexity", "aggregation": "perplexity", "higher_is_better": False},
-            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-        ],
-        "metadata": {"version": 1.0},
-    }
+    return _local_task(name, path, "loglikelihood",
+                       [_metric("perplexity", "perplexity", False), _metric("acc")],
+                       doc_to_text="{{context}}", doc_to_target="{{' ' + target}}")
 
 
 def _cloze4_config(name: str, path: Path) -> dict:
-    return {
-        "task": name,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(path)}},
-        "test_split": "test",
-        "output_type": "multiple_choice",
-        "doc_to_text": "{{context}}",
-        "doc_to_choice": "{{choices}}",
-        "doc_to_target": "{{label}}",
-        "metric_list": [
-            {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
-            {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
-        ],
-        "metadata": {"version": 1.0},
-    }
+    return _local_task(name, path, "multiple_choice", [_metric("acc"), _metric("acc_norm")],
+                       doc_to_text="{{context}}", doc_to_choice="{{choices}}", doc_to_target="{{label}}")
 
 
 @dataclass(frozen=True)
