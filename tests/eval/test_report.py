@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -50,7 +51,7 @@ def test_report_renders_table_and_plots_from_fixtures(tmp_path):
     assert rows[2] == ["gptq4", "1,000,000", "1.0", "8.00", "35.500", "0.250", "0.450", "", "", "", "", ""]
     assert set(res["plots"]) == {"ppl_vs_bits", "tasks", "blocks"}
     for p in res["plots"].values():
-        data = open(p, "rb").read()
+        data = Path(p).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
         assert f"]({p.rsplit('/', 1)[1]})" in md
 
