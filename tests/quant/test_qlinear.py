@@ -34,6 +34,9 @@ def test_int4_kernel_matches_dequantize_then_matmul(group_size, act_order, sym):
     assert fast.dtype == torch.float32
     err = (fast - expected).abs().max() / expected.abs().max()
     assert 0 < err < 2e-2  # bf16 rounding (2^-9 relative per operand), not a different answer
+    m.int4_dtype = torch.float32  # back to the exact path: the scales were not rounded through bf16
+    torch.testing.assert_close(m(x), expected, rtol=1e-4, atol=1e-3)
+    m.int4_dtype = torch.bfloat16
     m.kernel = "auto"  # a few rows: the int4 kernel; many rows: dequantize
     torch.testing.assert_close(m(x[:1, :1]), fast[:1, :1], rtol=0, atol=1e-6)
     many = torch.randn(4, 8, 96, generator=torch.Generator().manual_seed(2))

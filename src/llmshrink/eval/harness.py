@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from ..data.corpora import load_corpus
 from ..errors import UserError
 from ..paths import cache_subdir
+from .run import dequantize_once
 from .tasks import BUILTIN_TASKS, TaskParams, write_task_file
 
 log = logging.getLogger(__name__)
@@ -85,9 +86,7 @@ def _hub_error(exc: Exception, tasks: tuple[str, ...]) -> UserError:
 def harness_model(lm, batch_size: int):
     """lm-eval's ``HFLM`` around a :class:`~llmshrink.models.load.LoadedModel`'s model and tokenizer."""
     _, HFLM, _ = _lm_eval()
-    for m in lm.model.modules():  # packed layers: dequantize once, as for perplexity
-        if hasattr(m, "qweight") and hasattr(m, "cache"):
-            m.cache = True
+    dequantize_once(lm.model)
     return HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=batch_size)
 
 

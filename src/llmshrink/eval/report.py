@@ -30,10 +30,16 @@ class Run:
     scores: list[dict] = field(default_factory=list)
 
     @property
+    def size(self) -> int | None:
+        return self.eval.get("size_on_disk") or self.bench.get("size_on_disk")
+
+    @property
+    def parameters(self) -> int | None:
+        return self.eval.get("parameters") or self.bench.get("parameters")
+
+    @property
     def bits_per_weight(self) -> float | None:
-        size = self.eval.get("size_on_disk") or self.bench.get("size_on_disk")
-        params = self.eval.get("parameters") or self.bench.get("parameters")
-        return size * 8 / params if size and params else None
+        return self.size * 8 / self.parameters if self.size and self.parameters else None
 
     def task_score(self, task: str) -> float | None:
         return self.eval.get("tasks", {}).get(task, {}).get("score")
@@ -90,12 +96,10 @@ def markdown_table(runs: list[Run]) -> str:
     rows = []
     for r in runs:
         e, b = r.eval, r.bench
-        size = e.get("size_on_disk") or b.get("size_on_disk")
-        params = e.get("parameters") or b.get("parameters")
         gbs = (f"{b['achieved_gb_per_s']:.1f} ({b['bandwidth_fraction']:.0%})"
                if b.get("achieved_gb_per_s") is not None else "")
         rows.append([
-            r.name, _fmt(params, ","), _fmt(size / 1e6 if size else None, ".1f"), _fmt(r.bits_per_weight, ".2f"),
+            r.name, _fmt(r.parameters, ","), _fmt(r.size / 1e6 if r.size else None, ".1f"), _fmt(r.bits_per_weight, ".2f"),
             _fmt(e.get("perplexity"), ".3f"), *[_fmt(r.task_score(t), ".3f") for t in tasks],
             _fmt(b.get("prefill_ms"), ".1f"), _fmt(b.get("decode_ms_per_token"), ".2f"),
             _fmt(b.get("tokens_per_second"), ".1f"), gbs,

@@ -15,17 +15,21 @@ from .perplexity import Progress, perplexity
 log = logging.getLogger(__name__)
 
 
+def dequantize_once(model) -> None:
+    """Packed layers dequantize once for a whole evaluation instead of once per batch: scoring is
+    throughput work, and the result is the same (the dequantized weights are exact)."""
+    for m in model.modules():
+        if hasattr(m, "qweight") and hasattr(m, "cache"):
+            m.cache = True
+
+
 def evaluate_perplexity(lm: LoadedModel, cfg: EvalConfig, *, progress: Progress | None = None) -> dict:
     """Perplexity of ``lm`` on ``cfg.data``, with the model's size: one JSON-ready record."""
     t0 = time.perf_counter()
     corpus = load_corpus(cfg.data)
     stream = tokenize_corpus(corpus, lm.tokenizer, max_tokens=cfg.max_tokens)
     log.info("%s: %d documents, %d tokens", cfg.data, len(corpus.documents), stream.numel())
-    # Packed layers dequantize once for a whole evaluation instead of once per batch: scoring
-    # is throughput work, and the result is the same (the dequantized weights are exact).
-    for m in lm.model.modules():
-        if hasattr(m, "qweight") and hasattr(m, "cache"):
-            m.cache = True
+    dequantize_once(lm.model)
     result = perplexity(
         lm.model, stream, seqlen=cfg.seqlen, stride=cfg.stride, bos=bos_id(lm.tokenizer),
         batch_size=cfg.batch_size, name=f"corpus {cfg.data}", progress=progress,

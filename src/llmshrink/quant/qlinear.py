@@ -45,7 +45,8 @@ class QuantLinear(torch.nn.Module):
         self.int4_max_rows = 16
         self.int4_dtype = torch.bfloat16
         self._w: torch.Tensor | None = None
-        self._int4: tuple | None = None
+        self._int4: tuple | None = None  # (packed, kernel group, float32 scales+mins, column order)
+        self._int4_sz: torch.Tensor | None = None  # the scales+mins in int4_dtype
         self._int4_ok: bool | None = None
 
     @classmethod
@@ -94,9 +95,9 @@ class QuantLinear(torch.nn.Module):
             identity = torch.equal(order, torch.arange(self.in_features))
             self._int4 = (torch._convert_weight_to_int4pack_for_cpu(q, 1), kg, sz, None if identity else order)
         packed, kg, sz, order = self._int4
-        if sz.dtype != self.int4_dtype:
-            self._int4 = (packed, kg, sz.to(self.int4_dtype), order)
-        return self._int4
+        if self._int4_sz is None or self._int4_sz.dtype != self.int4_dtype:
+            self._int4_sz = sz.to(self.int4_dtype)  # cast from the float32 master: switching back stays exact
+        return packed, kg, self._int4_sz, order
 
     def _forward_int4(self, x: torch.Tensor) -> torch.Tensor:
         if not self.int4_supported():
