@@ -72,7 +72,9 @@ def build_cloze4(corpus: Corpus, p: TaskParams) -> list[dict]:
             spans.append((" ".join(words[i:i + p.context_words]), " ".join(words[i + p.context_words:i + span])))
     if len(spans) < 4:
         raise UserError(f"{corpus.name} is too short for cloze4: {len(spans)} passages of {span} words, "
-                        "need at least 4; use a longer corpus or smaller --task-context-words")
+                        "need at least 4; give a longer corpus with --data")
+    if len({s[1] for s in spans}) < 4:
+        raise UserError("cloze4 needs at least 4 different continuations in the corpus")
     rng = random.Random(p.seed)
     order = list(range(len(spans)))
     rng.shuffle(order)
@@ -88,8 +90,6 @@ def build_cloze4(corpus: Corpus, p: TaskParams) -> list[dict]:
 
 def _sample_others(rng: random.Random, spans: list, k: int, true: str) -> list[int]:
     """Three other passages whose continuation differs from the true one."""
-    if len({s[1] for s in spans} - {true}) < 3:
-        raise UserError("cloze4 needs at least 4 different continuations in the corpus")
     picked: list[int] = []
     while len(picked) < 3:
         j = rng.randrange(len(spans))
