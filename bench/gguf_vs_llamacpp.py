@@ -2,8 +2,8 @@
 
 From the default model: llmshrink writes F16 and GPTQ-solved Q4_0 / Q4_1 / Q8_0 GGUF files;
 llama.cpp (``llama_model_quantize`` through llama-cpp-python) makes Q4_0 / Q4_1 / Q8_0 from our
-F16 file, with the embedding at Q8_0 like ours (and, for Q4_0, also with its default Q6_K
-embedding), and with an importance matrix (the mean squared input of every linear layer over
+F16 file, with the embedding at Q8_0 like ours (and, for Q4_0, also with llama.cpp's default
+tensor types), and with an importance matrix (the mean squared input of every linear layer over
 the same calibration windows GPTQ uses; what ``llama-imatrix`` computes). Every file is then
 evaluated by llama.cpp (its tokenizer, its logits) on the same ``shakespeare:eval`` windows,
 and transformers' perplexity of the original model is recorded beside them.
@@ -43,7 +43,7 @@ THEIRS = {
     "llama.cpp q4_1": ("MOSTLY_Q4_1", "Q8_0", False),
     "llama.cpp q4_1 + imatrix": ("MOSTLY_Q4_1", "Q8_0", True),
     "llama.cpp q8_0": ("MOSTLY_Q8_0", "Q8_0", False),
-    "llama.cpp q4_0 (default: q6_k embedding)": ("MOSTLY_Q4_0", None, False),
+    "llama.cpp q4_0 (its default tensor types)": ("MOSTLY_Q4_0", None, False),
 }
 
 
