@@ -9,7 +9,7 @@ from the corpus (tests/tune/instruct_set.py), its held-out response loss before 
 
 Resumable: finished rows are kept in ROOT/results.json; models in ROOT/.
 
-    python bench/finetune_recovery.py [--root runs/bench/finetune] [--bits 3 4] [--steps 200] [--nsamples 200] [--seqlen 512] [--batch-size 2] [--lr 5e-4]
+    python bench/finetune_recovery.py [--root runs/bench/finetune] [--bits 3 4] [--steps 200] [--nsamples 200] [--seqlen 512] [--batch-size 2] [--lr 5e-4] [--loss-tokens 1]
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--loss-tokens", type=float, default=1.0, help="fraction of positions the loss is taken on")
     ap.add_argument("--instruct-steps", type=int, default=60)
     args = ap.parse_args()
     root = Path(args.root)
@@ -81,7 +82,8 @@ def main() -> None:
         def tune(q=q, bits=bits, pq=pq):
             cfg = FinetuneConfig(train="last:4", lm_head=True, distill_from=MODEL, steps=args.steps,
                                  batch_size=args.batch_size,
-                                 seqlen=args.seqlen, nsamples=args.nsamples, lr=args.lr)
+                                 seqlen=args.seqlen, nsamples=args.nsamples, lr=args.lr,
+                                 loss_tokens=args.loss_tokens)
             t0 = time.perf_counter()
             r = finetune(load_model(q), cfg, root / f"q{bits}-tuned", progress=bar)
             p = r.evaluation["perplexity"]
@@ -89,7 +91,9 @@ def main() -> None:
                     "seconds": time.perf_counter() - t0, "tokens": r.stats.tokens,
                     "loss_first": r.stats.mean_loss(True), "loss_last": r.stats.mean_loss(False)}
 
-        row(f"gptq {bits}-bit g128, blocks 0:26 + tail distillation", tune)
+        how = (f"{args.steps} steps x {args.batch_size} x {args.seqlen}, {args.nsamples} windows, lr {args.lr:g}, "
+               f"loss on {args.loss_tokens:g} of positions")
+        row(f"gptq {bits}-bit g128, blocks 0:26 + tail distillation ({how})", tune)
 
     def instruct():
         from tests.tune.instruct_set import build_play_questions

@@ -43,14 +43,38 @@ def no_cache(model: torch.nn.Module) -> Iterator[None]:
             cfg.use_cache = old
 
 
+class Slab:
+    """Per-batch tensors of one shape kept in one contiguous buffer (allocated at the first
+    :meth:`keep`), not one allocation per batch: long-lived calibration activations interleaved
+    with a forward pass's temporaries fragment the allocator's heap, and the process's resident
+    memory then grows far past what it holds (~450 MiB over a quantization of the default model).
+    A tensor whose shape does not match its slot is kept as it is."""
+
+    def __init__(self, rows: list[int]):
+        self.rows = rows
+        self.views: list[torch.Tensor] | None = None
+
+    def keep(self, b: int, t: torch.Tensor) -> torch.Tensor:
+        if self.views is None:
+            buf = torch.empty((sum(self.rows), *t.shape[1:]), dtype=t.dtype, device=t.device)
+            self.views = list(buf.split(self.rows))
+        v = self.views[b]
+        if v.shape != t.shape or v.dtype != t.dtype or v.device != t.device:
+            return t
+        return v.copy_(t)
+
+
 @torch.no_grad()
 def capture_block_inputs(model: torch.nn.Module, arch: ArchSpec, batches: list[torch.Tensor]) -> BlockInputs:
-    """Run each batch of token ids up to the first decoder block and keep what enters it."""
+    """Run each batch of token ids up to the first decoder block and keep what enters it (in one
+    :class:`Slab` when the batches share a length)."""
     first = arch.blocks(model)[0]
     hidden, kwargs = [], []
+    slab = Slab([ids.shape[0] for ids in batches]) if len({ids.shape[1:] for ids in batches}) == 1 else None
 
     def hook(_module, args, kw):
-        hidden.append(args[0] if args else kw.pop("hidden_states"))
+        h = args[0] if args else kw.pop("hidden_states")
+        hidden.append(slab.keep(len(hidden), h) if slab is not None else h)
         kwargs.append({k: v for k, v in kw.items() if k != "hidden_states"})
         raise _Captured
 
@@ -79,11 +103,13 @@ def run_block(block: torch.nn.Module, inputs: BlockInputs) -> list[torch.Tensor]
 Visit = Callable[[int, torch.nn.Module, BlockInputs], "list[torch.Tensor] | None"]
 # Called before a block is first used (e.g. to read its weights from disk: ``models.lazy``).
 Prepare = Callable[[int, torch.nn.Module], None]
+# Called once the first block's inputs are captured (e.g. to free the embedding: ``models.lazy``).
+Captured = Callable[[], None]
 
 
 def walk_blocks(model: torch.nn.Module, arch: ArchSpec, batches: list[torch.Tensor], visit: Visit,
                 *, blocks: range | None = None, through: int | None = None, prepare: Prepare | None = None,
-                progress=None) -> BlockInputs:
+                captured: Captured | None = None, progress=None) -> BlockInputs:
     """Call ``visit`` on each block in ``blocks`` (default all) with its inputs, propagating the
     outputs of each block as changed by ``visit``. Stop after the last visited block or, given
     ``through``, run blocks up to ``through`` and return their outputs (e.g. the final hidden
@@ -91,6 +117,8 @@ def walk_blocks(model: torch.nn.Module, arch: ArchSpec, batches: list[torch.Tens
     layers = arch.blocks(model)
     todo = blocks if blocks is not None else range(len(layers))
     inputs = capture_block_inputs(model, arch, batches)
+    if captured is not None:
+        captured()
     end = through if through is not None else (max(todo) + 1 if len(todo) else 0)
     it = progress(range(end), desc="blocks", unit="block") if progress else range(end)
     for i in it:

@@ -35,6 +35,9 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--grad-accum", type=int, default=d.grad_accum)
     p.add_argument("--seqlen", type=int, default=d.seqlen)
+    p.add_argument("--loss-tokens", type=float, default=d.loss_tokens,
+                   help="fraction of each window's positions the loss is taken on, drawn afresh each step "
+                        "(default 1: all); e.g. 0.25 makes distillation steps about twice as cheap")
     p.add_argument("--nsamples", type=int, default=None, help="text windows to train on (default: as many as the "
                                                               "steps use, or the whole corpus)")
     p.add_argument("--rank", type=int, default=d.rank, help="LoRA rank (--method lora)")
@@ -59,6 +62,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                          format=args.format, template=args.template, skip_bad_lines=args.skip_bad_lines,
                          loss=args.loss, distill_from=args.distill_from, epochs=args.epochs, steps=args.steps,
                          lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, seqlen=args.seqlen,
+                         loss_tokens=args.loss_tokens,
                          nsamples=args.nsamples, rank=args.rank, alpha=args.alpha, eval_data=args.eval_data,
                          eval_fraction=args.eval_fraction, save_every=args.save_every, seed=args.seed)
     lm = _load(args)

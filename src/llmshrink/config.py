@@ -287,6 +287,9 @@ class FinetuneConfig(Config):
     batch_size: int = 4
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     seqlen: int = field(default=512, metadata={"help": "tokens per text window / longest instruction example"})
+    loss_tokens: float = field(default=1.0, metadata={"help": "fraction of each window's positions the loss is "
+                                                              "taken on, drawn afresh each step (the tail still "
+                                                              "reads every token); below 1 makes steps cheaper"})
     nsamples: int | None = field(default=None, metadata={"help": "text windows per epoch; default: the "
                                                                  "corpus cut into non-overlapping windows"})
     rank: int = field(default=16, metadata={"help": "LoRA rank"})
@@ -324,6 +327,8 @@ class FinetuneConfig(Config):
             raise UserError("seqlen must be at least 2 tokens")
         if not self.lr > 0 or not self.alpha > 0:
             raise UserError("lr and alpha must be > 0")
+        if not 0 < self.loss_tokens <= 1:
+            raise UserError(f"loss_tokens must be in (0, 1], got {self.loss_tokens!r}")
         if not 0 <= self.eval_fraction < 1:
             raise UserError(f"eval_fraction must be in [0, 1), got {self.eval_fraction!r}")
         from .data.templates import get_template

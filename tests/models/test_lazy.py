@@ -34,6 +34,17 @@ def test_lazy_model_has_blocks_on_meta_until_materialized(tiny_model_dir):
         torch.testing.assert_close(lazy.model(ids).logits, eager.model(ids).logits, rtol=0, atol=0)
 
 
+def test_dropped_tied_embedding_is_freed_and_restored_tied(tiny_model_dir):
+    lazy = load_model(str(tiny_model_dir), lazy_blocks=True)
+    emb = lazy.model.model.embed_tokens.weight.detach().clone()
+    lazy.blocks.drop(lazy.model, ["model.embed_tokens.weight"])
+    assert lazy.model.model.embed_tokens.weight.is_meta and lazy.model.lm_head.weight.is_meta
+    lazy.blocks.restore()
+    assert torch.equal(lazy.model.model.embed_tokens.weight, emb)
+    assert lazy.model.lm_head.weight is lazy.model.model.embed_tokens.weight
+    lazy.blocks.restore()  # nothing left to restore: a no-op
+
+
 def test_truncated_shard_is_named(tmp_path, tokenizer):
     folder = save_model_dir(tmp_path / "m", make_tiny_model(len(tokenizer)), tokenizer)
     index = SafetensorsIndex([folder / "model.safetensors"])

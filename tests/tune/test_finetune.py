@@ -86,8 +86,32 @@ def test_training_packed_blocks_or_too_many_blocks_is_refused(dirs, tmp_path):
         _cfg(dirs, loss="kd")
 
 
-def test_an_interrupted_run_resumes_to_the_same_weights(dirs, tmp_path, monkeypatch):
-    cfg = _cfg(dirs, steps=6, save_every=2, distill_from=str(dirs["plain"]))
+def test_the_loss_is_taken_on_a_fresh_reproducible_fraction_of_positions(dirs):
+    lm = load_model(dirs["q"])
+    cfg = _cfg(dirs, loss_tokens=0.25)
+    _root, first = ft.select_trainable(lm, cfg)
+    batches = ft.text_batches(lm, cfg, 2)
+    loss = ft.TailLoss(lm, first, cfg, batches, ft.cache_inputs(lm, batches, first), None)
+    real = batches.real[0][:, 1:]
+    draws = [loss.positions(0) for _ in range(400)]
+    assert all(d.shape == real.shape and not (d & ~real).any() and d.any() for d in draws)
+    assert not torch.equal(draws[0], draws[1])
+    assert 0.2 < torch.stack(draws).float().mean() < 0.3
+    loss.calls = 0  # what a resumed run sets: the same draws again
+    assert torch.equal(loss.positions(0), draws[0])
+    full = ft.TailLoss(lm, first, _cfg(dirs), batches, loss.inputs, None)
+    assert torch.equal(full.positions(0), real)
+    with torch.no_grad():  # on every position, the task loss is the cross-entropy of the whole logits
+        logits = full.logits(0)[:, :-1].float()
+        expect = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batches.labels[0][:, 1:].flatten())
+        assert torch.allclose(full(0), expect, atol=1e-5)
+    with pytest.raises(UserError, match="loss_tokens"):
+        _cfg(dirs, loss_tokens=0)
+
+
+@pytest.mark.parametrize("loss_tokens", [1.0, 0.5])
+def test_an_interrupted_run_resumes_to_the_same_weights(dirs, tmp_path, monkeypatch, loss_tokens):
+    cfg = _cfg(dirs, steps=6, save_every=2, distill_from=str(dirs["plain"]), loss_tokens=loss_tokens)
     straight = load_model(dirs["q"])
     ft.finetune(straight, cfg, tmp_path / "a")
 
@@ -106,7 +130,8 @@ def test_an_interrupted_run_resumes_to_the_same_weights(dirs, tmp_path, monkeypa
     with pytest.raises(UserError, match="--resume"):
         ft.finetune(load_model(dirs["q"]), cfg, tmp_path / "b")
     with pytest.raises(UserError, match="other settings"):
-        ft.finetune(load_model(dirs["q"]), _cfg(dirs, steps=7, distill_from=str(dirs["plain"])), tmp_path / "b",
+        ft.finetune(load_model(dirs["q"]), _cfg(dirs, steps=7, distill_from=str(dirs["plain"]),
+                                                loss_tokens=loss_tokens), tmp_path / "b",
                     resume=True)
     resumed = load_model(dirs["q"])
     res = ft.finetune(resumed, cfg, tmp_path / "b", resume=True)

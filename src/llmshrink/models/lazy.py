@@ -69,6 +69,33 @@ class LazyBlocks:
 
     def __init__(self, index: SafetensorsIndex, arch: ArchSpec, dtype: torch.dtype, device: str = "cpu"):
         self.index, self.arch, self.dtype, self.device = index, arch, dtype, device
+        self._dropped: list[tuple[torch.nn.Module, str, str, bool]] = []  # (owner, leaf, checkpoint key, grad)
+
+    def drop(self, model: torch.nn.Module, keys: list[str]) -> None:
+        """Free these parameters (checkpoint names, e.g. the embedding once the calibration inputs
+        are captured: nothing reads it again until saving) and every tie to them; :meth:`restore`
+        reads them back from disk."""
+        targets = {}
+        for key in keys:
+            if key not in self.index.entries:
+                continue
+            owner, _, leaf = key.rpartition(".")
+            targets[id(getattr(model.get_submodule(owner), leaf))] = key
+        for mod in model.modules():
+            for leaf, p in list(mod._parameters.items()):
+                if p is not None and id(p) in targets:
+                    self._dropped.append((mod, leaf, targets[id(p)], p.requires_grad))
+                    mod._parameters[leaf] = torch.nn.Parameter(torch.empty_like(p, device="meta"),
+                                                               requires_grad=p.requires_grad)
+
+    def restore(self) -> None:
+        """Read back what :meth:`drop` freed; tied parameters are tied again."""
+        loaded: dict[str, torch.nn.Parameter] = {}
+        for mod, leaf, key, grad in self._dropped:
+            if key not in loaded:
+                loaded[key] = torch.nn.Parameter(self.index.read(key, self.dtype).to(self.device), requires_grad=grad)
+            mod._parameters[leaf] = loaded[key]
+        self._dropped.clear()
 
     @staticmethod
     def is_materialized(block: torch.nn.Module) -> bool:

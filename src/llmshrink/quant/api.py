@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..blockwise import BlockInputs, Prepare, walk_blocks
+from ..blockwise import BlockInputs, Captured, Prepare, Slab, walk_blocks
 from ..config import QuantConfig
 from ..errors import UserError
+from ..memory import release_freed
 from ..models.arch import ArchSpec
 from .gptq import QuantResult, accumulate_hessian, gptq_quantize, rtn_quantize
 from .qlinear import QuantLinear
@@ -66,11 +67,13 @@ class _Replay(torch.nn.Module):
 
 @contextlib.contextmanager
 def _staged(block: torch.nn.Module, hessians: dict[str, list], stop_at: str, replay: dict[str, list],
-            record: dict[str, list], cursor: list[int]) -> Iterator[None]:
+            record: dict[str, list], cursor: list[int], rows: list[int] | None = None) -> Iterator[None]:
     """Within the block: accumulate the Hessians of the named linears' inputs, stop the forward
     pass at ``stop_at``'s input, stand finished parts in by their recorded outputs, and record
-    the outputs of parts that have just been finished."""
+    the outputs of parts that have just been finished (each part's in one :class:`Slab` of
+    ``rows`` batch rows)."""
     handles, swapped = [], {}
+    slabs = {part: Slab(rows) for part in record} if rows is not None else {}
 
     def make_hessian_hook(name):
         def hook(_m, args):
@@ -83,6 +86,11 @@ def _staged(block: torch.nn.Module, hessians: dict[str, list], stop_at: str, rep
 
     def make_record_hook(part):
         def hook(_m, _args, output):
+            slab = slabs.get(part)
+            if slab is not None and isinstance(output, tuple) and isinstance(output[0], torch.Tensor):
+                output = (slab.keep(cursor[0], output[0]), *output[1:])
+            elif slab is not None and isinstance(output, torch.Tensor):
+                output = slab.keep(cursor[0], output)
             record[part].append(output)
 
         return hook
@@ -155,10 +163,11 @@ def quantize_block(i: int, block: torch.nn.Module, inputs: BlockInputs, arch: Ar
     def finished_parts() -> list[str]:
         return [p for p in arch.parts if p not in replay and set(arch.part_linears(p)) <= done]
 
+    rows = [h.shape[0] for h in inputs.hidden]
     for stage in stages:
         hessians = {g[0]: [None, 0] for g in stage}
         record = {p: [] for p in finished_parts()}
-        with _staged(block, hessians, stage[-1][0], replay, record, cursor):
+        with _staged(block, hessians, stage[-1][0], replay, record, cursor, rows):
             for b, (h, kw) in enumerate(zip(inputs.hidden, inputs.kwargs, strict=True)):
                 cursor[0] = b
                 with contextlib.suppress(_Stop):
@@ -171,16 +180,15 @@ def quantize_block(i: int, block: torch.nn.Module, inputs: BlockInputs, arch: Ar
                 _solve(block.get_submodule(name), f"{arch.layers}.{i}.{name}", H, cfg, report)
             done.update(g)
 
-    # Final pass: each batch's output takes the place of its input, and its recorded parts are
-    # dropped, so memory never holds inputs, outputs and records of every batch at once.
+    # Final pass: each batch's output is written over its input (same buffer, no new allocation),
+    # so memory never holds inputs, outputs and records of every batch at once.
     outs = inputs.hidden
     with _staged(block, {}, "", replay, {}, cursor):
         for b, kw in enumerate(inputs.kwargs):
             cursor[0] = b
             out = block(outs[b], **kw)
-            outs[b] = out[0] if isinstance(out, tuple) else out
-            for recorded in replay.values():
-                recorded[b] = None
+            out = out[0] if isinstance(out, tuple) else out
+            outs[b] = outs[b].copy_(out) if out.shape == outs[b].shape and out.dtype == outs[b].dtype else out
     if not all(torch.isfinite(o).all() for o in outs):
         raise UserError(f"non-finite outputs from quantized block {arch.layers}.{i}: use more bits or calibration data")
     return outs
@@ -212,7 +220,7 @@ def _quantize_head(model: torch.nn.Module, arch: ArchSpec, final: BlockInputs | 
 def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor | None, cfg: QuantConfig, *,
                    blocks: range | None = None, batch_size: int = 8, true_sequential: bool = True,
                    lm_head: bool = False, pack: bool = False, prepare: Prepare | None = None,
-                   progress=None) -> QuantizeReport:
+                   captured: Captured | None = None, progress=None) -> QuantizeReport:
     """Quantize ``blocks`` (default all) of ``model`` in place, calibrating on ``calib`` [n, seqlen];
     with ``lm_head`` the output projection too (untied from the embeddings), calibrated on the
     final norm's outputs of the quantized model.
@@ -236,6 +244,9 @@ def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor |
     def done(i: int, block: torch.nn.Module) -> None:
         if pack:
             _pack(block, [(n, f"{arch.layers}.{i}.{n}") for n in arch.linear_names], report)
+            # the block's float weights are gone, its small packed buffers stay: hand the holes
+            # they leave in the heap back to the kernel, or resident memory creeps up block by block
+            release_freed()
 
     final = None
     if calib is None:
@@ -254,7 +265,8 @@ def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor |
             return outs
 
         final = walk_blocks(model, arch, list(calib.split(batch_size)), visit, blocks=todo,
-                            through=n_layers if lm_head else None, prepare=prepare, progress=progress)
+                            through=n_layers if lm_head else None, prepare=prepare, captured=captured,
+                            progress=progress)
     if lm_head:
         _quantize_head(model, arch, final, cfg, report)
         if pack:

@@ -13,6 +13,7 @@ from ..config import QuantConfig
 from ..data.corpora import load_corpus
 from ..data.windows import bos_id, sample_windows, tokenize_corpus
 from ..errors import UserError
+from ..memory import release_freed
 from ..models.load import LoadedModel
 from .api import QuantizeReport, quantize_model
 
@@ -67,13 +68,24 @@ def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Pat
         stream = tokenize_corpus(load_corpus(calib.data), lm.tokenizer)
         windows = sample_windows(stream, calib.nsamples, calib.seqlen, seed=calib.seed,
                                  bos=bos_id(lm.tokenizer), name=f"calibration corpus {calib.data}")
+        del stream
+        release_freed()  # the tokenizer's transient memory, before the calibration pass's peak
         log.info("calibrating on %d x %d tokens of %s", *windows.shape, calib.data)
     log.info("quantizing blocks %d:%d with %s", todo.start, todo.stop, cfg.method)
     t0 = time.perf_counter()
-    # Packed as solved; with a lazily loaded model, blocks are read from disk one at a time.
-    prepare = lm.blocks.materialize if lm.blocks is not None else None
-    report = quantize_model(lm.model, lm.arch, windows, cfg, blocks=todo, batch_size=calib.batch_size,
-                            lm_head=lm_head, pack=True, prepare=prepare, progress=progress)
+    # Packed as solved; with a lazily loaded model, blocks are read from disk one at a time, and
+    # the embedding is freed once the calibration inputs are captured (read back for saving).
+    prepare = captured = None
+    if lm.blocks is not None:
+        prepare = lm.blocks.materialize
+        if not lm_head:
+            captured = lambda: lm.blocks.drop(lm.model, [f"{lm.arch.embed}.weight"])  # noqa: E731
+    try:
+        report = quantize_model(lm.model, lm.arch, windows, cfg, blocks=todo, batch_size=calib.batch_size,
+                                lm_head=lm_head, pack=True, prepare=prepare, captured=captured, progress=progress)
+    finally:
+        if lm.blocks is not None:
+            lm.blocks.restore()
     if prepare is not None:  # blocks left out of --blocks are saved in full precision
         for i, block in enumerate(lm.arch.blocks(lm.model)):
             prepare(i, block)

@@ -184,26 +184,42 @@ class TailLoss:
         self.norm = lm.model.get_submodule(lm.arch.norm)
         self.head = lm.model.get_submodule(lm.arch.lm_head)
         self.cfg, self.batches, self.inputs, self.teacher = cfg, batches, inputs, teacher
+        self.calls = 0  # loss evaluations so far: seeds the positions of the next one
 
-    def logits(self, j: int) -> torch.Tensor:
+    def hidden(self, j: int) -> torch.Tensor:
+        """The final normed hidden states of batch ``j`` (what lm_head reads)."""
         h = self.inputs.hidden[j]
         for block in self.tail:
             out = block(h, **self.inputs.kwargs[j])
             h = out[0] if isinstance(out, tuple) else out
-        return self.head(self.norm(h))
+        return self.norm(h)
+
+    def logits(self, j: int) -> torch.Tensor:
+        return self.head(self.hidden(j))
+
+    def positions(self, j: int) -> torch.Tensor:
+        """Bool [batch, seq-1]: the positions whose next-token loss is taken in this call: every real
+        one, or a fresh random ``loss_tokens`` fraction of them (lm_head and the loss dominate a step)."""
+        real = self.batches.real[j][:, 1:]
+        self.calls += 1
+        if self.cfg.loss_tokens >= 1:
+            return real
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + self.calls)
+        keep = real & (torch.rand(real.shape, generator=g) < self.cfg.loss_tokens)
+        return keep if keep.any() else real
 
     def parts(self, j: int) -> dict[str, torch.Tensor]:
-        logits = self.logits(j)[:, :-1].float()
+        keep = self.positions(j)
+        logits = self.head(self.hidden(j)[:, :-1][keep]).float()
         out = {}
         if self.cfg.loss in ("task", "task+kd"):
-            labels = self.batches.labels[j][:, 1:]
-            out["task"] = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE)
+            labels = self.batches.labels[j][:, 1:][keep]
+            out["task"] = F.cross_entropy(logits, labels, ignore_index=IGNORE)
         if self.cfg.loss in ("kd", "task+kd"):
             hidden, weight = self.teacher
-            mask = self.batches.real[j][:, 1:]
             with torch.no_grad():
-                t = F.log_softmax((hidden[j][:, :-1][mask] @ weight.T).float(), dim=-1)
-            s = F.log_softmax(logits[mask], dim=-1)
+                t = F.log_softmax((hidden[j][:, :-1][keep] @ weight.T).float(), dim=-1)
+            s = F.log_softmax(logits, dim=-1)
             out["kd"] = (t.exp() * (t - s)).sum(-1).mean()
         return out
 
@@ -300,6 +316,7 @@ def finetune(lm: LoadedModel, cfg: FinetuneConfig, out: Path, *, resume: bool = 
                 p.copy_(ck.params[name])
         start, opt_state, losses, tokens = ck.step, ck.opt_state, ck.losses, ck.tokens
         log.info("resuming from step %d of %d (%s)", start, steps, ckpt_dir)
+        loss.calls = start * cfg.grad_accum
 
     def on_step(step: int, opt, stats: TrainStats) -> None:
         if step % cfg.save_every == 0 and step < steps:

@@ -1,0 +1,37 @@
+"""Keep a long block-by-block job's resident memory near what it really holds.
+
+glibc's allocator keeps freed memory for reuse, and it raises its mmap threshold each time a
+large block is freed, so the multi-megabyte tensors of a block-by-block job end up in the heap;
+small long-lived tensors between them (packed weights) then pin freed pages, and resident memory
+creeps up block after block while what the job holds stays flat. :func:`release_freed` hands
+the heap's free pages back to the kernel (``malloc_trim``); it does nothing where the C library
+is not glibc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import sys
+
+
+@functools.cache
+def _glibc():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # noqa: B018 (glibc only)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def release_freed() -> bool:
+    """Return the allocator's free pages to the kernel; True if it could (glibc)."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim(ctypes.c_size_t(0))
+    return True
