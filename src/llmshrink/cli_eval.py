@@ -40,7 +40,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--tasks", default=None, help="zero-shot tasks through lm-eval, comma-separated: built-in "
-                                                 "lastword, cloze4, or lm-eval task names (hellaswag, piqa, ...)")
+                                                 "lastword, cloze4, your own items as KIND=FILE.jsonl (e.g. "
+                                                 "cloze4=items.jsonl), or lm-eval task names (hellaswag, piqa, ...)")
     p.add_argument("--limit", type=int, default=None, help="items per task (default: all)")
     p.add_argument("--no-perplexity", action="store_true", help="with --tasks: skip the perplexity run")
     p.add_argument("--out", default=None, help="folder to write eval.json into (for llmshrink report)")

@@ -78,6 +78,36 @@ def test_bad_requests_are_clear_errors(corpus_file):
         evaluate(Oracle(set()), TaskRequest(("lastwrod",), data=str(corpus_file)))
 
 
+def test_your_own_items_run_from_a_jsonl_file_and_bad_files_name_the_line(tmp_path, corpus_file):
+    import json
+
+    items = [{"context": "one two three", "choices": ["four", "x", "y"], "label": 0},
+             {"context": "five six", "choices": ["q", "seven"], "label": 1}]
+    good = tmp_path / "my items.jsonl"
+    good.write_text("".join(json.dumps(i) + "\n" for i in items))
+    answers = {(i["context"], i["choices"][i["label"]]) for i in items}
+    res = evaluate(Oracle(answers), TaskRequest((f"cloze4={good}",), data=str(corpus_file)))["tasks"]
+    assert list(res) == ["cloze4_my_items"] and res["cloze4_my_items"]["score"] == 1.0
+    assert res["cloze4_my_items"]["items"] == 2 == res["cloze4_my_items"]["available"]
+
+    def bad(text, match, kind="cloze4"):
+        f = tmp_path / "bad.jsonl"
+        f.write_text(text)
+        with pytest.raises(UserError, match=match):
+            evaluate(Oracle(set()), TaskRequest((f"{kind}={f}",), data=str(corpus_file)))
+
+    ok = json.dumps(items[0]) + "\n"
+    bad(ok + '{"context": "a", "choices": ["b", "c"]}\n', r"bad.jsonl:2: missing field 'label'")
+    bad(ok + "{not json\n", r"bad.jsonl:2: not valid JSON")
+    bad('{"context": "a", "choices": ["b", "c"], "label": 2}\n', r"bad.jsonl:1: 'label' 2 is not an index")
+    bad('{"context": "a", "target": 3}\n', r"bad.jsonl:1: field 'target' must be a JSON string", kind="lastword")
+    bad("\n", "holds no items")
+    with pytest.raises(UserError, match="does not exist"):
+        evaluate(Oracle(set()), TaskRequest((f"cloze4={tmp_path / 'none.jsonl'}",), data=str(corpus_file)))
+    with pytest.raises(UserError, match="item format must be one of"):
+        evaluate(Oracle(set()), TaskRequest((f"hellaswag={good}",), data=str(corpus_file)))
+
+
 def test_real_model_plain_and_packed_through_hflm(tmp_path, tiny_model_dir, corpus_file):
     from llmshrink.models.load import load_model
 

@@ -113,3 +113,17 @@ def test_cuda_asked_without_cuda(tiny_model_dir):
         pytest.skip("a CUDA device is present")
     with pytest.raises(UserError, match="no CUDA device"):
         load_model(str(tiny_model_dir), device="cuda")
+
+
+def test_a_model_too_large_for_the_device_is_refused_before_loading(tiny_model_dir, monkeypatch, capsys):
+    from llmshrink.cli import main
+    from llmshrink.models import load
+
+    need = (tiny_model_dir / "model.safetensors").stat().st_size  # float32 weights, as loaded
+    monkeypatch.setattr(load, "available_memory", lambda device: need // 2)
+    with pytest.raises(UserError, match="too large for this device"):
+        load_model(str(tiny_model_dir))
+    assert main(["eval", str(tiny_model_dir), "--tasks", "lastword"]) == 2
+    assert "too large" in capsys.readouterr().err
+    monkeypatch.setattr(load, "available_memory", lambda device: need * 2)
+    assert load_model(str(tiny_model_dir)).model is not None

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..data.corpora import load_corpus
 from ..errors import UserError
 from ..paths import cache_subdir
 from .run import dequantize_once
-from .tasks import BUILTIN_TASKS, TaskParams, write_task_file
+from .tasks import BUILTIN_TASKS, TaskParams, check_task_file, write_task_file
 
 log = logging.getLogger(__name__)
 
@@ -57,27 +59,52 @@ def _task_manager():
     return TaskManager(verbosity="ERROR")
 
 
-def task_configs(req: TaskRequest, task_manager) -> tuple[list, dict[str, int]]:
-    """lm-eval task entries: config dicts for built-in tasks, names for the registry's."""
+def _file_task(spec: str) -> tuple[str, str, Path] | None:
+    """``KIND=FILE.jsonl`` -> (task name, kind, path), checked; None for a plain task name."""
+    kind, sep, file = spec.partition("=")
+    if not sep:
+        return None
+    if kind not in BUILTIN_TASKS:
+        raise UserError(f"task file {spec!r}: the item format must be one of {', '.join(BUILTIN_TASKS)} "
+                        f"(e.g. cloze4={file})")
+    path = Path(file)
+    if not path.is_file():
+        raise UserError(f"task file {file} does not exist: give the path of a JSONL file of {kind} items")
+    stem = re.sub(r"\W+", "_", path.stem).strip("_") or "items"
+    return f"{kind}_{stem}", kind, path
+
+
+def task_configs(req: TaskRequest, task_manager) -> tuple[list, dict[str, tuple[str | None, int | None]]]:
+    """lm-eval task entries (config dicts for built-in tasks and task files, names for the
+    registry's) and, per task name, its headline metric (None: lm-eval's) and item count."""
     entries: list = []
-    sizes: dict[str, int] = {}
+    info: dict[str, tuple[str | None, int | None]] = {}
     corpus = None
-    for name in req.tasks:
-        if name in BUILTIN_TASKS:
+    for spec in req.tasks:
+        filed = _file_task(spec)
+        if filed is not None:
+            name, kind, path = filed
+            n = check_task_file(kind, path)
+            entries.append(BUILTIN_TASKS[kind].config(name, path.resolve()))
+            info[name] = (BUILTIN_TASKS[kind].main_metric, n)
+        elif spec in BUILTIN_TASKS:
             corpus = corpus or load_corpus(req.data)
-            path, n = write_task_file(name, corpus, req.params, cache_subdir("tasks"))
-            entries.append(BUILTIN_TASKS[name].config(name, path))
-            sizes[name] = n
-        elif name in task_manager.all_tasks:
-            entries.append(name)
+            path, n = write_task_file(spec, corpus, req.params, cache_subdir("tasks"))
+            entries.append(BUILTIN_TASKS[spec].config(spec, path))
+            info[spec] = (BUILTIN_TASKS[spec].main_metric, n)
+        elif spec in task_manager.all_tasks:
+            entries.append(spec)
+            info[spec] = (None, None)
         else:
-            raise UserError(f"unknown task {name!r}: built-in tasks are {', '.join(BUILTIN_TASKS)}; "
-                            "other names must be lm-eval tasks (lm-eval ls tasks)")
-    return entries, sizes
+            raise UserError(f"unknown task {spec!r}: built-in tasks are {', '.join(BUILTIN_TASKS)} "
+                            "(or KIND=FILE.jsonl for your own items); other names must be lm-eval tasks "
+                            "(lm-eval ls tasks)")
+    return entries, info
 
 
 def _hub_error(exc: Exception, tasks: tuple[str, ...]) -> UserError:
-    return UserError(f"could not load the data of task(s) {', '.join(t for t in tasks if t not in BUILTIN_TASKS)} "
+    hub = ", ".join(t for t in tasks if t not in BUILTIN_TASKS and "=" not in t)
+    return UserError(f"could not load the data of task(s) {hub} "
                      f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); the Hugging Face hub is "
                      "probably unreachable: download the dataset into the HF cache on a connected machine, "
                      "or use the built-in tasks (lastword, cloze4)")
@@ -100,7 +127,7 @@ def evaluate(model, req: TaskRequest) -> dict:
     lm_eval, _, _ = _lm_eval()
     t0 = time.perf_counter()
     tm = _task_manager()
-    entries, sizes = task_configs(req, tm)
+    entries, info = task_configs(req, tm)
     try:
         out = lm_eval.simple_evaluate(model=model, tasks=entries, limit=req.limit, task_manager=tm,
                                       log_samples=False, bootstrap_iters=1000, verbosity="ERROR")
@@ -112,14 +139,13 @@ def evaluate(model, req: TaskRequest) -> dict:
         raise
     counts = out.get("n-samples", {})
     results = {}
-    for name in req.tasks:
+    for name, (main, n) in info.items():
         r = out["results"].get(name, {})
         metrics = {k.split(",")[0]: float(v) for k, v in r.items()
                    if k not in ("alias", "sample_len") and isinstance(v, int | float)}
-        main = BUILTIN_TASKS[name].main_metric if name in BUILTIN_TASKS else (
-            "acc_norm" if "acc_norm" in metrics else "acc")
+        main = main or ("acc_norm" if "acc_norm" in metrics else "acc")
         results[name] = {"metrics": metrics, "main_metric": main, "score": metrics.get(main),
                          "items": counts.get(name, {}).get("effective"),
-                         "available": sizes.get(name, counts.get(name, {}).get("original"))}
+                         "available": n if n is not None else counts.get(name, {}).get("original")}
     return {"data": req.data, "limit": req.limit, "tasks": results,
             "lm_eval_version": getattr(lm_eval, "__version__", None), "seconds": time.perf_counter() - t0}

@@ -14,6 +14,10 @@ position in ``cloze4`` cycles 0, 1, 2, 3 over the shuffled items: a model that c
 choices apart scores exactly chance on a multiple of 4 items. Same corpus and parameters, same
 items, byte for byte; the JSONL files are cached by a hash of both and handed to lm-eval as a
 local ``json`` dataset, so no hub access is needed.
+
+Your own items run the same way: ``KIND=FILE.jsonl`` (e.g. ``cloze4=my_items.jsonl``) takes a
+JSONL file in a built-in task's item format (``lastword``: ``context``, ``target``; ``cloze4``:
+``context``, ``choices``, ``label``), checked line by line before lm-eval sees it.
 """
 
 from __future__ import annotations
@@ -126,13 +130,16 @@ class BuiltinTask:
     config: Callable[[str, Path], dict]
     main_metric: str
     description: str
+    fields: dict[str, type]  # an item's fields and their JSON types
 
 
 BUILTIN_TASKS: dict[str, BuiltinTask] = {
     "lastword": BuiltinTask(build_lastword, _lastword_config, "acc",
-                            "LAMBADA-style: the word that follows a passage, greedy exact match"),
+                            "LAMBADA-style: the word that follows a passage, greedy exact match",
+                            {"context": str, "target": str}),
     "cloze4": BuiltinTask(build_cloze4, _cloze4_config, "acc_norm",
-                          "HellaSwag-style: the true continuation among 4, length-normalised log-likelihood"),
+                          "HellaSwag-style: the true continuation among 4, length-normalised log-likelihood",
+                          {"context": str, "choices": list, "label": int}),
 }
 
 
@@ -155,3 +162,38 @@ def write_task_file(name: str, corpus: Corpus, params: TaskParams, cache: Path) 
             f.write(json.dumps(item, ensure_ascii=False) + "\n")
     tmp.replace(path)
     return path, len(items)
+
+
+def check_task_file(kind: str, path: Path) -> int:
+    """Check a JSONL file of ``kind`` items (every line, every field); returns the item count."""
+    fields = BUILTIN_TASKS[kind].fields
+    need = ", ".join(fields)
+    n = 0
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read task file {path} ({exc}): give a UTF-8 JSONL file") from exc
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{i}: not valid JSON ({exc.msg}); each line is one {kind} item") from None
+        if not isinstance(item, dict):
+            raise UserError(f"{path}:{i}: a {kind} item is a JSON object with {need}")
+        for name, typ in fields.items():
+            if name not in item:
+                raise UserError(f"{path}:{i}: missing field {name!r}: a {kind} item has {need}")
+            if not isinstance(item[name], typ) or isinstance(item[name], bool):
+                raise UserError(f"{path}:{i}: field {name!r} must be a JSON {typ.__name__.replace('str', 'string')}")
+        if kind == "cloze4":
+            choices = item["choices"]
+            if len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+                raise UserError(f"{path}:{i}: 'choices' must hold at least 2 strings")
+            if not 0 <= item["label"] < len(choices):
+                raise UserError(f"{path}:{i}: 'label' {item['label']} is not an index into its {len(choices)} choices")
+        n += 1
+    if n == 0:
+        raise UserError(f"task file {path} holds no items")
+    return n

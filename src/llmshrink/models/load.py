@@ -165,6 +165,40 @@ def check_safetensors(shards: list[Path]) -> None:
             ) from exc
 
 
+def available_memory(device: str) -> int | None:
+    """Bytes free for a model on ``device`` (CUDA: free device memory; CPU: the kernel's
+    MemAvailable), or None where it cannot be read."""
+    if device.startswith("cuda"):
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_fits(folder: Path, dtype: torch.dtype, device: str) -> None:
+    """Refuse, before reading any weight, a model whose tensors (floating ones in ``dtype``)
+    cannot fit in the memory ``device`` has free."""
+    from .lazy import SafetensorsIndex
+
+    shards = _shards(folder)
+    if not shards:
+        return
+    size = dtype.itemsize
+    need = sum((e.end - e.start) // e.dtype.itemsize * size if e.dtype.is_floating_point else e.end - e.start
+               for e in SafetensorsIndex(shards).entries.values())
+    free = available_memory(device)
+    if free is not None and need > free:
+        raise UserError(f"{folder} needs {need / 2**30:.1f} GiB as {str(dtype).removeprefix('torch.')} but {device} "
+                        f"has {free / 2**30:.1f} GiB free: the model is too large for this device; use a smaller "
+                        "--dtype (bfloat16), a quantized checkpoint, or another --device")
+
+
 def load_tokenizer(folder: Path, *, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -209,6 +243,7 @@ def load_model(
 
         model, blocks = load_lazy(folder, _shards(folder), arch, DTYPES[dtype], device, trust_remote_code)
     else:
+        check_fits(folder, DTYPES[dtype], device)
         model = loader(folder, config, DTYPES[dtype], trust_remote_code)
         model.to(device).eval()
     tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
