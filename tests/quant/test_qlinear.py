@@ -39,7 +39,7 @@ def test_int4_kernel_matches_dequantize_then_matmul(group_size, act_order, sym):
     m.int4_dtype = torch.bfloat16
     m.kernel = "auto"  # a few rows: the int4 kernel; many rows: dequantize
     torch.testing.assert_close(m(x[:1, :1]), fast[:1, :1], rtol=0, atol=1e-6)
-    many = torch.randn(4, 8, 96, generator=torch.Generator().manual_seed(2))
+    many = torch.randn(4, 80, 96, generator=torch.Generator().manual_seed(2))
     assert many.numel() // 96 > m.int4_max_rows
     m.kernel = "dequant"
     reference = m(many)
