@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from ..config import QuantConfig
@@ -79,7 +80,7 @@ def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Pat
     if lm.blocks is not None:
         prepare = lm.blocks.materialize
         if not lm_head:
-            captured = lambda: lm.blocks.drop(lm.model, [f"{lm.arch.embed}.weight"])  # noqa: E731
+            captured = partial(lm.blocks.drop, lm.model, [f"{lm.arch.embed}.weight"])
     try:
         report = quantize_model(lm.model, lm.arch, windows, cfg, blocks=todo, batch_size=calib.batch_size,
                                 lm_head=lm_head, pack=True, prepare=prepare, captured=captured, progress=progress)

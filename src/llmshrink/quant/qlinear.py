@@ -14,9 +14,10 @@ Kernels (``QuantLinear.kernel``):
   which go through a slow generic loop. The price is bf16 rounding of the activations and scales
   (relative 2^-9), far below the 4-bit grid's own error; ``int4_dtype = torch.float32`` gives
   the exact result at the slow speed.
-- ``auto`` (default): ``int4`` for a few rows at a time (token-by-token generation), where it
-  beats dequantizing the whole weight, and ``dequant`` for long inputs, where the kernel is slow
-  on CPUs without AMX; see BENCHMARKS.md.
+- ``auto`` (default): ``int4`` for up to ``int4_max_rows`` (256) rows at a time (generation,
+  prompts), where it beats dequantizing the whole weight, and ``dequant`` for longer inputs,
+  where one float matmul over the dequantized weight wins on this CPU; ``dequant`` too once the
+  dequantized weight is cached (evaluation). See BENCHMARKS.md.
 """
 
 from __future__ import annotations
