@@ -75,7 +75,7 @@ def _reference_quantize(model, calib, cfg, true_sequential):
 
 @pytest.mark.parametrize("true_sequential", [True, False])
 def test_staged_driver_matches_the_reference_driver(true_sequential):
-    """The staged driver (shared Hessians per group, early stops, replayed attention) solves the
+    """The staged driver (shared Hessians per group, early stops, attention carried in the residual) solves the
     same problems as running every block in full for every group."""
     cfg = QuantConfig(bits=3, group_size=16)
     calib = _calib(n=8)
@@ -90,6 +90,34 @@ def test_staged_driver_matches_the_reference_driver(true_sequential):
         torch.testing.assert_close(res.scales, expected[name].scales, rtol=1e-4, atol=1e-6)
     ids = calib[:2]
     torch.testing.assert_close(model(ids).logits, ref_model(ids).logits, rtol=1e-3, atol=1e-3)
+
+
+def test_a_skipped_branch_on_the_carried_residual_gives_the_block_output_bit_for_bit():
+    """The driver's residual carry rests on this property of pre-norm blocks: what enters the
+    next branch's norm, run through the block with the finished branch skipped, is the block's output."""
+    from llmshrink.blockwise import capture_block_inputs
+    from llmshrink.quant.api import _Skip
+
+    model = make_tiny_model(64)
+    arch = arch_of(model)
+    block = arch.blocks(model)[0]
+    inputs = capture_block_inputs(model, arch, [_calib(n=2)])
+    h, kw = inputs.hidden[0], inputs.kwargs[0]
+    carried = {}
+    hook = block.get_submodule(arch.part_norms[1]).register_forward_pre_hook(
+        lambda _m, a: carried.__setitem__("h", a[0].clone()))
+    with torch.no_grad():
+        out = block(h, **kw)
+    hook.remove()
+    out = out[0] if isinstance(out, tuple) else out
+    attn = block.get_submodule(arch.parts[0])
+    block.set_submodule(arch.parts[0], _Skip(tuple_output=True))
+    with torch.no_grad():
+        again = block(carried["h"], **kw)
+    block.set_submodule(arch.parts[0], attn)
+    again = again[0] if isinstance(again, tuple) else again
+    assert not torch.equal(carried["h"], h)
+    assert torch.equal(again, out)
 
 
 def test_group_members_read_the_same_input():

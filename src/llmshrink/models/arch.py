@@ -35,9 +35,12 @@ class ArchSpec:
     # Linear layers in the order a block runs them; the layers of one group read the same input
     # (q/k/v the normed hidden states, gate/up the normed residual), so they share one Hessian.
     sequential: tuple[tuple[str, ...], ...] = LLAMA_SEQUENTIAL
-    # Sub-modules whose output the quantization driver may replay once all their linears are
-    # quantized, instead of running them again for later groups (attention, above all).
+    # The block's residual branches, in order: ``h = h + part(norm(h))`` for each (part, norm).
+    # Once a part's linears are all quantized, the quantization driver carries the residual
+    # stream past it (the input of the next part's norm) instead of running it again for later
+    # groups (attention, above all).
     parts: tuple[str, ...] = ("self_attn", "mlp")
+    part_norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
 
     @property
     def linear_names(self) -> tuple[str, ...]:

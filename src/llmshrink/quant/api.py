@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..blockwise import BlockInputs, Captured, Prepare, Slab, walk_blocks
+from ..blockwise import BlockInputs, Captured, Prepare, walk_blocks
 from ..config import QuantConfig
 from ..errors import UserError
 from ..memory import release_freed
@@ -54,26 +54,28 @@ class _Stop(Exception):
     """Raised by the last Hessian hook of a stage: nothing after that point is needed yet."""
 
 
-class _Replay(torch.nn.Module):
-    """Stands in for a finished sub-module: returns the output it gave for the current batch."""
+class _Skip(torch.nn.Module):
+    """Stands in for a finished residual branch whose output is already in the carried residual
+    stream: adds nothing (``h + 0`` is ``h``, bit for bit)."""
 
-    def __init__(self, outputs: list, cursor: list[int]):
+    def forward(self, hidden_states, *args, **kwargs):
+        zero = hidden_states.new_zeros(()).expand_as(hidden_states)
+        return (zero, None) if self.tuple_output else zero
+
+    def __init__(self, tuple_output: bool):
         super().__init__()
-        self.outputs, self.cursor = outputs, cursor
-
-    def forward(self, *args, **kwargs):
-        return self.outputs[self.cursor[0]]
+        self.tuple_output = tuple_output
 
 
 @contextlib.contextmanager
-def _staged(block: torch.nn.Module, hessians: dict[str, list], stop_at: str, replay: dict[str, list],
-            record: dict[str, list], cursor: list[int], rows: list[int] | None = None) -> Iterator[None]:
+def _staged(block: torch.nn.Module, hessians: dict[str, list], stop_at: str, skip: dict[str, bool],
+            carry: str | None, hidden: list[torch.Tensor], cursor: list[int]) -> Iterator[None]:
     """Within the block: accumulate the Hessians of the named linears' inputs, stop the forward
-    pass at ``stop_at``'s input, stand finished parts in by their recorded outputs, and record
-    the outputs of parts that have just been finished (each part's in one :class:`Slab` of
-    ``rows`` batch rows)."""
-    handles, swapped = [], {}
-    slabs = {part: Slab(rows) for part in record} if rows is not None else {}
+    pass at ``stop_at``'s input, stand the ``skip`` parts (name -> returns a tuple) in by
+    :class:`_Skip`, and write what enters ``carry`` (the residual stream past the parts just
+    finished) over the current batch's block input ``hidden[cursor]``, which the block no longer
+    reads by then: later stages start from it with those parts skipped."""
+    handles, swapped, carried = [], {}, set()
 
     def make_hessian_hook(name):
         def hook(_m, args):
@@ -84,26 +86,24 @@ def _staged(block: torch.nn.Module, hessians: dict[str, list], stop_at: str, rep
 
         return hook
 
-    def make_record_hook(part):
-        def hook(_m, _args, output):
-            slab = slabs.get(part)
-            if slab is not None and isinstance(output, tuple) and isinstance(output[0], torch.Tensor):
-                output = (slab.keep(cursor[0], output[0]), *output[1:])
-            elif slab is not None and isinstance(output, torch.Tensor):
-                output = slab.keep(cursor[0], output)
-            record[part].append(output)
-
-        return hook
+    def carry_hook(_m, args, kwargs):
+        h, x = hidden[cursor[0]], args[0] if args else next(iter(kwargs.values()))
+        if x.shape != h.shape or x.dtype != h.dtype:
+            raise RuntimeError(f"the residual stream entering {carry} does not match the block's input")
+        h.copy_(x)
+        carried.add(cursor[0])
 
     try:
         for name in hessians:
             handles.append(block.get_submodule(name).register_forward_pre_hook(make_hessian_hook(name)))
-        for part in record:
-            handles.append(block.get_submodule(part).register_forward_hook(make_record_hook(part)))
-        for part, outputs in replay.items():
+        if carry is not None:
+            handles.append(block.get_submodule(carry).register_forward_pre_hook(carry_hook, with_kwargs=True))
+        for part, tuple_output in skip.items():
             swapped[part] = block.get_submodule(part)
-            block.set_submodule(part, _Replay(outputs, cursor))
+            block.set_submodule(part, _Skip(tuple_output))
         yield
+        if carry is not None and len(carried) != len(hidden):
+            raise RuntimeError(f"the forward pass stopped before {carry}: the block's stages are out of order")
     finally:
         for h in handles:
             h.remove()
@@ -149,41 +149,60 @@ def quantize_block(i: int, block: torch.nn.Module, inputs: BlockInputs, arch: Ar
 
     True-sequential: one stage per group of linears. A stage runs the calibration batches through
     the block only as far as its group's input (the hook stops the pass there), accumulates the
-    group's one shared Hessian, and solves the group. Parts whose linears are all quantized
-    (attention, once o_proj is done) are recorded the next time they run and then replayed, so
-    attention runs twice per block, not once per group, and no linear runs after the last group
-    needs it. Without true-sequential, one stage collects all Hessians from the original block.
+    group's one shared Hessian, and solves the group. A residual branch whose linears are all
+    quantized (attention, once o_proj is done) runs once more in full, and the residual stream
+    past it (what enters the next branch's norm) is written over the block's inputs; later stages
+    start from there with the branch skipped. So attention runs twice per block, not once per
+    group, no linear runs after the last group needs it, and no branch output is kept on the
+    side (151 MiB at 128 x 512 tokens on the default model). Without true-sequential, one stage
+    collects all Hessians from the original block.
     """
     groups = arch.sequential
     stages = [[g] for g in groups] if true_sequential else [list(groups)]
     done: set[str] = set()
-    replay: dict[str, list] = {}
+    skip: dict[str, bool] = {}  # leading parts already in the carried residual -> returns a tuple
     cursor = [0]
+    hidden = inputs.hidden
+    seen: dict[str, bool] = {}  # part -> its output is a tuple (a _Skip must answer in kind)
 
-    def finished_parts() -> list[str]:
-        return [p for p in arch.parts if p not in replay and set(arch.part_linears(p)) <= done]
+    def finished_prefix() -> int:
+        k = 0
+        while k < len(arch.parts) and set(arch.part_linears(arch.parts[k])) <= done:
+            k += 1
+        return k
 
-    rows = [h.shape[0] for h in inputs.hidden]
     for stage in stages:
         hessians = {g[0]: [None, 0] for g in stage}
-        record = {p: [] for p in finished_parts()}
-        with _staged(block, hessians, stage[-1][0], replay, record, cursor, rows):
-            for b, (h, kw) in enumerate(zip(inputs.hidden, inputs.kwargs, strict=True)):
-                cursor[0] = b
-                with contextlib.suppress(_Stop):
-                    block(h, **kw)
-        replay.update({p: outs for p, outs in record.items() if len(outs) == len(inputs.hidden)})
+        # parts finished by the previous stages run once more, in full, in this stage; the
+        # residual stream past them (what enters the next part's norm) is written over the block
+        # inputs, and later stages skip them
+        k = finished_prefix()
+        carry = arch.part_norms[k] if len(skip) < k < len(arch.parts) else None
+        watch = [block.get_submodule(p).register_forward_hook(
+                 lambda _m, _a, out, p=p: seen.__setitem__(p, isinstance(out, tuple))) for p in arch.parts[len(skip):k]]
+        try:
+            with _staged(block, hessians, stage[-1][0], skip, carry, hidden, cursor):
+                for b, (h, kw) in enumerate(zip(hidden, inputs.kwargs, strict=True)):
+                    cursor[0] = b
+                    with contextlib.suppress(_Stop):
+                        block(h, **kw)
+        finally:
+            for w in watch:
+                w.remove()
+        if carry is not None:
+            skip.update({p: seen[p] for p in arch.parts[len(skip):k]})
         for g in stage:
             H = hessians[g[0]][0]
             _check_hessian(H, f"{arch.layers}.{i}.{g[0]}")
             for name in g:
                 _solve(block.get_submodule(name), f"{arch.layers}.{i}.{name}", H, cfg, report)
             done.update(g)
+        release_freed()  # each stage's forward passes leave a differently shaped heap: trim between them
 
     # Final pass: each batch's output is written over its input (same buffer, no new allocation),
-    # so memory never holds inputs, outputs and records of every batch at once.
-    outs = inputs.hidden
-    with _staged(block, {}, "", replay, {}, cursor):
+    # so memory never holds the inputs and outputs of every batch at once.
+    outs = hidden
+    with _staged(block, {}, "", skip, None, hidden, cursor):
         for b, kw in enumerate(inputs.kwargs):
             cursor[0] = b
             out = block(outs[b], **kw)
