@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--loss-tokens", type=float, default=1.0, help="fraction of positions the loss is taken on")
+    ap.add_argument("--head-lr", type=float, default=None, help="lm_head's learning rate (default: --lr)")
+    ap.add_argument("--hidden-loss", type=float, default=0.0, help="weight of the final-hidden-state loss")
     ap.add_argument("--instruct-steps", type=int, default=60)
     args = ap.parse_args()
     root = Path(args.root)
@@ -83,7 +85,7 @@ def main() -> None:
             cfg = FinetuneConfig(train="last:4", lm_head=True, distill_from=MODEL, steps=args.steps,
                                  batch_size=args.batch_size,
                                  seqlen=args.seqlen, nsamples=args.nsamples, lr=args.lr,
-                                 loss_tokens=args.loss_tokens)
+                                 loss_tokens=args.loss_tokens, head_lr=args.head_lr, hidden_loss=args.hidden_loss)
             t0 = time.perf_counter()
             r = finetune(load_model(q), cfg, root / f"q{bits}-tuned", progress=bar)
             p = r.evaluation["perplexity"]
@@ -92,7 +94,9 @@ def main() -> None:
                     "loss_first": r.stats.mean_loss(True), "loss_last": r.stats.mean_loss(False)}
 
         how = (f"{args.steps} steps x {args.batch_size} x {args.seqlen}, {args.nsamples} windows, lr {args.lr:g}, "
-               f"loss on {args.loss_tokens:g} of positions")
+               f"loss on {args.loss_tokens:g} of positions"
+               + (f", lm_head lr {args.head_lr:g}" if args.head_lr else "")
+               + (f", hidden-state loss x{args.hidden_loss:g}" if args.hidden_loss else ""))
         row(f"gptq {bits}-bit g128, blocks 0:26 + tail distillation ({how})", tune)
 
     def instruct():

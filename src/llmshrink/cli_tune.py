@@ -32,6 +32,9 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
     how.add_argument("--epochs", type=float, default=None, help="passes over the data (default 1)")
     how.add_argument("--steps", type=int, default=None, help="optimizer steps")
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--head-lr", type=float, default=None, help="learning rate of lm_head (default: --lr)")
+    p.add_argument("--hidden-loss", type=float, default=d.hidden_loss,
+                   help="with --distill-from: weight of an added loss matching the teacher's final hidden states")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--grad-accum", type=int, default=d.grad_accum)
     p.add_argument("--seqlen", type=int, default=d.seqlen)
@@ -62,7 +65,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                          format=args.format, template=args.template, skip_bad_lines=args.skip_bad_lines,
                          loss=args.loss, distill_from=args.distill_from, epochs=args.epochs, steps=args.steps,
                          lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, seqlen=args.seqlen,
-                         loss_tokens=args.loss_tokens,
+                         loss_tokens=args.loss_tokens, head_lr=args.head_lr, hidden_loss=args.hidden_loss,
                          nsamples=args.nsamples, rank=args.rank, alpha=args.alpha, eval_data=args.eval_data,
                          eval_fraction=args.eval_fraction, save_every=args.save_every, seed=args.seed)
     lm = _load(args)

@@ -284,6 +284,11 @@ class FinetuneConfig(Config):
     epochs: float | None = field(default=None, metadata={"help": "passes over the data (default 1 unless steps)"})
     steps: int | None = field(default=None, metadata={"help": "optimizer steps (instead of epochs)"})
     lr: float = 1e-4
+    head_lr: float | None = field(default=None, metadata={"help": "learning rate of lm_head (with --lm-head); "
+                                                                   "default: --lr"})
+    hidden_loss: float = field(default=0.0, metadata={"help": "with --distill-from: weight of a loss matching the "
+                                                              "teacher's final normed hidden states (mean square "
+                                                              "error over the teacher's mean square), added to the KL"})
     batch_size: int = 4
     grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     seqlen: int = field(default=512, metadata={"help": "tokens per text window / longest instruction example"})
@@ -327,6 +332,12 @@ class FinetuneConfig(Config):
             raise UserError("seqlen must be at least 2 tokens")
         if not self.lr > 0 or not self.alpha > 0:
             raise UserError("lr and alpha must be > 0")
+        if self.head_lr is not None and not self.head_lr > 0:
+            raise UserError(f"head_lr must be > 0, got {self.head_lr!r}")
+        if not self.hidden_loss >= 0:
+            raise UserError(f"hidden_loss must be >= 0, got {self.hidden_loss!r}")
+        if self.hidden_loss > 0 and self.loss == "task":
+            raise UserError("hidden_loss matches the teacher's hidden states: give --distill-from MODEL")
         if not 0 < self.loss_tokens <= 1:
             raise UserError(f"loss_tokens must be in (0, 1], got {self.loss_tokens!r}")
         if not 0 <= self.eval_fraction < 1:

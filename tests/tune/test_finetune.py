@@ -109,6 +109,35 @@ def test_the_loss_is_taken_on_a_fresh_reproducible_fraction_of_positions(dirs):
         _cfg(dirs, loss_tokens=0)
 
 
+def test_head_lr_and_the_hidden_state_loss(dirs, tmp_path):
+    """--head-lr gives lm_head its own rate; --hidden-loss adds the teacher-matching term, which
+    is 0 when the student's tail is the teacher's."""
+    lm = load_model(dirs["plain"])
+    cfg = _cfg(dirs, distill_from=str(dirs["plain"]), hidden_loss=2.0)
+    _root, first = ft.select_trainable(lm, cfg)
+    batches = ft.text_batches(lm, cfg, 2)
+    loss = ft.TailLoss(lm, first, cfg, batches, ft.cache_inputs(lm, batches, first),
+                       ft._load_teacher(lm, cfg, batches))
+    with torch.no_grad():
+        parts = loss.parts(0)
+        assert set(parts) == {"kd", "hidden"} and parts["hidden"] < 1e-10 and parts["kd"] < 1e-6
+        lm.model.model.norm.weight.mul_(1.5)  # the student's final states now read 1.5x the teacher's
+        parts = loss.parts(0)
+    assert parts["hidden"].item() == pytest.approx(2.0 * 0.25, rel=1e-4)
+    base, head = dict(lr=1e-3), dict(lr=1e-3, head_lr=1e-5)
+    moved = {}
+    for name, kw in (("base", base), ("head", head)):
+        lm = load_model(dirs["q"])
+        w0 = lm.model.lm_head.weight.detach().clone()
+        ft.finetune(lm, _cfg(dirs, distill_from=str(dirs["plain"]), **kw), tmp_path / name)
+        moved[name] = (lm.model.lm_head.weight.detach() - w0).abs().max().item()
+    assert 0 < moved["head"] < moved["base"] / 20
+    with pytest.raises(UserError, match="--distill-from"):
+        _cfg(dirs, hidden_loss=1.0)
+    with pytest.raises(UserError, match="head_lr"):
+        _cfg(dirs, head_lr=0)
+
+
 @pytest.mark.parametrize("loss_tokens", [1.0, 0.5])
 def test_an_interrupted_run_resumes_to_the_same_weights(dirs, tmp_path, monkeypatch, loss_tokens):
     cfg = _cfg(dirs, steps=6, save_every=2, distill_from=str(dirs["plain"]), loss_tokens=loss_tokens)

@@ -26,3 +26,14 @@ def test_train_loop_fits_a_linear_map():
 def test_train_loop_needs_parameters():
     with pytest.raises(ValueError, match="no trainable parameters"):
         train_loop([], iter([]), lambda x: x, steps=1, lr=0.1)
+
+
+def test_parameter_groups_keep_their_own_rates_under_the_schedule():
+    a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3))
+    seen = []
+    train_loop([{"params": [a], "lr": 0.01}, {"params": [b], "lr": 0.001}], itertools.repeat(None),
+               lambda _: (a - 1).pow(2).sum() + (b - 1).pow(2).sum(), steps=20, lr=0.1, tokens_of=lambda _: 1,
+               on_step=lambda s, opt, st: seen.append([g["lr"] for g in opt.param_groups]))
+    assert all(x == pytest.approx(10 * y) for x, y in seen)
+    assert seen[-1][0] < seen[5][0]  # both follow the cosine decay
+    assert 0 < b.detach().mean() < a.detach().mean() < 1  # the slower group moved less

@@ -210,7 +210,8 @@ class TailLoss:
 
     def parts(self, j: int) -> dict[str, torch.Tensor]:
         keep = self.positions(j)
-        logits = self.head(self.hidden(j)[:, :-1][keep]).float()
+        hs = self.hidden(j)[:, :-1][keep]
+        logits = self.head(hs).float()
         out = {}
         if self.cfg.loss in ("task", "task+kd"):
             labels = self.batches.labels[j][:, 1:][keep]
@@ -221,6 +222,9 @@ class TailLoss:
                 t = F.log_softmax((hidden[j][:, :-1][keep] @ weight.T).float(), dim=-1)
             s = F.log_softmax(logits, dim=-1)
             out["kd"] = (t.exp() * (t - s)).sum(-1).mean()
+            if self.cfg.hidden_loss > 0:
+                ht = hidden[j][:, :-1][keep].float()
+                out["hidden"] = self.cfg.hidden_loss * (hs.float() - ht).pow(2).mean() / ht.pow(2).mean()
         return out
 
     def __call__(self, j: int) -> torch.Tensor:
@@ -330,7 +334,11 @@ def finetune(lm: LoadedModel, cfg: FinetuneConfig, out: Path, *, resume: bool = 
         m.train(False)
     for block in loss.tail:
         block.train()
-    stats = train_loop(list(params.values()), order, loss, steps=steps, lr=cfg.lr, grad_accum=cfg.grad_accum,
+    head_w = lm.model.get_submodule(lm.arch.lm_head).weight
+    groups = [{"params": [p for p in params.values() if p is not head_w], "lr": cfg.lr}]
+    if any(p is head_w for p in params.values()):
+        groups.append({"params": [head_w], "lr": cfg.head_lr or cfg.lr})
+    stats = train_loop(groups, order, loss, steps=steps, lr=cfg.lr, grad_accum=cfg.grad_accum,
                        tokens_of=lambda j: int(batches.real[j].sum()), start_step=start, opt_state=opt_state,
                        on_step=on_step, progress=progress)
     for block in loss.tail:

@@ -35,7 +35,7 @@ def lr_factor(step: int, steps: int, warmup: int, floor: float = 0.1) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def train_loop(params: list[torch.nn.Parameter], batches: Iterable, loss_fn: Callable[[object], torch.Tensor], *,
+def train_loop(params: list[torch.nn.Parameter] | list[dict], batches: Iterable, loss_fn: Callable[[object], torch.Tensor], *,
                steps: int, lr: float, warmup: float = 0.05, clip: float = 1.0, weight_decay: float = 0.0,
                grad_accum: int = 1, tokens_of: Callable[[object], int] = lambda b: b.numel(),
                start_step: int = 0, opt_state: dict | None = None,
@@ -44,8 +44,10 @@ def train_loop(params: list[torch.nn.Parameter], batches: Iterable, loss_fn: Cal
     """Run optimizer steps ``start_step`` to ``steps``, each over ``grad_accum`` batches (their
     losses averaged); returns per-step losses and throughput. ``opt_state`` resumes the optimizer
     (the learning-rate schedule follows from the step), ``on_step(step, optimizer, stats)`` runs
-    after each step (checkpoints)."""
-    if not params:
+    after each step (checkpoints). ``params`` may be parameter groups (dicts with ``params`` and
+    their own ``lr``); the schedule scales every group's rate alike."""
+    flat = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
+    if not flat:
         raise ValueError("no trainable parameters")
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     if opt_state is not None:
@@ -70,7 +72,7 @@ def train_loop(params: list[torch.nn.Parameter], batches: Iterable, loss_fn: Cal
                     loss.backward()
                 total += float(loss.detach())
                 stats.tokens += tokens_of(batch)
-            torch.nn.utils.clip_grad_norm_(params, clip)
+            torch.nn.utils.clip_grad_norm_(flat, clip)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
