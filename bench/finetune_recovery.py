@@ -47,6 +47,10 @@ def main() -> None:
     ap.add_argument("--loss-tokens", type=float, default=1.0, help="fraction of positions the loss is taken on")
     ap.add_argument("--head-lr", type=float, default=None, help="lm_head's learning rate (default: --lr)")
     ap.add_argument("--hidden-loss", type=float, default=0.0, help="weight of the final-hidden-state loss")
+    ap.add_argument("--loss", default="kd", choices=["kd", "task+kd"],
+                    help="kd: distillation alone; task+kd: plus next-token cross-entropy on the corpus")
+    ap.add_argument("--control", action="store_true",
+                    help="also tune the original model the same way (how much of a gain is the corpus, not recovery)")
     ap.add_argument("--instruct-steps", type=int, default=60)
     args = ap.parse_args()
     root = Path(args.root)
@@ -81,23 +85,28 @@ def main() -> None:
                          q, blocks="0:26")
         pq = row(f"gptq {bits}-bit g128, blocks 0:26", lambda q=q: {"perplexity": ppl(q)})["perplexity"]
 
-        def tune(q=q, bits=bits, pq=pq):
+        def tune(q=q, bits=bits, pq=pq, out=None):
             cfg = FinetuneConfig(train="last:4", lm_head=True, distill_from=MODEL, steps=args.steps,
                                  batch_size=args.batch_size,
                                  seqlen=args.seqlen, nsamples=args.nsamples, lr=args.lr,
-                                 loss_tokens=args.loss_tokens, head_lr=args.head_lr, hidden_loss=args.hidden_loss)
+                                 loss_tokens=args.loss_tokens, head_lr=args.head_lr, hidden_loss=args.hidden_loss,
+                                 loss=args.loss)
             t0 = time.perf_counter()
-            r = finetune(load_model(q), cfg, root / f"q{bits}-tuned", progress=bar)
+            r = finetune(load_model(q), cfg, out or root / f"q{bits}-tuned", progress=bar)
             p = r.evaluation["perplexity"]
-            return {"perplexity": p, "recovery": (pq - p) / (pq - orig), "train_seconds": r.stats.seconds,
+            return {"perplexity": p, "recovery": (pq - p) / (pq - orig) if pq != orig else None, "train_seconds": r.stats.seconds,
                     "seconds": time.perf_counter() - t0, "tokens": r.stats.tokens,
                     "loss_first": r.stats.mean_loss(True), "loss_last": r.stats.mean_loss(False)}
 
         how = (f"{args.steps} steps x {args.batch_size} x {args.seqlen}, {args.nsamples} windows, lr {args.lr:g}, "
                f"loss on {args.loss_tokens:g} of positions"
                + (f", lm_head lr {args.head_lr:g}" if args.head_lr else "")
-               + (f", hidden-state loss x{args.hidden_loss:g}" if args.hidden_loss else ""))
+               + (f", hidden-state loss x{args.hidden_loss:g}" if args.hidden_loss else "")
+               + (f", loss {args.loss}" if args.loss != "kd" else ""))
         row(f"gptq {bits}-bit g128, blocks 0:26 + tail distillation ({how})", tune)
+        if args.control:
+            row(f"original + the same tail fine-tune ({how})",
+                lambda: tune(q=MODEL, pq=orig, out=root / "original-tuned"))
 
     def instruct():
         from tests.tune.instruct_set import build_play_questions
