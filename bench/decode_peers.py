@@ -26,10 +26,10 @@ from llmshrink.models.load import load_model
 
 
 def llamacpp_decode(path: str, cfg: BenchConfig, threads: int) -> dict:
-    import llama_cpp
+    from llmshrink.eval.llamacpp import make_llama
 
-    llm = llama_cpp.Llama(model_path=path, n_ctx=cfg.prompt_tokens + cfg.new_tokens + 8, n_threads=threads,
-                          n_threads_batch=threads, n_batch=cfg.prompt_tokens, logits_all=False, verbose=False)
+    llm = make_llama(path, n_ctx=cfg.prompt_tokens + cfg.new_tokens + 8, n_threads=threads,
+                     n_threads_batch=threads, n_batch=cfg.prompt_tokens, logits_all=False, verbose=False)
     prompt = np.random.default_rng(0).integers(0, llm.n_vocab(), cfg.prompt_tokens).tolist()
 
     def argmax() -> int:  # the last token's logits (only the last token asks for them)

@@ -9,7 +9,7 @@ import torch
 from llmshrink.cli import main
 from llmshrink.config import EvalConfig, GGUFConfig
 from llmshrink.errors import UserError
-from llmshrink.eval.llamacpp import load_llamacpp
+from llmshrink.eval.llamacpp import _model_params, cpu_has_amx, load_llamacpp
 from llmshrink.eval.run import evaluate_perplexity
 from llmshrink.export.gguf import export_gguf
 from llmshrink.models.load import load_model
@@ -87,6 +87,42 @@ def test_missing_or_broken_file_is_a_user_error(tmp_path):
     bad.write_bytes(b"GGUF" + b"\0" * 64)
     with pytest.raises(UserError, match="not a readable GGUF file"):
         load_llamacpp(bad)
+
+
+def test_amx_is_read_from_the_cpu_flags(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f amx_bf16 amx_tile amx_int8\n")
+    assert cpu_has_amx(info)
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\nbugs\t\t: amx_int8\n")
+    assert not cpu_has_amx(info)
+    assert not cpu_has_amx(tmp_path / "missing")
+
+
+def test_extra_buffer_types_are_switched_off_for_one_load_only():
+    import llama_cpp.llama_cpp as low
+
+    default = low.llama_model_default_params
+    with _model_params(use_extra_bufts=False):
+        assert low.llama_model_default_params().use_extra_bufts is False
+    assert low.llama_model_default_params is default and default().use_extra_bufts is True
+    with _model_params(use_extra_bufts=True):
+        assert low.llama_model_default_params is default
+
+
+@pytest.mark.parametrize("type_name", ["q4_0", "q8_0"])
+def test_quantized_files_run_with_and_without_extra_buffers(tmp_path, tiny, type_name):
+    # llama.cpp's AMX layout crashes in llama_decode (0.3.36), so the default leaves it out where the
+    # CPU has AMX; forcing the extra buffer types on is only safe without AMX.
+    lm = load_model(str(tiny))
+    out = tmp_path / f"m-{type_name}.gguf"
+    export_gguf(lm, GGUFConfig(type=type_name, method="rtn"), out)
+    prompt = lm.tokenizer("To be, or not to be", add_special_tokens=False)["input_ids"]
+    logits = [load_llamacpp(out, n_ctx=64, extra_buffers=False).model(torch.tensor([prompt])).logits,
+              load_llamacpp(out, n_ctx=64).model(torch.tensor([prompt])).logits]
+    if not cpu_has_amx():
+        logits.append(load_llamacpp(out, n_ctx=64, extra_buffers=True).model(torch.tensor([prompt])).logits)
+    for other in logits[1:]:
+        torch.testing.assert_close(other, logits[0], atol=1e-2, rtol=1e-2)
 
 
 @pytest.mark.e2e

@@ -9,6 +9,8 @@ llama.cpp's tokenizer and llama.cpp's logits. llama-cpp-python is optional:
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -19,6 +21,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def _llama_cpp():
@@ -93,8 +97,60 @@ class LlamaCppModel:
     size_on_disk: int
 
 
-def load_llamacpp(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None) -> LlamaCppModel:
-    """Load a GGUF file with llama.cpp (CPU), keeping the logits of every position."""
+def cpu_has_amx(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether the CPU reports Intel AMX int8 tiles (Sapphire Rapids and later)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    return any("amx_int8" in line.split() for line in text.splitlines() if line.startswith("flags"))
+
+
+@contextlib.contextmanager
+def _model_params(use_extra_bufts: bool):
+    """``llama_cpp.Llama`` builds its model parameters from ``llama_model_default_params()`` and loads
+    the file in its constructor, with no argument for ``use_extra_bufts``; set it for that one call."""
+    import llama_cpp.llama_cpp as low  # the module ``llama_cpp.llama`` reads its defaults from
+
+    default = low.llama_model_default_params
+    if use_extra_bufts or not hasattr(default().__class__, "use_extra_bufts"):
+        yield
+        return
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    low.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        low.llama_model_default_params = default
+
+
+def make_llama(path: str | Path, *, extra_buffers: bool | None = None, **kwargs):
+    """``llama_cpp.Llama(model_path=path, **kwargs)`` on the CPU.
+
+    ``extra_buffers``: whether llama.cpp may move weights to its extra CPU buffer types (the AMX and
+    repacked-GEMM layouts). ``None`` (default): yes, except on CPUs with AMX, where llama.cpp's AMX
+    path crashes on Q4_0/Q4_1/Q8_0 models (segmentation fault in ``llama_decode``, seen with
+    llama-cpp-python 0.3.36 on both SmolLM2-135M and tiny test models); there the plain CPU path runs.
+    """
+    llama_cpp = _llama_cpp()
+    if extra_buffers is None:
+        extra_buffers = not cpu_has_amx()
+        if not extra_buffers:
+            log.info("CPU has AMX: llama.cpp runs without its extra buffer types (its AMX path crashes)")
+    with _model_params(extra_buffers):
+        return llama_cpp.Llama(model_path=str(path), n_gpu_layers=0, **kwargs)
+
+
+def load_llamacpp(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None,
+                  extra_buffers: bool | None = None) -> LlamaCppModel:
+    """Load a GGUF file with llama.cpp (CPU), keeping the logits of every position.
+
+    ``extra_buffers``: see :func:`make_llama` (default: off on AMX CPUs, where llama.cpp crashes)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no such file: {path}: check the path")
@@ -104,8 +160,8 @@ def load_llamacpp(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None 
     t0 = time.perf_counter()
     inspect_gguf(path)  # a truncated or corrupt file: the reader's clear error, not llama.cpp's
     try:
-        llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
-                              n_threads=n_threads or os.cpu_count(), n_gpu_layers=0, verbose=False)
+        llm = make_llama(path, extra_buffers=extra_buffers, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
+                         logits_all=True, n_threads=n_threads or os.cpu_count(), verbose=False)
     except (ValueError, RuntimeError) as exc:
         raise UserError(f"llama.cpp could not load {path} ({exc}): is it a complete GGUF model file?") from exc
     n_params = int(llama_cpp.llama_model_n_params(llm.model)) if hasattr(llama_cpp, "llama_model_n_params") else 0
