@@ -113,7 +113,7 @@ def _model_params(use_extra_bufts: bool):
     import llama_cpp.llama_cpp as low  # the module ``llama_cpp.llama`` reads its defaults from
 
     default = low.llama_model_default_params
-    if use_extra_bufts or not hasattr(default().__class__, "use_extra_bufts"):
+    if use_extra_bufts or not hasattr(low.llama_model_params, "use_extra_bufts"):  # older llama.cpp: no field
         yield
         return
 
