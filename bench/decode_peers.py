@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmshrink.eval.bench import BenchConfig, bench_model
+from llmshrink.eval.bench import bench_model
+from llmshrink.eval.config import BenchConfig
 from llmshrink.models.load import load_model
 
 

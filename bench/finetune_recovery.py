@@ -26,11 +26,14 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.tune.instruct_set
 
-from llmshrink.config import EvalConfig, FinetuneConfig, QuantConfig
+from llmshrink.data.calib import CalibConfig
+from llmshrink.eval.config import EvalConfig
 from llmshrink.eval.run import evaluate_perplexity
+from llmshrink.jobs.finetune import finetune
+from llmshrink.jobs.quantize import run_quantize
 from llmshrink.models.load import load_model
-from llmshrink.quant.job import CalibConfig, run_quantize
-from llmshrink.tune.finetune import finetune
+from llmshrink.quant.config import QuantConfig
+from llmshrink.tune.config import FinetuneConfig
 
 MODEL = "smollm2-135m"
 

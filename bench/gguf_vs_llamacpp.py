@@ -25,14 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmshrink.config import EvalConfig, GGUFConfig
+from llmshrink.data.calib import CalibConfig
 from llmshrink.data.corpora import load_corpus
 from llmshrink.data.windows import bos_id, sample_windows, tokenize_corpus
+from llmshrink.eval.config import EvalConfig
 from llmshrink.eval.llamacpp import load_llamacpp
 from llmshrink.eval.run import evaluate_perplexity
-from llmshrink.export.gguf import export_gguf
+from llmshrink.export.config import GGUFConfig
+from llmshrink.jobs.export import export_gguf
 from llmshrink.models.load import load_model
-from llmshrink.quant.job import CalibConfig
 
 ROOT = Path("runs/bench/gguf")
 OURS = ("q4_0", "q4_1", "q8_0")

@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import time
 
-from llmshrink.config import EvalConfig, QuantConfig
 from llmshrink.data.corpora import load_corpus
 from llmshrink.data.windows import bos_id, sample_windows, tokenize_corpus
+from llmshrink.eval.config import EvalConfig
 from llmshrink.eval.run import evaluate_perplexity
 from llmshrink.models.load import load_model
-from llmshrink.quant.api import quantize_model
+from llmshrink.quant.config import QuantConfig
+from llmshrink.quant.driver import quantize_model
 
 
 def main() -> None:

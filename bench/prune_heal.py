@@ -21,12 +21,13 @@ from pathlib import Path
 
 import torch
 
-from llmshrink.config import EvalConfig, HealConfig, PruneConfig
+from llmshrink.eval.config import EvalConfig
 from llmshrink.eval.run import evaluate_perplexity
 from llmshrink.eval.speed import decode_speed
+from llmshrink.jobs.prune import remove_least_important, scoring_batches
 from llmshrink.models.load import load_model, weights_size
+from llmshrink.prune.config import HealConfig, PruneConfig
 from llmshrink.prune.heal import heal_lora
-from llmshrink.prune.job import remove_least_important, scoring_batches
 
 ROOT = Path("runs/bench/prune_heal")
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from llmshrink.config import PruneConfig
+from llmshrink.jobs.prune import scoring_batches
 from llmshrink.models.load import load_model
-from llmshrink.prune.job import scoring_batches
+from llmshrink.prune.config import PruneConfig
 from llmshrink.prune.scores import ppl_leave_one_out, ppl_leave_one_out_naive
 
 

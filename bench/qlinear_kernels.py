@@ -14,12 +14,13 @@ Prints a Markdown table with ratios to the original model.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import torch
 
 from llmshrink.models.load import load_model
-from llmshrink.quant.qlinear import QuantLinear
+from llmshrink.quant.qlinear import QuantLinear, dequantized
 
 
 def _time(fn, repeat: int) -> float:
@@ -55,19 +56,20 @@ def main() -> None:
         with torch.no_grad():
             model(long)
 
-    def set_kernel(kernel: str, cache: bool) -> None:
+    def set_kernel(kernel: str) -> None:
         for m in packed.model.modules():
             if isinstance(m, QuantLinear):
-                m.kernel, m.cache, m._w = kernel, cache, None
+                m.kernel = kernel
 
     rows = [("original float32", _time(lambda: gen(base.model), args.repeat),
              _time(lambda: prefill(base.model), args.repeat))]
     for label, kernel, cache in (("packed, dequant", "dequant", False), ("packed, int4", "int4", False),
                                  ("packed, auto (default)", "auto", False),
                                  ("packed, dequant cached", "dequant", True)):
-        set_kernel(kernel, cache)
-        rows.append((label, _time(lambda: gen(packed.model), args.repeat),
-                     _time(lambda: prefill(packed.model), args.repeat)))
+        set_kernel(kernel)
+        with dequantized(packed.model) if cache else contextlib.nullcontext():
+            rows.append((label, _time(lambda: gen(packed.model), args.repeat),
+                         _time(lambda: prefill(packed.model), args.repeat)))
     g0, p0 = rows[0][1], rows[0][2]
     print(f"| model / kernel | generation ms/token ({args.new_tokens} new) | ratio | "
           f"prefill {args.prefill} tokens ms | ratio |")

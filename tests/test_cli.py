@@ -46,9 +46,9 @@ def test_eval_table_and_generate(capsys, tiny_model_dir, text_file):
         (["eval", "tinyllama-1b"], "unknown model 'tinyllama-1b'"),
         (["eval", "{model}", "--data", "nocorpus"], "unknown corpus 'nocorpus'"),
         (["eval", "{model}", "--data", "{text}", "--seqlen", "4096"], "fewer than one window of 4096"),
-        (["eval", "{model}", "--data", "{text}", "--seqlen", "0"], "seqlen must be a positive"),
-        (["eval", "{model}", "--data", "{text}", "--stride", "900"], "stride 900 is larger than seqlen"),
-        (["generate", "{model}", "hi", "--temperature", "0"], "temperature must be > 0"),
+        (["eval", "{model}", "--data", "{text}", "--seqlen", "0"], "--seqlen: must be a positive"),
+        (["eval", "{model}", "--data", "{text}", "--stride", "900"], "--stride: 900 is larger than seqlen"),
+        (["generate", "{model}", "hi", "--temperature", "0"], "--temperature: must be > 0"),
         (["eval", "{model}", "--data", "{text}", "--device", "cuda:7"], "CUDA"),
     ],
 )
@@ -115,13 +115,14 @@ def test_quantize_then_eval_and_generate(capsys, tiny_model_dir, text_file, tmp_
 @pytest.mark.parametrize(
     ("extra", "match"),
     [
-        (["--bits", "5"], "bits must be 2, 3, 4 or 8"),
-        (["--group-size", "0"], "group size must be -1"),
-        (["--method", "awq"], "unknown method 'awq'"),
+        (["--bits", "5"], "--bits: must be 2, 3, 4 or 8, got 5"),
+        (["--group-size", "0"], "--group-size: must be -1 (one group per row) or >= 1, got 0"),
+        (["--method", "awq"], "argument --method: invalid choice: 'awq'"),
         (["--blocks", "0:9"], "outside the model's 2 blocks"),
         (["--blocks", "x:y"], "bad block range"),
+        (["--blocks", "1:0"], "block range 1:0 is empty or reversed"),
         (["--seqlen", "4096"], "fewer than one window of 4096"),
-        (["--nsamples", "0"], "--nsamples must be >= 1"),
+        (["--nsamples", "0"], "--nsamples: must be a positive whole number, got 0"),
     ],
 )
 def test_quantize_bad_input(capsys, tiny_model_dir, text_file, tmp_path, extra, match):

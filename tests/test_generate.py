@@ -1,7 +1,6 @@
 import torch
 
-from llmshrink.config import GenerateConfig
-from llmshrink.generate import generate
+from llmshrink.generate import GenerateConfig, generate
 from tests.conftest import make_tiny_model
 
 

@@ -5,7 +5,7 @@ import yaml
 
 from llmshrink.cli import main
 from llmshrink.errors import UserError
-from llmshrink.recipe import load_recipe, parse_recipe, run_recipe
+from llmshrink.jobs.recipe import load_recipe, parse_recipe, run_recipe
 from llmshrink.tune import finetune as ft
 
 
@@ -34,8 +34,8 @@ def _recipe(model_dir, out, corpus, steps=4):
     (lambda r: r["stages"].append({"quantise": {}}), r"unknown stage stages\[3\]\.quantise"),
     (lambda r: r["stages"][0]["quantize"].update(bitz=3), r"unknown field stages\[0\]\.quantize\.bitz"),
     (lambda r: r["stages"][0]["quantize"]["calib"].update(n=3), r"unknown field stages\[0\]\.quantize\.calib\.n"),
-    (lambda r: r["stages"][0]["quantize"].update(bits=5), r"stages\[0\]\.quantize: bits must be 2, 3, 4 or 8"),
-    (lambda r: r["stages"][1]["finetune"].update(train="all"), r"stages\[1\]\.finetune: bad train spec"),
+    (lambda r: r["stages"][0]["quantize"].update(bits=5), r"stages\[0\]\.quantize\.bits: must be 2, 3, 4 or 8, got 5"),
+    (lambda r: r["stages"][1]["finetune"].update(train="all"), r"stages\[1\]\.finetune\.train: bad train spec"),
     (lambda r: r.pop("model"), "model is missing"),
     (lambda r: r.update(stages=[]), "non-empty list"),
     (lambda r: r["stages"].append({"eval": {}, "export": {}}), r"stages\[3\] must be one stage name"),

@@ -1,6 +1,8 @@
-"""llmshrink: make LLaMA-family language models small and fast, and measure what it cost.
+"""llmshrink: make large language models small and fast, and measure what it cost.
 
-The public API is imported lazily, so ``import llmshrink`` is cheap and does nothing.
+The public API (:mod:`llmshrink.api`: ``quantize``, ``finetune``, ``prune``, ``export``,
+``evaluate``, and the lower-level names below) is imported lazily, so ``import llmshrink`` is cheap
+and does nothing.
 """
 
 from __future__ import annotations
@@ -10,27 +12,39 @@ import importlib
 __version__ = "0.1.0"
 
 _API = {
+    "quantize": "llmshrink.api",
+    "finetune": "llmshrink.api",
+    "prune": "llmshrink.api",
+    "export": "llmshrink.api",
+    "evaluate": "llmshrink.api",
     "load_model": "llmshrink.models.load",
     "LoadedModel": "llmshrink.models.load",
     "load_corpus": "llmshrink.data.corpora",
     "tokenize_corpus": "llmshrink.data.windows",
     "sample_windows": "llmshrink.data.windows",
+    "calibration_windows": "llmshrink.data.calib",
     "perplexity": "llmshrink.eval.perplexity",
     "evaluate_perplexity": "llmshrink.eval.run",
     "generate": "llmshrink.generate",
+    "gptq_quantize": "llmshrink.quant.gptq",
+    "rtn_quantize": "llmshrink.quant.gptq",
+    "quantize_model": "llmshrink.quant.driver",
     "score_blocks": "llmshrink.prune.scores",
     "remove_blocks": "llmshrink.prune.depth",
     "heal_lora": "llmshrink.prune.heal",
-    "run_prune": "llmshrink.prune.job",
+    "run_prune": "llmshrink.jobs.prune",
     "decode_speed": "llmshrink.eval.speed",
-    "export_gguf": "llmshrink.export.gguf",
+    "export_gguf": "llmshrink.jobs.export",
     "load_llamacpp": "llmshrink.eval.llamacpp",
-    "GGUFConfig": "llmshrink.config",
-    "QuantConfig": "llmshrink.config",
-    "PruneConfig": "llmshrink.config",
-    "HealConfig": "llmshrink.config",
-    "EvalConfig": "llmshrink.config",
-    "GenerateConfig": "llmshrink.config",
+    "CalibConfig": "llmshrink.data.calib",
+    "GGUFConfig": "llmshrink.export.config",
+    "QuantConfig": "llmshrink.quant.config",
+    "PruneConfig": "llmshrink.prune.config",
+    "HealConfig": "llmshrink.prune.config",
+    "FinetuneConfig": "llmshrink.tune.config",
+    "EvalConfig": "llmshrink.eval.config",
+    "BenchConfig": "llmshrink.eval.config",
+    "GenerateConfig": "llmshrink.generate",
     "UserError": "llmshrink.errors",
 }
 

@@ -3,12 +3,35 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
-from .config import GenerateConfig
-from .data.templates import ChatTemplate, Example, get_template
+from .config import Config
+from .data.templates import TEMPLATES, ChatTemplate, Example, get_template
+
+
+@dataclass
+class GenerateConfig(Config):
+    """Text generation from one instruction."""
+
+    kind: ClassVar[str] = "generate"
+    template: str = field(default="chat", metadata={"help": "prompt template", "choices": tuple(TEMPLATES)})
+    max_new_tokens: int = field(default=128, metadata={"help": "tokens to generate at most"})
+    do_sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding", "flag": "sample"})
+    temperature: float = field(default=0.7, metadata={"help": "sampling temperature"})
+    top_p: float = field(default=0.9, metadata={"help": "nucleus sampling mass"})
+    top_k: int = field(default=50, metadata={"help": "sample among the k likeliest tokens (0: all)"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+
+    def __post_init__(self) -> None:
+        self.positive("max_new_tokens")
+        self.check(self.temperature > 0, "temperature",
+                   f"must be > 0, got {self.temperature}; use greedy decoding instead of 0")
+        self.check(0 < self.top_p <= 1, "top_p", f"must be in (0, 1], got {self.top_p}")
+        self.check(self.top_k >= 0, "top_k", f"must be >= 0 (0 disables it), got {self.top_k}")
+        get_template(self.template)  # unknown names fail here, before a model is loaded
 
 
 @dataclass

@@ -13,6 +13,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import UserError
+
 
 def cache_dir() -> Path:
     env = os.environ.get("LLMSHRINK_CACHE")
@@ -27,6 +29,14 @@ def cache_subdir(*parts: str) -> Path:
     path = cache_dir().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def output_path(out: str | Path) -> Path:
+    """An output's path, refused before any work when the folder it goes into does not exist."""
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise UserError(f"the folder {out.parent} does not exist: create it or choose another --out")
+    return out
 
 
 @contextlib.contextmanager

@@ -51,4 +51,4 @@ def test_bench_json_has_every_field_and_packed_weights_read_less(tmp_path, tiny_
 
 def test_bad_bench_settings_are_one_line_errors(tiny_model_dir, capsys):
     assert main(["bench", str(tiny_model_dir), "--new-tokens", "0"]) == 2
-    assert "--new-tokens must be at least 1" in capsys.readouterr().err
+    assert "--new-tokens: must be a positive whole number, got 0" in capsys.readouterr().err

@@ -70,7 +70,7 @@ def test_a_model_that_knows_the_answers_scores_one_and_a_uniform_one_scores_chan
 
 
 def test_bad_requests_are_clear_errors(corpus_file):
-    with pytest.raises(UserError, match="--limit"):
+    with pytest.raises(UserError, match="^limit: must be a positive"):
         TaskRequest(("lastword",), limit=0)
     with pytest.raises(UserError, match="no tasks"):
         TaskRequest(())

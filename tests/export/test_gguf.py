@@ -6,14 +6,16 @@ import pytest
 import torch
 
 from llmshrink.cli import main
-from llmshrink.config import GGUFConfig, QuantConfig
+from llmshrink.data.calib import CalibConfig
 from llmshrink.errors import UserError
-from llmshrink.export.gguf import _rope_rows, export_gguf
+from llmshrink.export.config import GGUFConfig
+from llmshrink.export.gguf import _rope_rows
 from llmshrink.export.hf import save_quantized
+from llmshrink.jobs.export import export_gguf
 from llmshrink.models.arch import arch_of
 from llmshrink.models.load import load_model
-from llmshrink.quant.api import quantize_model
-from llmshrink.quant.job import CalibConfig
+from llmshrink.quant.config import QuantConfig
+from llmshrink.quant.driver import quantize_model
 from tests.conftest import make_tiny_model, save_model_dir
 
 CALIB = CalibConfig(nsamples=8, seqlen=32, batch_size=4)

@@ -4,13 +4,13 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from llmshrink.config import QuantConfig
 from llmshrink.errors import UserError
 from llmshrink.eval.perplexity import perplexity
 from llmshrink.export.hf import check_packable, save_quantized
 from llmshrink.models.arch import arch_of
 from llmshrink.models.load import load_model
-from llmshrink.quant.api import quantize_model
+from llmshrink.quant.config import QuantConfig
+from llmshrink.quant.driver import quantize_model
 from llmshrink.quant.qlinear import QuantLinear
 from tests.conftest import make_tiny_model
 

@@ -2,11 +2,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llmshrink.config import QuantConfig
+from llmshrink.data.calib import CalibConfig
 from llmshrink.errors import UserError
+from llmshrink.jobs.quantize import run_quantize
 from llmshrink.models.lazy import SafetensorsIndex
 from llmshrink.models.load import load_model
-from llmshrink.quant.job import CalibConfig, run_quantize
+from llmshrink.quant.config import QuantConfig
 from tests.conftest import make_tiny_model, save_model_dir
 
 

@@ -95,12 +95,12 @@ def test_lora_healing_changes_the_kept_weights_and_leaves_no_adapters(capsys, fo
     [
         (["--remove", "4"], "cannot remove 4 of the model's 4 blocks"),
         (["--remove", "3"], "only 2 of 4 may go"),
-        (["--ratio", "1.5"], "ratio must be in (0, 1)"),
+        (["--ratio", "1.5"], "--ratio: must be in (0, 1), got 1.5"),
         (["--ratio", "0.05"], "rounds to 0 blocks"),
-        (["--criterion", "cosine", "--remove", "1"], "unknown criterion 'cosine'"),
+        (["--criterion", "cosine", "--remove", "1"], "argument --criterion: invalid choice: 'cosine'"),
         ([], "say how many blocks to remove"),
         (["--score-only", "--heal", "lora"], "nothing to --heal"),
-        (["--remove", "1", "--heal", "lora", "--heal-steps", "0"], "steps must be a positive"),
+        (["--remove", "1", "--heal", "lora", "--heal-steps", "0"], "--heal-steps: must be a positive whole number, got 0"),
     ],
 )
 def test_prune_bad_input_one_line_exit_2(capsys, four_block_dir, text_file, tmp_path, extra, match):

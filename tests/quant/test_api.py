@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from llmshrink.config import QuantConfig
 from llmshrink.errors import UserError
 from llmshrink.models.arch import arch_of
-from llmshrink.quant.api import quantize_model
+from llmshrink.quant.config import QuantConfig
+from llmshrink.quant.driver import quantize_model
 from tests.conftest import make_tiny_model
 
 
@@ -96,7 +96,7 @@ def test_a_skipped_branch_on_the_carried_residual_gives_the_block_output_bit_for
     """The driver's residual carry rests on this property of pre-norm blocks: what enters the
     next branch's norm, run through the block with the finished branch skipped, is the block's output."""
     from llmshrink.blockwise import capture_block_inputs
-    from llmshrink.quant.api import _Skip
+    from llmshrink.quant.driver import _Skip
 
     model = make_tiny_model(64)
     arch = arch_of(model)

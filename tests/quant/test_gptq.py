@@ -3,8 +3,8 @@ import logging
 import pytest
 import torch
 
-from llmshrink.config import QuantConfig
 from llmshrink.errors import UserError
+from llmshrink.quant.config import QuantConfig
 from llmshrink.quant.gptq import accumulate_hessian, gptq_quantize, rtn_quantize, weighted_error
 from llmshrink.quant.grid import fit_grid, group_bounds
 
@@ -42,11 +42,11 @@ def test_gptq_beats_rtn_and_codes_are_consistent(bits, group_size, sym, act_orde
     # The packed description (codes, scales, zeros, g_idx) reproduces the solution exactly.
     assert res.loss == pytest.approx(weighted_error(W, res.dequantize(), H), rel=1e-5)
     assert int(res.q.min()) >= 0 and int(res.q.max()) <= cfg.maxq
-    n_groups = len(group_bounds(80, group_size))
+    n_groups = len(group_bounds(80, cfg.group_columns(80)))
     assert res.scales.shape == res.zeros.shape == (n_groups, 48)
-    assert sorted(torch.bincount(res.g_idx.long()).tolist()) == sorted(b - a for a, b in group_bounds(80, group_size))
+    assert sorted(torch.bincount(res.g_idx.long()).tolist()) == sorted(b - a for a, b in group_bounds(80, cfg.group_columns(80)))
     if static or not act_order:
-        assert torch.equal(res.g_idx.long(), torch.arange(80) // (80 if group_size == -1 else group_size))
+        assert torch.equal(res.g_idx.long(), torch.arange(80) // cfg.group_columns(80))
     if sym:
         assert (res.zeros == (cfg.maxq + 1) // 2).all()
 
@@ -91,7 +91,7 @@ def test_mse_search_never_worse_per_row():
         assert (err(searched) <= err(plain) + 1e-6).all() and (err(searched) < err(plain)).any()
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [({"bits": 5}, "bits must be"), ({"group_size": 0}, "group size"),
+@pytest.mark.parametrize(("kwargs", "match"), [({"bits": 5}, "^bits: must be"), ({"group_size": 0}, "^group_size: must be -1"),
                                                ({"method": "awq"}, "unknown method"), ({"damp": 0}, "damp")])
 def test_quant_config_validation(kwargs, match):
     with pytest.raises(UserError, match=match):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from llmshrink.config import QuantConfig
+from llmshrink.quant.config import QuantConfig
 from llmshrink.quant.gptq import accumulate_hessian, gptq_quantize
 from llmshrink.quant.qlinear import QuantLinear
 

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from llmshrink.cli import main
-from llmshrink.config import FinetuneConfig
 from llmshrink.errors import UserError
+from llmshrink.jobs import finetune as finetune_job
 from llmshrink.models.load import load_model
 from llmshrink.tune import finetune as ft
+from llmshrink.tune.config import FinetuneConfig
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def _snapshot(model):
 def test_only_the_tail_and_lm_head_change_and_packed_blocks_stay_packed(dirs, tmp_path, method):
     lm = load_model(dirs["q"])
     before = _snapshot(lm.model)
-    res = ft.finetune(lm, _cfg(dirs, method=method, distill_from=str(dirs["plain"]), loss="task+kd"),
+    res = finetune_job.finetune(lm, _cfg(dirs, method=method, distill_from=str(dirs["plain"]), loss="task+kd"),
                       tmp_path / "out")
     after = _snapshot(lm.model)
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -77,9 +78,9 @@ def test_frozen_packed_blocks_receive_no_gradient(dirs):
 
 def test_training_packed_blocks_or_too_many_blocks_is_refused(dirs, tmp_path):
     with pytest.raises(UserError, match="block 1 is quantized"):
-        ft.finetune(load_model(dirs["q"]), _cfg(dirs, train="last:3"), tmp_path / "o")
+        finetune_job.finetune(load_model(dirs["q"]), _cfg(dirs, train="last:3"), tmp_path / "o")
     with pytest.raises(UserError, match="more blocks than the model's 4"):
-        ft.finetune(load_model(dirs["plain"]), _cfg(dirs, train="last:5"), tmp_path / "o")
+        finetune_job.finetune(load_model(dirs["plain"]), _cfg(dirs, train="last:5"), tmp_path / "o")
     with pytest.raises(UserError, match="last:N"):
         _cfg(dirs, train="first:2")
     with pytest.raises(UserError, match="--distill-from"):
@@ -129,7 +130,7 @@ def test_head_lr_and_the_hidden_state_loss(dirs, tmp_path):
     for name, kw in (("base", base), ("head", head)):
         lm = load_model(dirs["q"])
         w0 = lm.model.lm_head.weight.detach().clone()
-        ft.finetune(lm, _cfg(dirs, distill_from=str(dirs["plain"]), **kw), tmp_path / name)
+        finetune_job.finetune(lm, _cfg(dirs, distill_from=str(dirs["plain"]), **kw), tmp_path / name)
         moved[name] = (lm.model.lm_head.weight.detach() - w0).abs().max().item()
     assert 0 < moved["head"] < moved["base"] / 20
     with pytest.raises(UserError, match="--distill-from"):
@@ -142,7 +143,7 @@ def test_head_lr_and_the_hidden_state_loss(dirs, tmp_path):
 def test_an_interrupted_run_resumes_to_the_same_weights(dirs, tmp_path, monkeypatch, loss_tokens):
     cfg = _cfg(dirs, steps=6, save_every=2, distill_from=str(dirs["plain"]), loss_tokens=loss_tokens)
     straight = load_model(dirs["q"])
-    ft.finetune(straight, cfg, tmp_path / "a")
+    finetune_job.finetune(straight, cfg, tmp_path / "a")
 
     real_save = ft.save_checkpoint
 
@@ -153,17 +154,17 @@ def test_an_interrupted_run_resumes_to_the_same_weights(dirs, tmp_path, monkeypa
 
     monkeypatch.setattr(ft, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        ft.finetune(load_model(dirs["q"]), cfg, tmp_path / "b")
+        finetune_job.finetune(load_model(dirs["q"]), cfg, tmp_path / "b")
     assert (tmp_path / ".b.checkpoint" / "state.json").is_file() and not (tmp_path / "b").exists()
     monkeypatch.setattr(ft, "save_checkpoint", real_save)
     with pytest.raises(UserError, match="--resume"):
-        ft.finetune(load_model(dirs["q"]), cfg, tmp_path / "b")
+        finetune_job.finetune(load_model(dirs["q"]), cfg, tmp_path / "b")
     with pytest.raises(UserError, match="other settings"):
-        ft.finetune(load_model(dirs["q"]), _cfg(dirs, steps=7, distill_from=str(dirs["plain"]),
+        finetune_job.finetune(load_model(dirs["q"]), _cfg(dirs, steps=7, distill_from=str(dirs["plain"]),
                                                 loss_tokens=loss_tokens), tmp_path / "b",
                     resume=True)
     resumed = load_model(dirs["q"])
-    res = ft.finetune(resumed, cfg, tmp_path / "b", resume=True)
+    res = finetune_job.finetune(resumed, cfg, tmp_path / "b", resume=True)
     assert res.stats.steps == 6 and len(res.stats.losses) == 6
     a, b = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
@@ -175,7 +176,7 @@ def test_instruction_data_trains_on_responses_and_reports_held_out_loss(dirs, tm
     data = tmp_path / "i.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     lm = load_model(dirs["plain"])
-    res = ft.finetune(lm, _cfg(dirs, data=str(data), format="alpaca", template="alpaca", seqlen=256, steps=30,
+    res = finetune_job.finetune(lm, _cfg(dirs, data=str(data), format="alpaca", template="alpaca", seqlen=256, steps=30,
                                lr=3e-3, eval_fraction=0.2, eval_data=None), tmp_path / "out")
     ev = res.evaluation
     assert ev["held_out_loss_after"] < ev["held_out_loss_before"]
@@ -200,12 +201,12 @@ def test_cli_finetune_prints_the_summary_and_bad_input_exits_2(dirs, tmp_path, c
 
 def test_the_tuned_mixed_checkpoint_exports_to_gguf_and_runs_in_llama_cpp(dirs, tmp_path):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is a test dependency: pip install -e .[test]")
-    from llmshrink.config import GGUFConfig
+    from llmshrink.data.calib import CalibConfig
     from llmshrink.eval.llamacpp import load_llamacpp
-    from llmshrink.export.gguf import export_gguf
-    from llmshrink.quant.job import CalibConfig
+    from llmshrink.export.config import GGUFConfig
+    from llmshrink.jobs.export import export_gguf
 
-    ft.finetune(load_model(dirs["q"]), _cfg(dirs, steps=2), tmp_path / "tuned")
+    finetune_job.finetune(load_model(dirs["q"]), _cfg(dirs, steps=2), tmp_path / "tuned")
     rep = export_gguf(load_model(tmp_path / "tuned"), GGUFConfig(type="q8_0"), tmp_path / "m.gguf",
                       calib=CalibConfig(str(dirs["corpus"]), 4, 16))
     assert len(rep.requantized) == 14 and len(rep.solved) == 14  # packed blocks re-rounded, tuned ones solved

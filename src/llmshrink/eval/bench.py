@@ -16,25 +16,11 @@ import platform
 import resource
 import sys
 import time
-from dataclasses import dataclass
 
 import torch
 
-from ..errors import UserError
+from .config import BenchConfig
 from .speed import decode_speed
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    prompt_tokens: int = 128
-    new_tokens: int = 64
-    batch_size: int = 1
-    repeats: int = 5
-
-    def __post_init__(self) -> None:
-        for name in ("prompt_tokens", "new_tokens", "batch_size", "repeats"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
 
 
 def read_bandwidth(device: torch.device | str = "cpu", mbytes: int = 512, repeats: int = 5) -> float:

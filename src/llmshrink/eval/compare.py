@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..config import EvalConfig, GenerateConfig
+from .config import EvalConfig
 
 
 def compare_models(models: list[tuple[str, str]], *, data: str, max_tokens: int | None, instruction: str,
@@ -10,7 +10,7 @@ def compare_models(models: list[tuple[str, str]], *, data: str, max_tokens: int 
     """One row per ``(name, MODEL)``: each model is loaded, measured and freed in turn."""
     import gc
 
-    from ..generate import generate
+    from ..generate import GenerateConfig, generate
     from ..models.load import load_model
     from .run import evaluate_perplexity
     from .speed import decode_speed
@@ -18,10 +18,8 @@ def compare_models(models: list[tuple[str, str]], *, data: str, max_tokens: int 
     rows = []
     for name, spec in models:
         lm = load_model(spec, device=device)
-        rec = evaluate_perplexity(lm, EvalConfig(data=data, max_tokens=max_tokens), progress=progress)
-        for m in lm.model.modules():  # decode from the packed weights, as deployed
-            if hasattr(m, "qweight") and hasattr(m, "cache"):
-                m.cache, m._w = False, None
+        rec = evaluate_perplexity(  # then decode from the packed weights, as deployed
+            lm, EvalConfig(data=data, max_tokens=max_tokens), progress=progress)
         speed = decode_speed(lm.model, len(lm.tokenizer), prompt_tokens=64, new_tokens=new_tokens, repeats=3)
         answer = generate(lm.model, lm.tokenizer, instruction, GenerateConfig(max_new_tokens=max_new_tokens))
         rows.append({"name": name, "model": spec, "perplexity": rec["perplexity"], "tokens": rec["tokens"],

@@ -15,31 +15,36 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
+from ..config import Config
 from ..data.corpora import load_corpus
 from ..errors import UserError
 from ..paths import cache_subdir
-from .run import dequantize_once
+from ..quant.qlinear import dequantized
 from .tasks import BUILTIN_TASKS, TaskParams, check_task_file, write_task_file
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TaskRequest:
-    tasks: tuple[str, ...]
-    data: str = "shakespeare:eval"  # corpus the built-in tasks are made from
-    limit: int | None = None  # items per task (the first N of the shuffled set)
-    batch_size: int = 8
-    params: TaskParams = field(default_factory=TaskParams)
+@dataclass
+class TaskRequest(Config):
+    """Zero-shot tasks through lm-eval."""
+
+    kind: ClassVar[str] = "tasks"
+    tasks: tuple[str, ...] = field(default=(), metadata={
+        "help": "zero-shot tasks through lm-eval, comma-separated: built-in lastword, cloze4, your own items as "
+                "KIND=FILE.jsonl (e.g. cloze4=items.jsonl), or lm-eval task names (hellaswag, piqa, ...)"})
+    data: str = field(default="shakespeare:eval", metadata={"help": "corpus the built-in tasks are made from"})
+    limit: int | None = field(default=None, metadata={"help": "items per task (the first N of the shuffled set; "
+                                                              "default: all)"})
+    batch_size: int = field(default=8, metadata={"help": "items per forward pass"})
+    params: TaskParams = field(default_factory=TaskParams, metadata={"cli": False})
 
     def __post_init__(self) -> None:
-        if not self.tasks:
-            raise UserError("no tasks given: --tasks lastword,cloze4 (or lm-eval task names)")
-        if self.limit is not None and self.limit < 1:
-            raise UserError(f"--limit must be a positive number of items, got {self.limit}")
-        if self.batch_size < 1:
-            raise UserError(f"batch size must be positive, got {self.batch_size}")
+        self.check(bool(self.tasks), "tasks", "no tasks given: --tasks lastword,cloze4 (or lm-eval task names)")
+        self.positive("limit", allow_none=True)
+        self.positive("batch_size")
 
 
 def _lm_eval():
@@ -113,13 +118,13 @@ def _hub_error(exc: Exception, tasks: tuple[str, ...]) -> UserError:
 def harness_model(lm, batch_size: int):
     """lm-eval's ``HFLM`` around a :class:`~llmshrink.models.load.LoadedModel`'s model and tokenizer."""
     _, HFLM, _ = _lm_eval()
-    dequantize_once(lm.model)
     return HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=batch_size)
 
 
 def run_tasks(lm, req: TaskRequest) -> dict:
     """Run ``req.tasks`` on a :class:`~llmshrink.models.load.LoadedModel`; one JSON-ready record."""
-    return {"model": lm.name, **evaluate(harness_model(lm, req.batch_size), req)}
+    with dequantized(lm.model):  # each packed layer dequantized once for the whole run
+        return {"model": lm.name, **evaluate(harness_model(lm, req.batch_size), req)}
 
 
 def evaluate(model, req: TaskRequest) -> dict:

@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..data.windows import Window, eval_windows
+from ..losses import token_nll
 
 Progress = Callable[..., Iterable]
 
@@ -34,12 +34,6 @@ class PerplexityResult:
 def _device_of(model: torch.nn.Module) -> torch.device:
     p = next(model.parameters(), None)  # a wrapper around another runtime (llama.cpp) has none
     return p.device if p is not None else torch.device("cpu")
-
-
-def token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """-log p(ids[:, t]) from the logits at t-1, flattened: [batch * (length - 1)]."""
-    logits = logits[:, :-1].float()
-    return F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1), reduction="none")
 
 
 @torch.inference_mode()

@@ -6,21 +6,14 @@ import dataclasses
 import logging
 import time
 
-from ..config import EvalConfig
 from ..data.corpora import load_corpus
 from ..data.windows import bos_id, tokenize_corpus
 from ..models.load import LoadedModel
+from ..quant.qlinear import dequantized
+from .config import EvalConfig
 from .perplexity import Progress, perplexity
 
 log = logging.getLogger(__name__)
-
-
-def dequantize_once(model) -> None:
-    """Packed layers dequantize once for a whole evaluation instead of once per batch: scoring is
-    throughput work, and the result is the same (the dequantized weights are exact)."""
-    for m in model.modules():
-        if hasattr(m, "qweight") and hasattr(m, "cache"):
-            m.cache = True
 
 
 def evaluate_perplexity(lm: LoadedModel, cfg: EvalConfig, *, progress: Progress | None = None) -> dict:
@@ -29,11 +22,11 @@ def evaluate_perplexity(lm: LoadedModel, cfg: EvalConfig, *, progress: Progress 
     corpus = load_corpus(cfg.data)
     stream = tokenize_corpus(corpus, lm.tokenizer, max_tokens=cfg.max_tokens)
     log.info("%s: %d documents, %d tokens", cfg.data, len(corpus.documents), stream.numel())
-    dequantize_once(lm.model)
-    result = perplexity(
-        lm.model, stream, seqlen=cfg.seqlen, stride=cfg.stride, bos=bos_id(lm.tokenizer),
-        batch_size=cfg.batch_size, name=f"corpus {cfg.data}", progress=progress,
-    )
+    with dequantized(lm.model):  # scoring is throughput work: dequantize each packed layer once
+        result = perplexity(
+            lm.model, stream, seqlen=cfg.seqlen, stride=cfg.stride, bos=bos_id(lm.tokenizer),
+            batch_size=cfg.batch_size, name=f"corpus {cfg.data}", progress=progress,
+        )
     return {
         "model": lm.name,
         "data": cfg.data,

@@ -1,4 +1,5 @@
-"""GGML tensor types: which quantization grid each targets, and packing solved codes into blocks.
+"""GGML tensor types, one class per type: the grid GPTQ solves on, packing solved codes into the
+type's blocks, and the reader's dequantization to verify them.
 
 A GGUF quantized row is a sequence of blocks of 32 consecutive weights (ggml's ``QK4_0``,
 ``QK4_1``, ``QK8_0``):
@@ -11,12 +12,13 @@ A GGUF quantized row is a sequence of blocks of 32 consecutive weights (ggml's `
 GPTQ solves on exactly these grids (``signed`` for Q4_0/Q8_0 with codes offset by 2^(bits−1),
 ``min`` for Q4_1, 32 columns per group; see :mod:`llmshrink.quant.grid`), so packing here only
 rearranges bytes: the file dequantizes to the solution bit for bit. Float types (F32, F16, BF16)
-are written as is. Pure numpy/torch; nothing is written to disk here.
+are written as is. A new type is one class here (as gguf-py's ``quants.py`` does it). Pure
+numpy/torch; nothing is written to disk here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -25,40 +27,75 @@ from gguf import LlamaFileType
 from gguf import quants as gq
 
 from ..errors import UserError
-from ..quant.gptq import QuantResult
+from ..quant.config import QuantConfig
+from ..quant.gptq import QuantResult, rtn_quantize
 
-BLOCK = 32  # weights per block of every type here
+BLOCK = 32  # weights per block of every block type here
+
+GGML_TYPES: dict[str, GGMLType] = {}
 
 
-@dataclass(frozen=True)
 class GGMLType:
-    name: str
-    ggml: T
-    file_type: LlamaFileType
-    bits: int | None = None  # None: a float type
-    grid: str | None = None  # the grid kind GPTQ targets (see quant.grid)
+    """One GGML tensor type; subclasses register themselves under ``name``."""
+
+    name: ClassVar[str]
+    ggml: ClassVar[T]
+    file_type: ClassVar[LlamaFileType]
+    bits: ClassVar[int | None] = None  # None: a float type
+    grid: ClassVar[str | None] = None  # the grid kind GPTQ targets (see quant.grid)
+    exported: ClassVar[bool] = True  # offered as ``--type``
+
+    def __init_subclass__(cls, **kw) -> None:
+        super().__init_subclass__(**kw)
+        if "name" in cls.__dict__:
+            GGML_TYPES[cls.name] = cls()
 
     @property
     def quantized(self) -> bool:
         return self.bits is not None
 
+    def quant_config(self, method: str = "rtn", *, act_order: bool = False, damp: float = 0.01,
+                     mse: bool = True) -> QuantConfig | None:
+        """The GPTQ/RTN settings that solve on this type's grid (None for float types): groups are
+        the type's blocks (act-order runs with static groups)."""
+        return None
 
-GGML_TYPES: dict[str, GGMLType] = {
-    "f32": GGMLType("f32", T.F32, LlamaFileType.ALL_F32),
-    "f16": GGMLType("f16", T.F16, LlamaFileType.MOSTLY_F16),
-    "bf16": GGMLType("bf16", T.BF16, LlamaFileType.MOSTLY_BF16),
-    "q8_0": GGMLType("q8_0", T.Q8_0, LlamaFileType.MOSTLY_Q8_0, 8, "signed"),
-    "q4_0": GGMLType("q4_0", T.Q4_0, LlamaFileType.MOSTLY_Q4_0, 4, "signed"),
-    "q4_1": GGMLType("q4_1", T.Q4_1, LlamaFileType.MOSTLY_Q4_1, 4, "min"),
-}
-EXPORT_TYPES = ("f16", "bf16", "q8_0", "q4_0", "q4_1")
+    def encode(self, w: torch.Tensor, cfg: QuantConfig | None = None) -> np.ndarray:
+        """A float weight in this type: float types as they are; block types round to nearest on
+        their grid (with ``cfg``'s range search when ``cfg`` is on this grid)."""
+        raise NotImplementedError
+
+    def pack(self, res: QuantResult) -> np.ndarray:
+        raise ValueError(f"{self.name} is not a block-quantized type")
+
+    def dequantize(self, data: np.ndarray) -> np.ndarray:
+        """The reader's dequantization (gguf-py, which mirrors ggml): float32 [out, in]."""
+        return gq.dequantize(data, self.ggml)
 
 
-def ggml_type(name: str) -> GGMLType:
-    t = GGML_TYPES.get(name.lower())
-    if t is None or (name.lower() not in EXPORT_TYPES and name.lower() != "f32"):
-        raise UserError(f"unsupported GGUF type {name!r}: use one of {', '.join(EXPORT_TYPES)}")
-    return t
+class _Float(GGMLType):
+    def encode(self, w: torch.Tensor, cfg: QuantConfig | None = None) -> np.ndarray:
+        return w.detach().float().cpu().numpy()
+
+
+class F32(_Float):
+    name, ggml, file_type, exported = "f32", T.F32, LlamaFileType.ALL_F32, False
+
+
+class F16(_Float):
+    name, ggml, file_type = "f16", T.F16, LlamaFileType.MOSTLY_F16
+
+    def encode(self, w: torch.Tensor, cfg: QuantConfig | None = None) -> np.ndarray:
+        return super().encode(w).astype(np.float16)
+
+
+class BF16(_Float):
+    """Raw bytes (round to nearest even), as gguf-py writes BF16."""
+
+    name, ggml, file_type = "bf16", T.BF16, LlamaFileType.MOSTLY_BF16
+
+    def encode(self, w: torch.Tensor, cfg: QuantConfig | None = None) -> np.ndarray:
+        return gq.quantize(super().encode(w), T.BF16)
 
 
 def _fp16_bytes(x: torch.Tensor) -> np.ndarray:
@@ -66,7 +103,7 @@ def _fp16_bytes(x: torch.Tensor) -> np.ndarray:
     h = x.to(torch.float16).contiguous()
     if not torch.equal(h.float(), x.float()):
         raise ValueError("block scales must be fp16-representable: solve on the GGML grid")
-    return h.numpy().view(np.uint8).reshape(*x.shape, 2)
+    return h.cpu().numpy().view(np.uint8).reshape(*x.shape, 2)
 
 
 def _nibbles(q: np.ndarray) -> np.ndarray:
@@ -76,51 +113,80 @@ def _nibbles(q: np.ndarray) -> np.ndarray:
 
 def is_blockwise(g_idx: torch.Tensor, in_features: int) -> bool:
     """Whether each group is 32 consecutive input columns, as GGML blocks are."""
-    want = torch.arange(in_features, dtype=torch.int32) // BLOCK
+    want = torch.arange(in_features, dtype=torch.int32, device=g_idx.device) // BLOCK
     return in_features % BLOCK == 0 and torch.equal(g_idx.to(torch.int32), want)
 
 
-def check_blockwise(res: QuantResult, in_features: int) -> None:
-    if not is_blockwise(res.g_idx, in_features):
-        raise ValueError("the solution's groups are not consecutive blocks of 32 columns")
+class _Blocks(GGMLType):
+    """A type of 32-weight blocks: ``pack`` writes a solution on its grid as it is."""
+
+    def quant_config(self, method: str = "rtn", *, act_order: bool = False, damp: float = 0.01,
+                     mse: bool = True) -> QuantConfig:
+        return QuantConfig(method=method, bits=self.bits, group_size=BLOCK, sym=self.grid == "signed",
+                           grid=self.grid, act_order=act_order, static_groups=act_order, damp=damp, mse=mse)
+
+    def encode(self, w: torch.Tensor, cfg: QuantConfig | None = None) -> np.ndarray:
+        if w.shape[1] % BLOCK:
+            raise UserError(f"a weight of width {w.shape[1]} cannot be stored as {self.name} (blocks of {BLOCK}): "
+                            "choose f16 or bf16")
+        on_grid = cfg is not None and cfg.bits == self.bits and cfg.grid == self.grid
+        return self.pack(rtn_quantize(w.float(), cfg if on_grid else self.quant_config()))
+
+    def body(self, q: np.ndarray, res: QuantResult) -> list[np.ndarray]:
+        """The block's bytes after ``d`` (codes [out, blocks, 32])."""
+        raise NotImplementedError
+
+    def pack(self, res: QuantResult) -> np.ndarray:
+        """A solution on this type's grid -> the tensor's bytes, uint8 [out, in / 32 · type_size]."""
+        out_f, in_f = res.q.shape
+        if not is_blockwise(res.g_idx, in_f):
+            raise ValueError("the solution's groups are not consecutive blocks of 32 columns")
+        q = res.q.to(torch.int64).cpu().numpy().reshape(out_f, in_f // BLOCK, BLOCK)
+        blocks = np.concatenate([_fp16_bytes(res.scales.T), *self.body(q, res)], axis=-1)
+        assert blocks.shape[-1] == gq.GGML_QUANT_SIZES[self.ggml][1]
+        return np.ascontiguousarray(blocks.reshape(out_f, -1))
 
 
-def pack_result(res: QuantResult, t: GGMLType) -> np.ndarray:
-    """A solution on ``t``'s grid -> the tensor's bytes, uint8 [out, in / 32 · type_size]."""
-    out_f, in_f = res.q.shape
-    check_blockwise(res, in_f)
-    nb = in_f // BLOCK
-    q = res.q.to(torch.int64).numpy().reshape(out_f, nb, BLOCK)
-    d = _fp16_bytes(res.scales.T)  # [out, blocks, 2]
-    half = 1 << (t.bits - 1) if t.bits else 0
-    if t.ggml in (T.Q4_0, T.Q8_0):
+class _Signed(_Blocks):
+    grid = "signed"
+
+    def check_signed(self, res: QuantResult) -> int:
+        half = 1 << (self.bits - 1)
         if res.mins is not None or not torch.all(res.zeros == half):
-            raise ValueError(f"{t.name} needs a signed grid (zero point {half})")
-        body = _nibbles(q) if t.ggml == T.Q4_0 else (q - half).astype(np.int8).view(np.uint8)
-        parts = [d, body]
-    elif t.ggml == T.Q4_1:
+            raise ValueError(f"{self.name} needs a signed grid (zero point {half})")
+        return half
+
+
+class Q8_0(_Signed):
+    name, ggml, file_type, bits = "q8_0", T.Q8_0, LlamaFileType.MOSTLY_Q8_0, 8
+
+    def body(self, q, res):
+        return [(q - self.check_signed(res)).astype(np.int8).view(np.uint8)]
+
+
+class Q4_0(_Signed):
+    name, ggml, file_type, bits = "q4_0", T.Q4_0, LlamaFileType.MOSTLY_Q4_0, 4
+
+    def body(self, q, res):
+        self.check_signed(res)
+        return [_nibbles(q)]
+
+
+class Q4_1(_Blocks):
+    name, ggml, file_type, bits, grid = "q4_1", T.Q4_1, LlamaFileType.MOSTLY_Q4_1, 4, "min"
+
+    def body(self, q, res):
         if res.mins is None:
             raise ValueError("q4_1 needs a min grid")
-        parts = [d, _fp16_bytes(res.mins.T), _nibbles(q)]
-    else:
-        raise ValueError(f"{t.name} is not a block-quantized type")
-    blocks = np.concatenate(parts, axis=-1)
-    assert blocks.shape[-1] == gq.GGML_QUANT_SIZES[t.ggml][1]
-    return np.ascontiguousarray(blocks.reshape(out_f, -1))
+        return [_fp16_bytes(res.mins.T), _nibbles(q)]
 
 
-def float_tensor(w: torch.Tensor, t: GGMLType) -> np.ndarray:
-    """A weight in a float type: F32/F16 as numpy arrays, BF16 as raw bytes (round to nearest even)."""
-    a = w.detach().float().cpu().numpy()
-    if t.ggml == T.F32:
-        return a
-    if t.ggml == T.F16:
-        return a.astype(np.float16)
-    if t.ggml == T.BF16:
-        return gq.quantize(a, T.BF16)
-    raise ValueError(f"{t.name} is not a float type")
+EXPORT_TYPES = tuple(name for name, t in GGML_TYPES.items() if t.exported)
 
 
-def dequantize(data: np.ndarray, t: GGMLType) -> np.ndarray:
-    """The reader's dequantization (gguf-py, which mirrors ggml): float32 [out, in]."""
-    return gq.dequantize(data, t.ggml)
+def ggml_type(name: str, *, internal: bool = False) -> GGMLType:
+    """The type named ``name`` (``internal``: also types not offered as ``--type``, such as f32)."""
+    t = GGML_TYPES.get(str(name).lower())
+    if t is None or not (t.exported or internal):
+        raise UserError(f"unsupported GGUF type {name!r}: use one of {', '.join(EXPORT_TYPES)}")
+    return t

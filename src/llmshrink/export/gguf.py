@@ -1,9 +1,10 @@
-"""Export a LLaMA-family model to a GGUF file that llama.cpp loads.
+"""The GGUF exporter: a LLaMA-family model (and the driver's solutions for its layers) as a GGUF
+file that llama.cpp loads.
 
-For the block-quantized types (Q4_0, Q4_1, Q8_0) the decoder blocks' linear layers are solved by
-GPTQ on the type's own grid (32-column groups, fp16 scales, see :mod:`.ggml`), through the same
-block-by-block driver as ``llmshrink quantize``, and their codes are written into GGML blocks
-as they are: no second rounding. Layers already packed by ``llmshrink quantize`` are carried over
+For the block-quantized types (Q4_0, Q4_1, Q8_0) the decoder blocks' linear layers come solved
+by GPTQ on the type's own grid (32-column groups, fp16 scales, see :mod:`.ggml`; the job
+``llmshrink.jobs.export`` runs the driver), and their codes are written into GGML blocks as
+they are: no second rounding. Layers already packed by ``llmshrink quantize`` are carried over
 exactly when their grid is the type's grid, and otherwise dequantized and rounded to the type
 (with a warning). Embeddings and an untied lm_head are rounded to ``embed_type``; norms stay F32.
 
@@ -21,16 +22,14 @@ import gguf
 import numpy as np
 import torch
 
-from ..config import GGUFConfig, QuantConfig
-from ..data.corpora import load_corpus
-from ..data.windows import bos_id, sample_windows, tokenize_corpus
 from ..errors import UserError
 from ..models.load import LoadedModel
-from ..paths import atomic_file
-from ..quant.api import quantize_model
-from ..quant.gptq import QuantResult, rtn_quantize
+from ..paths import atomic_file, output_path
+from ..quant.config import QuantConfig
+from ..quant.gptq import QuantResult
 from ..quant.qlinear import QuantLinear
-from .ggml import BLOCK, GGMLType, float_tensor, ggml_type, is_blockwise, pack_result
+from .config import GGUFConfig
+from .ggml import GGMLType, ggml_type, is_blockwise
 from .gguf_meta import add_hparams, add_tokenizer, gguf_arch, read_vocab
 
 log = logging.getLogger(__name__)
@@ -75,39 +74,26 @@ def _packed_result(mod: QuantLinear, qcfg: QuantConfig) -> QuantResult | None:
     return QuantResult(q, scales, torch.zeros_like(zeros), g_idx, None, 0.0, 0.0, mins)
 
 
-def _round(w: torch.Tensor, t: GGMLType, qcfg: QuantConfig | None) -> np.ndarray:
-    """Round a float weight to ``t`` (RTN on its grid for block types)."""
-    if not t.quantized:
-        return float_tensor(w, t)
-    cfg = qcfg if qcfg is not None and qcfg.bits == t.bits and qcfg.grid == t.grid else \
-        QuantConfig(method="rtn", bits=t.bits, group_size=BLOCK, sym=t.grid == "signed", grid=t.grid,
-                    act_order=False)
-    if w.shape[1] % BLOCK:
-        raise UserError(f"a weight of width {w.shape[1]} cannot be stored as {t.name} (blocks of {BLOCK}): "
-                        "choose f16 or bf16")
-    return pack_result(rtn_quantize(w.float(), cfg), t)
-
-
 def _linear_bytes(name: str, mod: torch.nn.Module, t: GGMLType, qcfg: QuantConfig | None,
                   results: dict[str, QuantResult], report: GGUFReport) -> np.ndarray:
     if name in results:
         report.solved.append(name)
-        return pack_result(results.pop(name), t)
+        return t.pack(results.pop(name))
     if isinstance(mod, QuantLinear):
         res = _packed_result(mod, qcfg) if qcfg is not None else None
         if res is not None:
             report.carried.append(name)
-            return pack_result(res, t)
+            return t.pack(res)
         report.requantized.append(name)
         log.warning("%s: its %d-bit GPTQ grid is not %s's; dequantized and rounded again to %s", name, mod.bits,
                     t.name, t.name)
-        return _round(mod.dequantized_weight(), t, qcfg)
+        return t.encode(mod.dequantized_weight(), qcfg)
     if t.quantized:
         report.solved.append(name)
-    return _round(mod.weight.data, t, qcfg)
+    return t.encode(mod.weight.data, qcfg)
 
 
-def _float_blocks(lm: LoadedModel) -> range | None:
+def float_blocks(lm: LoadedModel) -> range | None:
     """The trailing run of blocks whose linears are all plain (not packed): what GPTQ may solve."""
     blocks = lm.arch.blocks(lm.model)
     plain = [all(isinstance(b.get_submodule(n), torch.nn.Linear) for n in lm.arch.linear_names) for b in blocks]
@@ -119,38 +105,24 @@ def _float_blocks(lm: LoadedModel) -> range | None:
     return range(first, len(plain)) if first < len(plain) else None
 
 
-def solve_blocks(lm: LoadedModel, qcfg: QuantConfig, calib, progress=None) -> dict[str, QuantResult]:
-    """GPTQ (or RTN) on the GGML grid for the model's plain blocks: {full layer name: result}."""
-    todo = _float_blocks(lm)
-    if todo is None:
-        return {}
-    windows = None
-    if qcfg.method == "gptq":
-        stream = tokenize_corpus(load_corpus(calib.data), lm.tokenizer)
-        windows = sample_windows(stream, calib.nsamples, calib.seqlen, seed=calib.seed,
-                                 bos=bos_id(lm.tokenizer), name=f"calibration corpus {calib.data}")
-        log.info("calibrating on %d x %d tokens of %s", *windows.shape, calib.data)
-    report = quantize_model(lm.model, lm.arch, windows, qcfg, blocks=todo, batch_size=calib.batch_size,
-                            progress=progress)
-    return report.results
+def check_exportable(lm: LoadedModel, cfg: GGUFConfig) -> None:
+    """Refuse, before any solving, what the file cannot hold: the architecture, the tokenizer."""
+    gguf_arch(getattr(lm.model.config, "model_type", None))
+    read_vocab(lm.tokenizer, lm.model.config.vocab_size)
 
 
-def export_gguf(lm: LoadedModel, cfg: GGUFConfig, out: Path, *, calib=None, progress=None) -> GGUFReport:
-    """Write ``lm`` to ``out`` as GGUF of ``cfg.type``; GPTQ-solved when the type is block-quantized."""
-    from ..quant.job import CalibConfig
-
-    t0 = time.perf_counter()
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise UserError(f"the folder {out.parent} does not exist: create it or choose another --out")
+def write_gguf(lm: LoadedModel, cfg: GGUFConfig, out: Path, results: dict[str, QuantResult], *,
+               t0: float | None = None) -> GGUFReport:
+    """Write ``lm`` to ``out`` as GGUF of ``cfg.type``, the layers in ``results`` (the driver's
+    solutions on the type's grid, consumed) as solved."""
+    t0 = time.perf_counter() if t0 is None else t0
+    out = output_path(out)
     config = lm.model.config
     arch_name = gguf_arch(getattr(config, "model_type", None))
     t = ggml_type(cfg.type)
     et = ggml_type(cfg.embed_type or ("q8_0" if t.quantized else t.name))
-    read_vocab(lm.tokenizer, config.vocab_size)  # refuse an unrepresentable tokenizer before solving
     qcfg = cfg.quant_config()
     report = GGUFReport(out, t.name, et.name, cfg.method if t.quantized else "none")
-    results = solve_blocks(lm, qcfg, calib or CalibConfig(), progress) if qcfg is not None else {}
 
     model, arch = lm.model, lm.arch
     blocks = arch.blocks(model)
@@ -164,11 +136,11 @@ def export_gguf(lm: LoadedModel, cfg: GGUFConfig, out: Path, *, calib=None, prog
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise UserError(f"no GGUF name for tensor {hf_name}: this model has parts llama.cpp's llama lacks")
-        tensors.append((name, data[rows.numpy()] if rows is not None else data, tt))
+        tensors.append((name, data[rows.cpu().numpy()] if rows is not None else data, tt))
 
-    f32 = ggml_type("f32")
+    f32 = ggml_type("f32", internal=True)
     embed = model.get_submodule(arch.embed).weight.data
-    add(f"{arch.embed}.weight", _round(embed, et, None), et)
+    add(f"{arch.embed}.weight", et.encode(embed), et)
     for i, block in enumerate(blocks):
         for local, mod in block.named_modules():
             full = f"{arch.layers}.{i}.{local}"
@@ -176,17 +148,16 @@ def export_gguf(lm: LoadedModel, cfg: GGUFConfig, out: Path, *, calib=None, prog
                 rows = _rope_rows(mod.out_features, rope_heads[local]) if local in rope_heads else None
                 add(f"{full}.weight", _linear_bytes(full, mod, t, qcfg, results, report), t, rows)
                 if getattr(mod, "bias", None) is not None:
-                    add(f"{full}.bias", float_tensor(mod.bias.data[rows] if rows is not None else mod.bias.data,
-                                                     f32), f32)
+                    add(f"{full}.bias", f32.encode(mod.bias.data[rows] if rows is not None else mod.bias.data), f32)
             elif not any(local.startswith(n + ".") for n in arch.linear_names):
                 for pname, p in mod.named_parameters(recurse=False):
-                    add(f"{full}.{pname}", float_tensor(p.data, f32), f32)
-    add(f"{arch.norm}.weight", float_tensor(model.get_submodule(arch.norm).weight.data, f32), f32)
+                    add(f"{full}.{pname}", f32.encode(p.data), f32)
+    add(f"{arch.norm}.weight", f32.encode(model.get_submodule(arch.norm).weight.data), f32)
     head = model.get_submodule(arch.lm_head)
     tied = not isinstance(head, QuantLinear) and head.weight.data_ptr() == embed.data_ptr()
     if not tied:  # llama.cpp uses token_embd as the output when there is no output.weight
         w = head.dequantized_weight() if isinstance(head, QuantLinear) else head.weight.data
-        add(f"{arch.lm_head}.weight", _round(w, et, None), et)
+        add(f"{arch.lm_head}.weight", et.encode(w), et)
 
     with atomic_file(out) as tmp:
         w = gguf.GGUFWriter(tmp, arch_name)

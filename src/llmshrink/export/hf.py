@@ -1,25 +1,29 @@
-"""Save a quantized model as a Hugging Face GPTQ checkpoint (``checkpoint_format: gptq``).
+"""Hugging Face folders: plain checkpoints, and GPTQ checkpoints (``checkpoint_format: gptq``).
 
-Quantized linear layers become :class:`QuantLinear` modules holding ``qweight``, ``qzeros``,
+Quantized linear layers are :class:`QuantLinear` modules holding ``qweight``, ``qzeros``,
 ``scales`` and ``g_idx``; everything else stays in full precision, so a checkpoint whose first K
 blocks alone are quantized is an ordinary mixed checkpoint. ``config.json`` gains a
-``quantization_config``. The folder appears atomically.
+``quantization_config`` describing the packed layers. Every folder appears atomically.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from ..config import QuantConfig
 from ..errors import UserError
 from ..models.arch import ArchSpec
-from ..paths import atomic_dir
-from ..quant.api import QuantizeReport
+from ..paths import atomic_dir, output_path
+from ..quant.driver import QuantizeReport
 from ..quant.pack import packing_multiple
 from ..quant.qlinear import QuantLinear
+
+# A file of the output folder: its text, or a function that writes it (given its path).
+Extra = str | Callable[[Path], None]
 
 
 def check_packable(model: torch.nn.Module, arch: ArchSpec, todo: range, lm_head: bool, bits: int) -> None:
@@ -44,39 +48,45 @@ def pack_model(model: torch.nn.Module, report: QuantizeReport) -> None:
         model.set_submodule(name, QuantLinear.from_result(model.get_submodule(name), res, bits))
 
 
-def quantization_config(cfg: QuantConfig, report: QuantizeReport, *, true_sequential: bool = True) -> dict:
-    return {
-        "quant_method": "gptq",
-        "checkpoint_format": "gptq",
-        "bits": cfg.bits,
-        "group_size": cfg.group_size,
-        "desc_act": cfg.act_order,
-        "sym": cfg.sym,
-        "static_groups": cfg.static_groups,
-        "true_sequential": true_sequential,
-        "damp_percent": cfg.damp,
-        "method": cfg.method,
-        "lm_head": report.lm_head,
-        "quantized_modules": sorted(r.name for r in report.layers),
-    }
+def quantization_config(scheme: dict) -> dict:
+    """``config.json``'s ``quantization_config`` for packed layers described by ``scheme``
+    (:attr:`QuantizeReport.scheme`)."""
+    return {"quant_method": "gptq", "checkpoint_format": "gptq", **scheme}
+
+
+def save_folder(model: torch.nn.Module, tokenizer, out: Path, *, quantization_config: dict | None = None,
+                files: dict[str, Extra] | None = None, copy_from: Path | None = None,
+                copy: tuple[str, ...] = ()) -> Path:
+    """Write ``model`` (safetensors) and ``tokenizer`` into the folder ``out``, atomically, with
+    ``quantization_config`` in its ``config.json``, the extra ``files``, and the files named in
+    ``copy`` that ``copy_from`` holds."""
+    out = output_path(out)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if quantization_config is not None:
+            cfg_path = tmp / "config.json"
+            cfg = json.loads(cfg_path.read_text())
+            cfg["quantization_config"] = quantization_config
+            cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+        for name in copy:
+            if copy_from is not None and (copy_from / name).is_file():
+                shutil.copy(copy_from / name, tmp / name)
+        for name, content in (files or {}).items():
+            if isinstance(content, str):
+                (tmp / name).write_text(content)
+            else:
+                content(tmp / name)
+    return out
 
 
 def save_quantized(model: torch.nn.Module, tokenizer, report: QuantizeReport, out_dir: Path, *,
-                   extra_files: dict[str, str] | None = None) -> Path:
-    out_dir = Path(out_dir)
+                   extra_files: dict[str, Extra] | None = None) -> Path:
+    """The ``hf-gptq`` exporter: pack the driver's result into the model and write the checkpoint."""
     if report.config.grid != "zero":
         raise UserError(f"HF GPTQ checkpoints store scale/zero-point grids, not {report.config.grid!r} grids: "
                         "quantize with grid=zero, or export to GGUF")
-    if not out_dir.parent.is_dir():
-        raise UserError(f"the folder {out_dir.parent} does not exist: create it or choose another --out")
+    output_path(out_dir)
     pack_model(model, report)
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        cfg_path = tmp / "config.json"
-        cfg = json.loads(cfg_path.read_text())
-        cfg["quantization_config"] = quantization_config(report.config, report)
-        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
-    return out_dir
+    return save_folder(model, tokenizer, out_dir, quantization_config=quantization_config(report.scheme),
+                       files=extra_files)

@@ -56,6 +56,47 @@ class ArchSpec:
         return {name: block.get_submodule(name) for name in self.linear_names}  # type: ignore[misc]
 
 
+def untie_lm_head(model: torch.nn.Module, arch: ArchSpec) -> bool:
+    """Give lm_head a weight of its own (a copy of the embedding it shares, frozen), so that changing
+    it (quantizing, training) leaves the embedding alone; the config then says so. True if it was tied."""
+    head, emb = model.get_submodule(arch.lm_head), model.get_submodule(arch.embed)
+    if head.weight is not emb.weight and head.weight.data_ptr() != emb.weight.data_ptr():
+        return False
+    head.weight = torch.nn.Parameter(emb.weight.detach().clone(), requires_grad=False)
+    cfg = getattr(model, "config", None)
+    if cfg is not None:
+        for c in {id(c): c for c in (cfg, cfg.get_text_config())}.values():
+            c.tie_word_embeddings = False
+    return True
+
+
+def block_range(spec: str | None, n_blocks: int) -> range:
+    """``A:B`` (a Python slice: ends optional, negative counts from the end), ``N`` (block N alone)
+    or None/``all`` -> the range of block indices, checked against a model of ``n_blocks``."""
+    if spec is None or spec in ("", ":", "all"):
+        return range(n_blocks)
+    try:
+        if ":" in spec:
+            a, _, b = spec.partition(":")
+            start, stop = int(a) if a else 0, int(b) if b else n_blocks
+            start, stop = (start + n_blocks if start < 0 else start), (stop + n_blocks if stop < 0 else stop)
+            r = range(start, stop)
+        else:
+            r = range(int(spec), int(spec) + 1)
+    except ValueError:
+        raise UserError(f"bad block range {spec!r}: write A:B, e.g. 0:26 (or 0:-4: all but the last four)") from None
+    check_block_range(r, n_blocks, spec)
+    return r
+
+
+def check_block_range(r: range, n_blocks: int, spec: str | None = None) -> None:
+    spec = spec or f"{r.start}:{r.stop}"
+    if r.stop <= r.start and 0 <= r.start <= n_blocks and 0 <= r.stop <= n_blocks:
+        raise UserError(f"block range {spec} is empty or reversed: write A:B with A < B, e.g. 0:{n_blocks}")
+    if len(r) == 0 or r.start < 0 or r.stop > n_blocks:
+        raise UserError(f"block range {spec} is outside the model's {n_blocks} blocks (0:{n_blocks})")
+
+
 # model_type (config.json) -> spec. Adding a LLaMA-shaped architecture is one line here.
 ARCHITECTURES: dict[str, ArchSpec] = {
     "llama": ArchSpec("llama"),

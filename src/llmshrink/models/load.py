@@ -9,21 +9,23 @@ unpickled), and remote code runs only when the caller asks for it.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from ..config import Config
 from ..errors import UserError
 from ..paths import cache_subdir
 from .arch import ArchSpec, arch_for
 from .convert import MARKER, convert_gguf, is_gguf
+from .files import find_shards
+from .gptq_checkpoint import load_gptq
 from .zoo import ALIASES, get_alias
 
 if TYPE_CHECKING:
@@ -32,6 +34,23 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadConfig(Config):
+    """How a command loads its model (every command that loads one takes these)."""
+
+    kind: ClassVar[str] = "load"
+    device: str = field(default="cpu", metadata={"help": "cpu or cuda[:N]"})
+    dtype: str = field(default="float32", metadata={"help": "dtype of the float weights", "choices": tuple(DTYPES)})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow a model folder's own Python code to "
+                                                                     "run"})
+
+    def __post_init__(self) -> None:
+        self.one_of("dtype", DTYPES, "dtype")
+
+    def load(self, spec: str, **kw) -> LoadedModel:
+        return load_model(spec, dtype=self.dtype, device=self.device, trust_remote_code=self.trust_remote_code, **kw)
 
 
 @dataclass
@@ -106,63 +125,20 @@ def read_config(folder: Path) -> dict:
 
 # quant_method in config.json -> loader for checkpoints that need their own modules.
 # Plain checkpoints (no quantization_config) use transformers directly.
-# Values are "module:function", imported only when such a checkpoint is loaded.
 CheckpointLoader = Callable[[Path, dict, torch.dtype, bool], torch.nn.Module]
-CHECKPOINT_LOADERS: dict[str, str] = {"gptq": "llmshrink.quant.load:load_gptq"}
-
-
-def _checkpoint_loader(method: str) -> CheckpointLoader:
-    module, _, func = CHECKPOINT_LOADERS[method].partition(":")
-    return getattr(importlib.import_module(module), func)
+CHECKPOINT_LOADERS: dict[str, CheckpointLoader] = {"gptq": load_gptq}
 
 
 def _load_plain(folder: Path, config: dict, dtype: torch.dtype, trust_remote_code: bool) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
-    _shards(folder)
+    find_shards(folder)
     try:
         return AutoModelForCausalLM.from_pretrained(
             folder, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError, RuntimeError) as exc:
         raise UserError(f"could not load weights from {folder} ({exc}): the folder may be incomplete") from exc
-
-
-def _shards(folder: Path) -> list[Path]:
-    """The folder's safetensors shards, headers checked; pickled weights are refused."""
-    shards = sorted(folder.glob("*.safetensors"))
-    if not shards:
-        if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
-            raise UserError(
-                f"{folder} holds only pickled PyTorch weights, which llmshrink does not load "
-                f"(unpickling runs code): convert them to safetensors first"
-            )
-        raise UserError(f"{folder} holds no *.safetensors weights: give a complete model folder")
-    check_safetensors(shards)
-    return shards
-
-
-def check_safetensors(shards: list[Path]) -> None:
-    """Read each shard's header, so a truncated or damaged file is named instead of failing mid-load.
-
-    Format: 8-byte little-endian header length, a JSON header giving each tensor's
-    ``data_offsets`` into the data section that follows.
-    """
-    for shard in shards:
-        try:
-            size = shard.stat().st_size
-            with open(shard, "rb") as fh:
-                n = int.from_bytes(fh.read(8), "little")
-                if n <= 0 or 8 + n > size:
-                    raise ValueError("header length is past the end of the file")
-                header = json.loads(fh.read(n))
-            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-            if 8 + n + end > size:
-                raise ValueError(f"data section holds {size - 8 - n} bytes, the header needs {end}")
-        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
-            raise UserError(
-                f"{shard} is not a readable safetensors file ({exc}): it may be truncated; restore it"
-            ) from exc
 
 
 def available_memory(device: str) -> int | None:
@@ -188,7 +164,7 @@ def check_fits(folder: Path, dtype: torch.dtype, device: str) -> None:
 
     size = dtype.itemsize
     need = sum((e.end - e.start) // e.dtype.itemsize * size if e.dtype.is_floating_point else e.end - e.start
-               for e in SafetensorsIndex(_shards(folder)).entries.values())
+               for e in SafetensorsIndex(find_shards(folder)).entries.values())
     free = available_memory(device)
     if free is not None and need > free:
         raise UserError(f"{folder} needs {need / 2**30:.1f} GiB as {str(dtype).removeprefix('torch.')} but {device} "
@@ -229,7 +205,7 @@ def load_model(
     if method is None:
         loader = _load_plain
     elif method in CHECKPOINT_LOADERS:
-        loader = _checkpoint_loader(method)
+        loader = CHECKPOINT_LOADERS[method]
     else:
         raise UserError(f"{folder} is a {method!r}-quantized checkpoint, which llmshrink cannot load")
     blocks = None
@@ -238,7 +214,7 @@ def load_model(
             raise UserError(f"{folder} is already {method}-quantized: quantize the original model instead")
         from .lazy import load_lazy
 
-        model, blocks = load_lazy(folder, _shards(folder), arch, DTYPES[dtype], device, trust_remote_code)
+        model, blocks = load_lazy(folder, find_shards(folder), arch, DTYPES[dtype], device, trust_remote_code)
     else:
         check_fits(folder, DTYPES[dtype], device)
         model = loader(folder, config, DTYPES[dtype], trust_remote_code)

@@ -12,12 +12,11 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from ..config import HealConfig
-from ..data.corpora import load_corpus
-from ..data.windows import bos_id, sample_windows, tokenize_corpus
+from ..data.calib import corpus_windows
 from ..errors import UserError
 from ..models.arch import ArchSpec
 from ..tune.train import TrainStats, train_loop
+from .config import HealConfig
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +46,8 @@ def heal_lora(model: torch.nn.Module, arch: ArchSpec, tokenizer, cfg: HealConfig
     if cfg.loss != "lm" and teacher is None:
         raise UserError(f"healing loss {cfg.loss!r} distils from the unpruned model: give it as the teacher")
     device = next(model.parameters()).device
-    stream = tokenize_corpus(load_corpus(cfg.data), tokenizer)
-    windows = sample_windows(stream, cfg.steps * cfg.batch_size, cfg.seqlen, seed=cfg.seed,
-                             bos=bos_id(tokenizer), name=f"healing corpus {cfg.data}")
+    windows = corpus_windows(cfg.data, tokenizer, cfg.steps * cfg.batch_size, cfg.seqlen, seed=cfg.seed,
+                             role="healing")
     batches = (windows[i: i + cfg.batch_size].to(device) for i in range(0, len(windows), cfg.batch_size))
     targets = sorted({name.rsplit(".", 1)[-1] for name in arch.linear_names})
     lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules=targets, bias="none")

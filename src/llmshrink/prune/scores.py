@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..blockwise import BlockInputs, capture_block_inputs, no_cache, run_block, walk_blocks
 from ..errors import UserError
-from ..eval.perplexity import token_nll
+from ..losses import token_nll
 from ..models.arch import ArchSpec
 
 Scorer = Callable[..., "tuple[list[float], dict]"]

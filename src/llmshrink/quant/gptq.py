@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import QuantConfig
 from ..errors import UserError
+from .config import QuantConfig
 from .grid import Grid, fit_grid, group_bounds
 
 log = logging.getLogger(__name__)
@@ -107,10 +107,10 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, max_ret
     H[dead, dead] = 1
     W[:, dead] = 0
 
-    bounds = group_bounds(in_f, cfg.group_size)
-    gs = in_f if cfg.group_size == -1 else cfg.group_size
+    gs = cfg.group_columns(in_f)
+    bounds = group_bounds(in_f, gs)
     static: list[Grid] | None = None
-    if cfg.static_groups and cfg.group_size != -1:
+    if cfg.static_groups and not cfg.per_row:
         hd = torch.diag(H).float()
         static = [fit_grid(W[:, a:b], maxq, sym=cfg.sym, mse=cfg.mse, col_weight=hd[a:b], kind=cfg.grid)
                   for a, b in bounds]
@@ -126,7 +126,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, max_ret
 
     Q = torch.zeros_like(W)
     Qint = torch.zeros_like(W)
-    g_idx = torch.empty(in_f, dtype=torch.int32)
+    g_idx = torch.empty(in_f, dtype=torch.int32, device=W.device)
+    order = perm.tolist() if perm is not None else None  # one host copy, not one sync per column
     grids: dict[int, Grid] = {}
     grid = None
     for i1 in range(0, in_f, cfg.block_size):
@@ -136,7 +137,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, max_ret
         Hinv1 = Hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = i1 + i  # position in the (possibly permuted) order
-            orig = int(perm[col]) if perm is not None else col
+            orig = order[col] if order is not None else col
             if static is not None:
                 g = orig // gs
                 grid = static[g]
@@ -185,10 +186,10 @@ def _group_columns(W, W1, Err1, Hinv, i1: int, i: int, i2: int, end: int) -> tor
 def rtn_quantize(W: torch.Tensor, cfg: QuantConfig, H: torch.Tensor | None = None) -> QuantResult:
     """Round-to-nearest on the same grids (the baseline); ``H``, if given, only scores the loss."""
     W0 = W.float()
-    bounds = group_bounds(W0.shape[1], cfg.group_size)
+    bounds = group_bounds(W0.shape[1], cfg.group_columns(W0.shape[1]))
     grids = [fit_grid(W0[:, a:b], cfg.maxq, sym=cfg.sym, mse=cfg.mse, kind=cfg.grid) for a, b in bounds]
     q = torch.cat([gr.quantize(W0[:, a:b], cfg.maxq) for gr, (a, b) in zip(grids, bounds, strict=True)], dim=1)
-    g_idx = torch.cat([torch.full((b - a,), g, dtype=torch.int32) for g, (a, b) in enumerate(bounds)])
+    g_idx = torch.cat([torch.full((b - a,), g, dtype=torch.int32, device=W0.device) for g, (a, b) in enumerate(bounds)])
     res = _stack(grids, g_idx, q, None, 0.0)
     if H is not None:
         res.loss = weighted_error(W0, res.dequantize(), H)

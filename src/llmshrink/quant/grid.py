@@ -118,7 +118,10 @@ def fit_grid(w: torch.Tensor, maxq: int, *, sym: bool, mse: bool = False, col_we
 
 
 def group_bounds(cols: int, group_size: int) -> list[tuple[int, int]]:
-    """Column ranges of the groups; the last group is shorter when group_size does not divide cols."""
-    if group_size == -1 or group_size >= cols:
+    """Column ranges of groups of ``group_size`` columns (``QuantConfig.group_columns``); the last
+    group is shorter when group_size does not divide cols."""
+    if group_size < 1:
+        raise ValueError(f"group size must be >= 1 here, got {group_size}: normalize with QuantConfig.group_columns")
+    if group_size >= cols:
         return [(0, cols)]
     return [(a, min(a + group_size, cols)) for a in range(0, cols, group_size)]

@@ -38,7 +38,7 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
         raise ValueError(f"codes outside [0, {(1 << bits) - 1}]")
     words_per = per * bits // 32
     c = codes.reshape(n // per, per, m)
-    words = torch.zeros(n // per, words_per, m, dtype=torch.int64)
+    words = torch.zeros(n // per, words_per, m, dtype=torch.int64, device=codes.device)
     for k in range(per):
         for b in range(bits):
             pos = k * bits + b
@@ -57,7 +57,7 @@ def unpack_codes(packed: torch.Tensor, bits: int) -> torch.Tensor:
         codes32 = (packed[:, None, :] >> shifts[None, :, None]) & ((1 << bits) - 1)
         return codes32.reshape(rows * per, m)
     w = (packed.to(torch.int64) & 0xFFFFFFFF).reshape(rows // 3, 3, m)
-    codes = torch.zeros(rows // 3, 32, m, dtype=torch.int64)
+    codes = torch.zeros(rows // 3, 32, m, dtype=torch.int64, device=packed.device)
     for k in range(32):
         for b in range(bits):
             pos = k * bits + b

@@ -2,9 +2,10 @@
 
 Kernels (``QuantLinear.kernel``):
 
-- ``dequant``: unpack and dequantize the weight, then one matmul. The dequantized weight can be
-  cached (``cache=True``) to trade the memory saving for speed; by default it is rebuilt on
-  every call, so memory holds only the packed form.
+- ``dequant``: unpack and dequantize the weight, then one matmul. By default the weight is rebuilt
+  on every call, so memory holds only the packed form; within ``with layer.dequantized():`` (or
+  :func:`dequantized` for a whole model) it is built once and kept, trading the memory saving for
+  speed (evaluation, frozen blocks), and freed on leaving.
 - ``int4``: PyTorch's int4 CPU kernel (``_weight_int4pack_mm_for_cpu``), for 4-bit layers whose
   groups it can express: input columns are sorted by group (act-order's ``g_idx``) and a ragged
   last group is split into kernel groups of gcd(group sizes). The kernel's grid is
@@ -22,7 +23,9 @@ Kernels (``QuantLinear.kernel``):
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +44,7 @@ class QuantLinear(torch.nn.Module):
         self.register_buffer("scales", torch.zeros(n_groups, out_features, dtype=dtype))
         self.register_buffer("g_idx", torch.zeros(in_features, dtype=torch.int32))
         self.bias = torch.nn.Parameter(torch.zeros(out_features), requires_grad=False) if bias else None
-        self.cache = False
+        self._cache = False  # inside dequantized(): keep the dequantized weight
         self.kernel = "auto"  # auto | dequant | int4
         self.int4_max_rows = 256  # bf16 int4 kernel beats dequantize+matmul below ~512 rows here
         self.int4_dtype = torch.bfloat16
@@ -61,6 +64,19 @@ class QuantLinear(torch.nn.Module):
         if linear.bias is not None:
             m.bias.data.copy_(linear.bias.data)
         return m.to(linear.weight.device)
+
+    @contextlib.contextmanager
+    def dequantized(self) -> Iterator[QuantLinear]:
+        """Within the block, forward multiplies by the dequantized weight, built once (exact: the
+        same values every call); on leaving, the previous mode is back and the weight is freed."""
+        old = self._cache
+        self._cache = True
+        try:
+            yield self
+        finally:
+            self._cache = old
+            if not old:
+                self._w = None
 
     def dequantized_weight(self) -> torch.Tensor:
         """[out, in] float32: scale · (q − zero), per input column's group."""
@@ -120,9 +136,19 @@ class QuantLinear(torch.nn.Module):
         w = self._w
         if w is None:
             w = self.dequantized_weight().to(x.dtype)
-            if self.cache:
+            if self._cache:
                 self._w = w
         return F.linear(x, w, self.bias.to(x.dtype) if self.bias is not None else None)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}"
+
+
+@contextlib.contextmanager
+def dequantized(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """:meth:`QuantLinear.dequantized` for every packed layer of ``model`` at once."""
+    with contextlib.ExitStack() as stack:
+        for m in model.modules():
+            if isinstance(m, QuantLinear):
+                stack.enter_context(m.dequantized())
+        yield model

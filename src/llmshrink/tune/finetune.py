@@ -18,8 +18,6 @@ import json
 import logging
 import math
 import random
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,13 +25,15 @@ import torch
 import torch.nn.functional as F
 
 from ..blockwise import BlockInputs, walk_blocks
-from ..config import EvalConfig, FinetuneConfig
-from ..data.corpora import NAMED, load_corpus
+from ..data.corpora import load_corpus
 from ..data.instruct import IGNORE, collate, read_conversations, tokenize_dataset
 from ..data.windows import bos_id, sample_windows, tokenize_corpus
 from ..errors import UserError
+from ..models.arch import untie_lm_head
 from ..models.load import LoadedModel
+from ..quant.qlinear import dequantized
 from .checkpoint import load_checkpoint, save_checkpoint
+from .config import FinetuneConfig
 from .train import TrainStats, train_loop
 
 log = logging.getLogger(__name__)
@@ -50,12 +50,13 @@ class Batches:
 
 
 @dataclass
-class FinetuneResult:
-    out: Path
+class TailRun:
+    """What :func:`train_tail` did: the training statistics, and the held-out response loss."""
+
     stats: TrainStats
     trainable: int
+    first: int  # the first trained block
     evaluation: dict = field(default_factory=dict)
-    seconds: float = 0.0
 
 
 def text_batches(lm: LoadedModel, cfg: FinetuneConfig, needed: int | None) -> Batches:
@@ -109,31 +110,13 @@ def cache_inputs(lm: LoadedModel, batches: Batches, through: int, *, final_norm:
                  progress=None) -> BlockInputs:
     """What enters block ``through`` for every batch (with ``final_norm``: the normed output of
     the last block), computed once by the block-wise driver."""
-    packed = [m for m in lm.model.modules() if hasattr(m, "qweight") and hasattr(m, "cache")]
-    for m in packed:  # dequantize each frozen layer once, not once per batch
-        m.cache = True
-    try:
+    with dequantized(lm.model):  # each frozen packed layer dequantized once, not once per batch
         inputs = walk_blocks(lm.model, lm.arch, batches.ids, lambda *a: None, blocks=range(0), through=through,
                              progress=progress)
-    finally:
-        for m in packed:
-            m.cache, m._w = False, None
     if final_norm:
         norm = lm.model.get_submodule(lm.arch.norm)
         inputs = BlockInputs([norm(h) for h in inputs.hidden], inputs.kwargs)
     return inputs
-
-
-def untie_lm_head(lm: LoadedModel) -> None:
-    """Give lm_head its own weight (a copy of the embedding it shared), so training it leaves the
-    frozen blocks' inputs alone."""
-    head = lm.model.get_submodule(lm.arch.lm_head)
-    emb = lm.model.get_submodule(lm.arch.embed)
-    if head.weight is emb.weight or head.weight.data_ptr() == emb.weight.data_ptr():
-        head.weight = torch.nn.Parameter(emb.weight.detach().clone())
-        for c in {id(c): c for c in (lm.model.config, lm.model.config.get_text_config())}.values():
-            c.tie_word_embeddings = False
-        log.info("lm_head untied from the embedding: it is trained on its own")
 
 
 def select_trainable(lm: LoadedModel, cfg: FinetuneConfig) -> tuple[torch.nn.Module, int]:
@@ -153,8 +136,8 @@ def select_trainable(lm: LoadedModel, cfg: FinetuneConfig) -> tuple[torch.nn.Mod
         raise UserError("lm_head is quantized (packed) and cannot be trained: leave --lm-head off")
     for p in lm.model.parameters():
         p.requires_grad_(False)
-    if cfg.lm_head:
-        untie_lm_head(lm)
+    if cfg.lm_head and untie_lm_head(lm.model, lm.arch):
+        log.info("lm_head untied from the embedding: it is trained on its own")
     root: torch.nn.Module = lm.model
     if cfg.method == "lora":
         from peft import LoraConfig, get_peft_model
@@ -259,10 +242,6 @@ def config_hash(lm: LoadedModel, cfg: FinetuneConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def checkpoint_dir(out: Path) -> Path:
-    return out.parent / f".{out.name}.checkpoint"
-
-
 def _load_teacher(lm: LoadedModel, cfg: FinetuneConfig, batches: Batches, progress=None):
     from ..models.load import load_model
 
@@ -278,17 +257,10 @@ def _load_teacher(lm: LoadedModel, cfg: FinetuneConfig, batches: Batches, progre
     return hidden, weight
 
 
-def finetune(lm: LoadedModel, cfg: FinetuneConfig, out: Path, *, resume: bool = False,
-             eval_cfg: EvalConfig | None = None, progress=None) -> FinetuneResult:
-    """Train the tail of ``lm`` in place and save it to ``out``; see the module docstring."""
-    t0 = time.perf_counter()
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise UserError(f"the folder {out.parent} does not exist: create it or choose another --out")
-    ckpt_dir = checkpoint_dir(out)
-    if ckpt_dir.exists() and not resume:
-        raise UserError(f"{ckpt_dir} holds the checkpoint of an interrupted run: pass --resume to continue it, "
-                        "or delete it to start over")
+def train_tail(lm: LoadedModel, cfg: FinetuneConfig, ckpt_dir: Path, *, resume: bool = False,
+               progress=None) -> TailRun:
+    """Train the tail of ``lm`` in place (see the module docstring), checkpointing into ``ckpt_dir``
+    every ``cfg.save_every`` steps and, with ``resume``, continuing from its checkpoint."""
     root, first = select_trainable(lm, cfg)
     params = {name: p for name, p in root.named_parameters() if p.requires_grad}
     per_step = cfg.batch_size * cfg.grad_accum
@@ -352,51 +324,4 @@ def finetune(lm: LoadedModel, cfg: FinetuneConfig, out: Path, *, resume: bool = 
         root.merge_and_unload()
     for p in lm.model.parameters():
         p.requires_grad_(False)
-    eval_data = cfg.eval_data or _eval_split(cfg)
-    if eval_data is not None and eval_data != "none":
-        from ..eval.run import evaluate_perplexity
-
-        ecfg = eval_cfg or EvalConfig(data=eval_data)
-        evaluation["perplexity"] = evaluate_perplexity(lm, ecfg, progress=progress)["perplexity"]
-        evaluation["eval_data"] = ecfg.data
-    result = FinetuneResult(out, stats, sum(p.numel() for p in params.values()), evaluation)
-    record = {"model": lm.name, "config": cfg.to_dict(), "blocks": [first, first + cfg.n_train],
-              "steps": stats.steps, "tokens": stats.tokens, "train_seconds": stats.seconds,
-              "loss_first": stats.mean_loss(True), "loss_last": stats.mean_loss(False), "losses": stats.losses,
-              "trainable_parameters": result.trainable, "evaluation": evaluation}
-    save_finetuned(lm, out, {"llmshrink_finetune.json": json.dumps(record, indent=2) + "\n"})
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    result.seconds = time.perf_counter() - t0
-    return result
-
-
-def _eval_split(cfg: FinetuneConfig) -> str | None:
-    """A named corpus' held-out split, for text data (``shakespeare:calib`` -> ``shakespeare:eval``)."""
-    if cfg.format != "text":
-        return None
-    name, _, split = cfg.data.partition(":")
-    named = NAMED.get(name)
-    if named is None or "eval" not in named.splits or split == "eval":
-        return None
-    return f"{name}:eval"
-
-
-def save_finetuned(lm: LoadedModel, out: Path, extra_files: dict[str, str]) -> Path:
-    """Save the model (packed layers stay packed) with its source's ``quantization_config``."""
-    from ..paths import atomic_dir
-
-    src = json.loads((lm.path / "config.json").read_text())
-    with atomic_dir(out) as tmp:
-        lm.model.save_pretrained(tmp, safe_serialization=True)
-        lm.tokenizer.save_pretrained(tmp)
-        if "quantization_config" in src:
-            cfg_path = tmp / "config.json"
-            cfg = json.loads(cfg_path.read_text())
-            cfg["quantization_config"] = src["quantization_config"]
-            cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
-        for name in ("llmshrink_quantize.json", "quantize_layers.jsonl"):
-            if (lm.path / name).is_file():
-                shutil.copy(lm.path / name, tmp / name)
-        for name, text in extra_files.items():
-            (tmp / name).write_text(text)
-    return out
+    return TailRun(stats, sum(p.numel() for p in params.values()), first, evaluation)

@@ -11,27 +11,30 @@ from pathlib import Path
 
 import torch
 
-from ..config import HealConfig, PruneConfig
-from ..data.corpora import load_corpus
-from ..data.windows import bos_id, sample_windows, tokenize_corpus
-from ..errors import UserError
+from ..config import Part
+from ..data.calib import corpus_windows
+from ..export.hf import save_folder
 from ..models.load import LoadedModel
-from ..paths import atomic_dir
-from .depth import remove_blocks
-from .plot import plot_scores
-from .scores import BlockScores, score_blocks
+from ..paths import atomic_dir, output_path
+from ..prune.config import HealConfig, PruneConfig
+from ..prune.depth import remove_blocks
+from ..prune.plot import plot_scores
+from ..prune.scores import BlockScores, score_blocks
 
 log = logging.getLogger(__name__)
+
+
+# The settings of a prune job: flags of ``llmshrink prune`` (healing's prefixed ``--heal-``) and
+# fields of a recipe's prune stage (healing's under ``heal:``).
+PARTS = (Part("prune", PruneConfig), Part("heal", HealConfig, prefix="heal_", nested=True))
 
 
 def scoring_batches(lm: LoadedModel, cfg: PruneConfig) -> list[torch.Tensor] | None:
     """The scoring windows, in batches (None for criteria that need no data)."""
     if cfg.criterion == "magnitude":
         return None
-    stream = tokenize_corpus(load_corpus(cfg.data), lm.tokenizer,
+    windows = corpus_windows(cfg.data, lm.tokenizer, cfg.nsamples, cfg.seqlen, seed=cfg.seed, role="scoring",
                              max_tokens=max(cfg.nsamples * cfg.seqlen * 50, 1_000_000))
-    windows = sample_windows(stream, cfg.nsamples, cfg.seqlen, seed=cfg.seed, bos=bos_id(lm.tokenizer),
-                             name=f"scoring corpus {cfg.data}")
     return list(windows.split(cfg.batch_size))
 
 
@@ -61,9 +64,7 @@ def remove_least_important(lm: LoadedModel, cfg: PruneConfig, batches, *,
 def run_prune(lm: LoadedModel, cfg: PruneConfig, out: Path, *, heal: HealConfig | None = None,
               score_only: bool = False, progress=None) -> dict:
     """Score (and unless ``score_only``, remove and heal); write everything into ``out`` atomically."""
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise UserError(f"the folder {out.parent} does not exist: create it or choose another --out")
+    out = output_path(out)
     heal = heal or HealConfig()
     n_blocks = len(lm.arch.blocks(lm.model))
     if not score_only:
@@ -86,7 +87,7 @@ def run_prune(lm: LoadedModel, cfg: PruneConfig, out: Path, *, heal: HealConfig 
     record.update(scores=[dataclasses.asdict(s) for s in history], removed=removed, kept=kept,
                   blocks_after=len(kept), score_seconds=sum(s.seconds for s in history))
     if heal.method == "lora":
-        from .heal import heal_lora
+        from ..prune.heal import heal_lora
 
         lm.model, stats = heal_lora(lm.model, lm.arch, lm.tokenizer, heal, teacher=teacher, progress=progress)
         record["heal"] = {"config": heal.to_dict(), "steps": stats.steps, "tokens": stats.tokens,
@@ -94,10 +95,8 @@ def run_prune(lm: LoadedModel, cfg: PruneConfig, out: Path, *, heal: HealConfig 
                           "loss_last": stats.mean_loss(False)}
     record["parameters_after"] = lm.num_parameters
     record["seconds"] = time.perf_counter() - t0
-    with atomic_dir(out) as tmp:
-        lm.model.save_pretrained(tmp, safe_serialization=True)
-        lm.tokenizer.save_pretrained(tmp)
-        (tmp / "llmshrink_prune.json").write_text(json.dumps(record, indent=2) + "\n")
-        plot_scores(history[0], tmp / "block_scores.png", removed=removed,
-                    title=f"{lm.name}: block importance")
+    save_folder(lm.model, lm.tokenizer, out, files={
+        "llmshrink_prune.json": json.dumps(record, indent=2) + "\n",
+        "block_scores.png": lambda p: plot_scores(history[0], p, removed=removed, title=f"{lm.name}: block importance"),
+    })
     return record

@@ -11,14 +11,13 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .qlinear import QuantLinear
+from ..quant.qlinear import QuantLinear
+from .files import check_safetensors
 
 
 def load_gptq(folder: Path, config: dict, dtype: torch.dtype, trust_remote_code: bool) -> torch.nn.Module:
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    from ..models.load import check_safetensors
 
     qc = config["quantization_config"]
     fmt = qc.get("checkpoint_format", "gptq")

@@ -1,4 +1,5 @@
-"""Quantize a model's decoder blocks with GPTQ or RTN, block by block.
+"""The quantization driver: a model's decoder blocks quantized with GPTQ or RTN, block by block,
+over the block-wise driver of :mod:`llmshrink.blockwise`.
 
 For each block, in true-sequential order (q/k/v, then o, then gate/up, then down): a hook
 collects one Hessian per group of linears (they read the same input) over the calibration
@@ -6,6 +7,7 @@ windows, the pure solver returns a :class:`QuantResult` per layer, and the layer
 replaced by its dequantized solution, so the next group and the next block see the quantized
 outputs (see :func:`quantize_block` for the staged passes). The results are kept per layer for
 the exporters, or, with ``pack=True``, packed into :class:`QuantLinear` as each block is done.
+The result, a :class:`QuantizeReport`, is what the exporters (``llmshrink.export``) consume.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ from dataclasses import dataclass, field
 import torch
 
 from ..blockwise import BlockInputs, Captured, Prepare, walk_blocks
-from ..config import QuantConfig
 from ..errors import UserError
 from ..memory import release_freed
-from ..models.arch import ArchSpec
+from ..models.arch import ArchSpec, check_block_range, untie_lm_head
+from .config import QuantConfig
 from .gptq import QuantResult, accumulate_hessian, gptq_quantize, rtn_quantize
 from .qlinear import QuantLinear
 
@@ -41,6 +43,8 @@ class LayerRecord:
 
 @dataclass
 class QuantizeReport:
+    """The driver's result: what was quantized, how, and (unless packed) each layer's solution."""
+
     config: QuantConfig
     blocks: list[int]
     results: dict[str, QuantResult] = field(default_factory=dict)
@@ -48,6 +52,16 @@ class QuantizeReport:
     lm_head: bool = False
     packed: bool = False  # layers were packed into QuantLinear as they were solved (results not kept)
     seconds: float = 0.0
+    true_sequential: bool = True
+
+    @property
+    def scheme(self) -> dict:
+        """What the quantized layers are, in the terms of the GPTQ checkpoint format."""
+        cfg = self.config
+        return {"bits": cfg.bits, "group_size": cfg.group_size, "desc_act": cfg.act_order, "sym": cfg.sym,
+                "static_groups": cfg.static_groups, "true_sequential": self.true_sequential,
+                "damp_percent": cfg.damp, "method": cfg.method, "lm_head": self.lm_head,
+                "quantized_modules": sorted(r.name for r in self.layers)}
 
 
 class _Stop(Exception):
@@ -213,20 +227,11 @@ def quantize_block(i: int, block: torch.nn.Module, inputs: BlockInputs, arch: Ar
     return outs
 
 
-def _untied_head(model: torch.nn.Module, arch: ArchSpec) -> torch.nn.Linear:
-    """The lm_head, with a weight of its own: quantizing it must not touch tied embeddings."""
-    head = model.get_submodule(arch.lm_head)
-    if head.weight is model.get_submodule(arch.embed).weight:
-        head.weight = torch.nn.Parameter(head.weight.detach().clone(), requires_grad=False)
-    if getattr(model, "config", None) is not None:
-        model.config.tie_word_embeddings = False
-    return head
-
-
 @torch.no_grad()
 def _quantize_head(model: torch.nn.Module, arch: ArchSpec, final: BlockInputs | None, cfg: QuantConfig,
                    report: QuantizeReport) -> None:
-    head = _untied_head(model, arch)
+    untie_lm_head(model, arch)  # quantizing it must not touch tied embeddings
+    head = model.get_submodule(arch.lm_head)
     H = None
     if final is not None:
         norm, n = model.get_submodule(arch.norm), 0
@@ -255,10 +260,9 @@ def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor |
     layers = arch.blocks(model)
     n_layers = len(layers)
     todo = blocks if blocks is not None else range(n_layers)
-    if len(todo) == 0 or todo.start < 0 or todo.stop > n_layers:
-        raise UserError(f"block range {todo.start}:{todo.stop} is outside the model's {n_layers} blocks")
+    check_block_range(todo, n_layers)
     t0 = time.perf_counter()
-    report = QuantizeReport(cfg, list(todo), lm_head=lm_head, packed=pack)
+    report = QuantizeReport(cfg, list(todo), lm_head=lm_head, packed=pack, true_sequential=true_sequential)
 
     def done(i: int, block: torch.nn.Module) -> None:
         if pack:

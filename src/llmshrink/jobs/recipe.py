@@ -32,39 +32,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import EvalConfig, FinetuneConfig, GGUFConfig, HealConfig, PruneConfig, QuantConfig
-from .errors import UserError
-from .paths import atomic_file
+from ..config import Part, from_mapping
+from ..errors import UserError
+from ..eval.config import EvalConfig
+from ..paths import atomic_file
+from . import export as export_job
+from . import finetune as finetune_job
+from . import prune as prune_job
+from . import quantize as quantize_job
 
 log = logging.getLogger(__name__)
-
-
-def _dataclass_from(cls, data: Any, where: str):
-    """A dataclass from a YAML mapping; unknown fields and bad values name their YAML path."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise UserError(f"{where} must be a mapping of settings, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise UserError(f"unknown field {where}.{unknown[0]}: known fields are {', '.join(sorted(names))}")
-    try:
-        return cls(**data)
-    except UserError as exc:
-        raise UserError(f"{where}: {exc}") from None
-    except TypeError as exc:
-        raise UserError(f"{where}: {exc}") from None
-
-
-def _split(data: Any, where: str, own: dict[str, Any]) -> tuple[dict, dict]:
-    """Separate a stage's own keys (with defaults) from its config's fields."""
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise UserError(f"{where} must be a mapping of settings, got {type(data).__name__}")
-    mine = {k: data.get(k, v) for k, v in own.items()}
-    return mine, {k: v for k, v in data.items() if k not in own}
 
 
 @dataclass
@@ -72,88 +49,62 @@ class Stage:
     name: str
     settings: dict  # as written in the recipe (hashed)
     where: str
-    configs: dict[str, Any] = field(default_factory=dict)  # parsed, validated configs
+    configs: dict[str, Any] = field(default_factory=dict)  # parsed, validated configs, by part key
 
 
 # ---------------------------------------------------------------- stage kinds
 
 
-def _parse_quantize(data, where):
-    from .quant.job import CalibConfig
-
-    own, rest = _split(data, where, {"calib": None, "blocks": None, "lm_head": False})
-    return {"quant": _dataclass_from(QuantConfig, rest, where),
-            "calib": _dataclass_from(CalibConfig, own["calib"], f"{where}.calib"),
-            "blocks": own["blocks"], "lm_head": bool(own["lm_head"])}
-
-
 def _run_quantize(model: str, out: Path, c: dict, ctx: dict, progress) -> dict:
-    from .models.load import load_model
-    from .quant.job import run_quantize
+    from ..models.load import load_model
 
     lm = load_model(model, lazy_blocks=True)
-    report, _ = run_quantize(lm, c["quant"], c["calib"], out, blocks=c["blocks"], lm_head=c["lm_head"],
-                             progress=progress)
+    report, _ = quantize_job.run_quantize(lm, c["quant"], c["calib"], out, blocks=c["scope"].blocks,
+                                          lm_head=c["scope"].lm_head, progress=progress)
     return {"blocks": report.blocks, "seconds": report.seconds}
 
 
-def _parse_prune(data, where):
-    own, rest = _split(data, where, {"heal": None})
-    return {"prune": _dataclass_from(PruneConfig, rest, where),
-            "heal": _dataclass_from(HealConfig, own["heal"], f"{where}.heal")}
-
-
 def _run_prune(model: str, out: Path, c: dict, ctx: dict, progress) -> dict:
-    from .models.load import load_model
-    from .prune.job import run_prune
+    from ..models.load import load_model
 
-    rec = run_prune(load_model(model), c["prune"], out, heal=c["heal"], progress=progress)
+    rec = prune_job.run_prune(load_model(model), c["prune"], out, heal=c["heal"], progress=progress)
     return {"removed": rec.get("removed"), "blocks_after": rec.get("blocks_after")}
 
 
-def _parse_finetune(data, where):
+def _finetune_settings(data: Any) -> Any:
     if isinstance(data, dict) and data.get("distill_from") == "original":
-        data = {**data, "distill_from": "@original"}
-    return {"finetune": _dataclass_from(FinetuneConfig, data, where)}
+        return {**data, "distill_from": "@original"}
+    return data
 
 
 def _run_finetune(model: str, out: Path, c: dict, ctx: dict, progress) -> dict:
-    from .models.load import load_model
-    from .tune.finetune import finetune
+    from ..models.load import load_model
 
     cfg = c["finetune"]
     if cfg.distill_from == "@original":
         cfg = dataclasses.replace(cfg, distill_from=ctx["original"])
-    res = finetune(load_model(model), cfg, out, resume=True, progress=progress)
+    res = finetune_job.finetune(load_model(model), cfg, out, resume=True, progress=progress)
     return {"steps": res.stats.steps, "loss_first": res.stats.mean_loss(True),
             "loss_last": res.stats.mean_loss(False), **res.evaluation}
 
 
-def _parse_export(data, where):
-    from .quant.job import CalibConfig
-
-    own, rest = _split(data, where, {"calib": None})
-    return {"gguf": _dataclass_from(GGUFConfig, rest, where),
-            "calib": _dataclass_from(CalibConfig, own["calib"], f"{where}.calib")}
-
-
 def _run_export(model: str, out: Path, c: dict, ctx: dict, progress) -> dict:
-    from .export.gguf import export_gguf
-    from .models.load import load_model
+    from ..models.load import load_model
 
     out.mkdir(parents=True, exist_ok=True)
-    rep = export_gguf(load_model(model), c["gguf"], out / "model.gguf", calib=c["calib"], progress=progress)
+    fmt = c["format"].format
+    target = out / "model.gguf" if fmt == "gguf" else out / "model"
+    rep = export_job.run_export(load_model(model), fmt, c["gguf"] if fmt == "gguf" else None, target,
+                                calib=c["calib"], progress=progress)
+    if fmt != "gguf":
+        return {"folder": str(rep)}
     return {"file": str(rep.path), "size": rep.size, "solved": len(rep.solved), "carried": len(rep.carried),
             "requantized": len(rep.requantized)}
 
 
-def _parse_eval(data, where):
-    return {"eval": _dataclass_from(EvalConfig, data, where)}
-
-
 def _run_eval(model: str, out: Path, c: dict, ctx: dict, progress) -> dict:
-    from .eval.run import evaluate_perplexity
-    from .models.load import load_model
+    from ..eval.run import evaluate_perplexity
+    from ..models.load import load_model
 
     rec = evaluate_perplexity(load_model(model), c["eval"], progress=progress)
     out.mkdir(parents=True, exist_ok=True)
@@ -164,17 +115,21 @@ def _run_eval(model: str, out: Path, c: dict, ctx: dict, progress) -> dict:
 
 @dataclass(frozen=True)
 class StageKind:
-    parse: Callable[[Any, str], dict]
+    parts: tuple[Part, ...]  # the job's configs: the stage's fields (the same as its command's flags)
     run: Callable[[str, Path, dict, dict, Any], dict]
     makes_model: bool  # its output folder is the next stage's model
+    prepare: Callable[[Any], Any] = lambda data: data  # rewrites the settings before parsing
+
+    def parse(self, data: Any, where: str) -> dict:
+        return from_mapping(self.prepare(data), self.parts, where)
 
 
 STAGES: dict[str, StageKind] = {
-    "prune": StageKind(_parse_prune, _run_prune, True),
-    "quantize": StageKind(_parse_quantize, _run_quantize, True),
-    "finetune": StageKind(_parse_finetune, _run_finetune, True),
-    "export": StageKind(_parse_export, _run_export, False),
-    "eval": StageKind(_parse_eval, _run_eval, False),
+    "prune": StageKind(prune_job.PARTS, _run_prune, True),
+    "quantize": StageKind(quantize_job.PARTS, _run_quantize, True),
+    "finetune": StageKind(finetune_job.PARTS, _run_finetune, True, _finetune_settings),
+    "export": StageKind(export_job.PARTS, _run_export, False),
+    "eval": StageKind((Part("eval", EvalConfig),), _run_eval, False),
 }
 
 
@@ -247,11 +202,9 @@ def _done(out: Path, digest: str) -> dict | None:
 def _forget_stale_checkpoint(root: Path, stage_out: Path, digest: str) -> None:
     """A checkpoint left by an interrupted stage resumes only the same stage on the same input:
     when the stage or anything before it changed, it is removed (its hash is kept beside it)."""
-    from .tune.finetune import checkpoint_dir
-
     started = root / f".{stage_out.name}.hash"
     if not started.is_file() or started.read_text() != digest:
-        shutil.rmtree(checkpoint_dir(stage_out), ignore_errors=True)
+        shutil.rmtree(finetune_job.checkpoint_dir(stage_out), ignore_errors=True)
         started.write_text(digest)
 
 

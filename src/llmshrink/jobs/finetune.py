@@ -1,0 +1,86 @@
+"""The finetune job behind ``llmshrink finetune``: train the tail, evaluate it, save the (mixed)
+checkpoint with its source's quantization records."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import Part
+from ..data.corpora import NAMED
+from ..errors import UserError
+from ..eval.config import EvalConfig
+from ..eval.run import evaluate_perplexity
+from ..export.hf import Extra, save_folder
+from ..models.load import LoadedModel
+from ..paths import output_path
+from ..tune.config import FinetuneConfig
+from ..tune.finetune import train_tail
+from ..tune.train import TrainStats
+
+PARTS = (Part("finetune", FinetuneConfig),)
+
+
+@dataclass
+class FinetuneResult:
+    out: Path
+    stats: TrainStats
+    trainable: int
+    evaluation: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def checkpoint_dir(out: Path) -> Path:
+    """Where a fine-tune into ``out`` keeps its checkpoint (beside the output, hidden)."""
+    return out.parent / f".{out.name}.checkpoint"
+
+
+def finetune(lm: LoadedModel, cfg: FinetuneConfig, out: Path, *, resume: bool = False,
+             eval_cfg: EvalConfig | None = None, progress=None) -> FinetuneResult:
+    """Train the tail of ``lm`` in place, evaluate it, and save it to ``out``."""
+    t0 = time.perf_counter()
+    out = output_path(out)
+    ckpt_dir = checkpoint_dir(out)
+    if ckpt_dir.exists() and not resume:
+        raise UserError(f"{ckpt_dir} holds the checkpoint of an interrupted run: pass --resume to continue it, "
+                        "or delete it to start over")
+    run = train_tail(lm, cfg, ckpt_dir, resume=resume, progress=progress)
+    evaluation = run.evaluation
+    eval_data = cfg.eval_data or eval_split(cfg)
+    if eval_data is not None and eval_data != "none":
+        ecfg = eval_cfg or EvalConfig(data=eval_data)
+        evaluation["perplexity"] = evaluate_perplexity(lm, ecfg, progress=progress)["perplexity"]
+        evaluation["eval_data"] = ecfg.data
+    result = FinetuneResult(out, run.stats, run.trainable, evaluation)
+    stats = run.stats
+    record = {"model": lm.name, "config": cfg.to_dict(), "blocks": [run.first, run.first + cfg.n_train],
+              "steps": stats.steps, "tokens": stats.tokens, "train_seconds": stats.seconds,
+              "loss_first": stats.mean_loss(True), "loss_last": stats.mean_loss(False), "losses": stats.losses,
+              "trainable_parameters": result.trainable, "evaluation": evaluation}
+    save_finetuned(lm, out, {"llmshrink_finetune.json": json.dumps(record, indent=2) + "\n"})
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def eval_split(cfg: FinetuneConfig) -> str | None:
+    """A named corpus' held-out split, for text data (``shakespeare:calib`` -> ``shakespeare:eval``)."""
+    if cfg.format != "text":
+        return None
+    name, _, split = cfg.data.partition(":")
+    named = NAMED.get(name)
+    if named is None or "eval" not in named.splits or split == "eval":
+        return None
+    return f"{name}:eval"
+
+
+def save_finetuned(lm: LoadedModel, out: Path, extra_files: dict[str, Extra]) -> Path:
+    """Save the model (packed layers stay packed) with its source's ``quantization_config`` and
+    quantization records."""
+    src = json.loads((lm.path / "config.json").read_text())
+    return save_folder(lm.model, lm.tokenizer, out, quantization_config=src.get("quantization_config"),
+                       files=extra_files, copy_from=lm.path,
+                       copy=("llmshrink_quantize.json", "quantize_layers.jsonl"))

@@ -1,0 +1,80 @@
+"""The quantize job behind ``llmshrink quantize``: calibrate, quantize chosen blocks, write the
+Hugging Face GPTQ checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import ClassVar
+
+from ..config import Config, Part
+from ..data.calib import CalibConfig, calibration_windows
+from ..export.hf import check_packable, save_quantized
+from ..models.arch import block_range
+from ..models.load import LoadedModel
+from ..paths import output_path
+from ..quant.config import QuantConfig
+from ..quant.driver import QuantizeReport, quantize_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class QuantizeScope(Config):
+    """Which parts of the model a quantize job quantizes."""
+
+    kind: ClassVar[str] = "quantize"
+    blocks: str | None = field(default=None, metadata={"help": "blocks to quantize, A:B (a Python slice: 0:26, "
+                                                               "0:-4; default all)"})
+    lm_head: bool = field(default=False, metadata={"help": "quantize the lm_head too (untied from the "
+                                                           "embeddings; default: keep it full precision)"})
+
+    def __post_init__(self) -> None:
+        self.check(self.blocks is None or isinstance(self.blocks, str), "blocks",
+                   f"must be a range A:B written as a string, got {self.blocks!r}")
+
+
+# The settings of a quantize job, as flags of ``llmshrink quantize`` and fields of a recipe's quantize stage.
+PARTS = (Part("quant", QuantConfig), Part("scope", QuantizeScope), Part("calib", CalibConfig, nested=True))
+
+
+def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Path, *, blocks: str | None = None,
+                 lm_head: bool = False, progress=None) -> tuple[QuantizeReport, Path]:
+    out = output_path(out)
+    n_layers = len(lm.arch.blocks(lm.model))
+    todo = block_range(blocks, n_layers)
+    check_packable(lm.model, lm.arch, todo, lm_head, cfg.bits)
+    # RTN rounds weights alone; no calibration pass
+    windows = calibration_windows(lm.tokenizer, calib) if cfg.method != "rtn" else None
+    log.info("quantizing blocks %d:%d with %s", todo.start, todo.stop, cfg.method)
+    t0 = time.perf_counter()
+    # Packed as solved; with a lazily loaded model, blocks are read from disk one at a time, and
+    # the embedding is freed once the calibration inputs are captured (read back for saving).
+    prepare = captured = None
+    if lm.blocks is not None:
+        prepare = lm.blocks.materialize
+        if not lm_head:
+            captured = partial(lm.blocks.drop, lm.model, [f"{lm.arch.embed}.weight"])
+    try:
+        report = quantize_model(lm.model, lm.arch, windows, cfg, blocks=todo, batch_size=calib.batch_size,
+                                lm_head=lm_head, pack=True, prepare=prepare, captured=captured, progress=progress)
+    finally:
+        if lm.blocks is not None:
+            lm.blocks.restore()
+    if prepare is not None:  # blocks left out of --blocks are saved in full precision
+        for i, block in enumerate(lm.arch.blocks(lm.model)):
+            prepare(i, block)
+    layers = "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in report.layers)
+    run = {"model": lm.name, "config": cfg.to_dict(),
+           "calibration": dataclasses.asdict(calib) if windows is not None else None,
+           "blocks": [todo.start, todo.stop], "lm_head": lm_head, "quantize_seconds": report.seconds}
+    saved = save_quantized(lm.model, lm.tokenizer, report, out,
+                           extra_files={"quantize_layers.jsonl": layers,
+                                        "llmshrink_quantize.json": json.dumps(run, indent=2) + "\n"})
+    log.info("quantized and saved in %.1f s -> %s", time.perf_counter() - t0, saved)
+    return report, saved

@@ -1,0 +1,65 @@
+"""Settings of the weight quantizers (GPTQ, RTN): the grid and the solve."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from ..config import Config
+from .grid import GRID_KINDS
+
+QUANT_METHODS = ("gptq", "rtn")
+
+
+@dataclass
+class QuantConfig(Config):
+    """Weight quantization: the grid and the GPTQ solve."""
+
+    kind: ClassVar[str] = "quantize"
+    method: str = field(default="gptq", metadata={"help": "gptq (error-compensating solve) or rtn "
+                                                          "(round to nearest, no calibration)",
+                                                  "choices": QUANT_METHODS})
+    bits: int = field(default=4, metadata={"help": "bits per weight: 2, 3, 4 or 8"})
+    group_size: int = field(default=128, metadata={"help": "input columns per scale/zero group; -1 for one "
+                                                           "group per row"})
+    sym: bool = field(default=True, metadata={"help": "symmetric grid (zero point fixed mid-range); --asym: "
+                                                      "fitted zero point", "negative": "asym"})
+    act_order: bool = field(default=True, metadata={"help": "quantize columns in order of decreasing Hessian "
+                                                            "diagonal"})
+    static_groups: bool = field(default=False, metadata={"help": "fix group grids before the solve (with "
+                                                                 "act_order)"})
+    damp: float = field(default=0.01, metadata={"help": "damping as a fraction of the mean Hessian diagonal"})
+    block_size: int = field(default=128, metadata={"help": "columns per lazy-update block", "cli": False})
+    mse: bool = field(default=True, metadata={"help": "search shrunk ranges for the lowest (Hessian-weighted, "
+                                                      "for GPTQ) error per group; --no-mse: plain min/max ranges"})
+    grid: str = field(default="zero", metadata={"help": "zero (HF GPTQ: scale and zero point), signed (GGUF "
+                                                        "Q4_0/Q8_0) or min (GGUF Q4_1: scale and fp16 minimum)",
+                                                "choices": GRID_KINDS, "cli": False})
+
+    def __post_init__(self) -> None:
+        self.one_of("method", QUANT_METHODS, "method")
+        self.check(self.bits in (2, 3, 4, 8), "bits", f"must be 2, 3, 4 or 8, got {self.bits!r}")
+        gs = self.group_size
+        self.check(isinstance(gs, int) and not isinstance(gs, bool) and (gs == -1 or gs >= 1), "group_size",
+                   f"must be -1 (one group per row) or >= 1, got {gs!r}")
+        self.check(0 < self.damp < 1, "damp", f"must be in (0, 1), got {self.damp!r}")
+        self.positive("block_size")
+        self.one_of("grid", GRID_KINDS, "grid")
+        self.check(not ((self.grid == "signed" and not self.sym) or (self.grid == "min" and self.sym)), "sym",
+                   f"must be {self.grid == 'signed'} on a {self.grid} grid "
+                   f"({'symmetric' if self.grid == 'signed' else 'asymmetric'})")
+        self.check(self.grid == "zero" or not self.act_order or self.static_groups or self.per_row, "static_groups",
+                   f"must be on with act_order: a {self.grid} grid stores one scale per block of consecutive columns")
+
+    @property
+    def maxq(self) -> int:
+        return (1 << self.bits) - 1
+
+    @property
+    def per_row(self) -> bool:
+        """One group spans each whole row (``group_size = -1``)."""
+        return self.group_size == -1
+
+    def group_columns(self, cols: int) -> int:
+        """Columns per group in a layer of ``cols`` input columns (the one place -1 is read)."""
+        return cols if self.per_row or self.group_size >= cols else self.group_size

@@ -1,0 +1,97 @@
+"""Settings of tail fine-tuning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from ..config import Config, FieldError
+from ..data.instruct import FORMATS
+from ..data.templates import TEMPLATES, get_template
+
+FINETUNE_METHODS = ("full", "lora")
+FINETUNE_LOSSES = ("task", "kd", "task+kd")
+
+
+def parse_train(spec: str) -> int:
+    """``last:N`` -> N (the number of trailing decoder blocks to train)."""
+    head, _, n = str(spec).partition(":")
+    if head != "last" or not n.isdigit() or int(n) < 1:
+        raise FieldError("train", f"bad train spec {spec!r}: write last:N, e.g. last:4 for the last four blocks")
+    return int(n)
+
+
+@dataclass
+class FinetuneConfig(Config):
+    """Tail fine-tuning: train the last blocks (and lm_head) with everything before them frozen."""
+
+    kind: ClassVar[str] = "finetune"
+    train: str = field(default="last:4", metadata={"help": "last:N trains the last N decoder blocks"})
+    lm_head: bool = field(default=False, metadata={"help": "train lm_head too (untied from the embedding)"})
+    method: str = field(default="full", metadata={"help": "full: every weight of the tail; lora: LoRA adapters, "
+                                                          "merged at the end", "choices": FINETUNE_METHODS})
+    data: str = field(default="shakespeare:calib", metadata={"help": "corpus (name[:split], .txt, .jsonl, folder) "
+                                                                     "or instruction JSONL"})
+    format: str = field(default="text", metadata={"help": "text (language-model loss) or an instruction format "
+                                                          "(response-only loss)", "choices": FORMATS})
+    template: str = field(default="chat", metadata={"help": "prompt template for instruction data",
+                                                    "choices": tuple(TEMPLATES)})
+    skip_bad_lines: bool = field(default=False, metadata={"help": "skip malformed JSONL lines (warn) instead of "
+                                                                   "stopping"})
+    loss: str | None = field(default=None, metadata={"help": "task, kd or task+kd; default kd with a teacher, "
+                                                             "else task", "choices": FINETUNE_LOSSES})
+    distill_from: str | None = field(default=None, metadata={"help": "original model: loss = KL from its "
+                                                                     "next-token distribution"})
+    epochs: float | None = field(default=None, metadata={"help": "passes over the data (default 1 unless steps)"})
+    steps: int | None = field(default=None, metadata={"help": "optimizer steps (instead of epochs)"})
+    lr: float = field(default=1e-4, metadata={"help": "learning rate"})
+    head_lr: float | None = field(default=None, metadata={"help": "learning rate of lm_head (with --lm-head); "
+                                                                   "default: --lr"})
+    hidden_loss: float = field(default=0.0, metadata={"help": "with --distill-from: weight of a loss matching the "
+                                                              "teacher's final normed hidden states (mean square "
+                                                              "error over the teacher's mean square), added to the KL"})
+    batch_size: int = field(default=4, metadata={"help": "windows (or examples) per micro-batch"})
+    grad_accum: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    seqlen: int = field(default=512, metadata={"help": "tokens per text window / longest instruction example"})
+    loss_tokens: float = field(default=1.0, metadata={"help": "fraction of each window's positions the loss is "
+                                                              "taken on, drawn afresh each step (the tail still "
+                                                              "reads every token); below 1 makes steps cheaper"})
+    nsamples: int | None = field(default=None, metadata={"help": "text windows per epoch; default: as many as the "
+                                                                 "steps use, or the whole corpus"})
+    rank: int = field(default=16, metadata={"help": "LoRA rank (--method lora)"})
+    alpha: float = field(default=32.0, metadata={"help": "LoRA alpha"})
+    eval_data: str | None = field(default=None, metadata={"help": "held-out corpus for the final perplexity; "
+                                                                  "default: the corpus' eval split, if it has one; "
+                                                                  "none: no evaluation"})
+    eval_fraction: float = field(default=0.1, metadata={"help": "instruction examples held out and scored before "
+                                                                "and after"})
+    save_every: int = field(default=50, metadata={"help": "checkpoint every N optimizer steps"})
+    seed: int = field(default=0, metadata={"help": "seed of the data order and LoRA init"})
+
+    def __post_init__(self) -> None:
+        parse_train(self.train)
+        self.one_of("format", FORMATS, "data format")
+        self.one_of("method", FINETUNE_METHODS, "method")
+        if self.loss is None:
+            self.loss = "kd" if self.distill_from else "task"
+        self.one_of("loss", FINETUNE_LOSSES, "loss")
+        self.check(self.loss == "task" or bool(self.distill_from), "loss",
+                   f"{self.loss!r} distils from the original model: give --distill-from MODEL")
+        self.check(self.epochs is None or self.steps is None, ("epochs", "steps"), "give one, not both")
+        self.check(self.epochs is None or self.epochs > 0, "epochs", f"must be > 0, got {self.epochs!r}")
+        self.positive("batch_size", "grad_accum", "seqlen", "rank", "save_every")
+        self.positive("steps", "nsamples", allow_none=True)
+        self.check(self.seqlen >= 2, "seqlen", "must be at least 2 tokens")
+        self.check(self.lr > 0, "lr", f"must be > 0, got {self.lr!r}")
+        self.check(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha!r}")
+        self.check(self.head_lr is None or self.head_lr > 0, "head_lr", f"must be > 0, got {self.head_lr!r}")
+        self.check(self.hidden_loss >= 0, "hidden_loss", f"must be >= 0, got {self.hidden_loss!r}")
+        self.check(self.hidden_loss == 0 or self.loss != "task", "hidden_loss",
+                   "matches the teacher's hidden states: give --distill-from MODEL")
+        self.check(0 < self.loss_tokens <= 1, "loss_tokens", f"must be in (0, 1], got {self.loss_tokens!r}")
+        self.check(0 <= self.eval_fraction < 1, "eval_fraction", f"must be in [0, 1), got {self.eval_fraction!r}")
+        get_template(self.template)
+
+    @property
+    def n_train(self) -> int:
+        return parse_train(self.train)
