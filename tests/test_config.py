@@ -72,7 +72,8 @@ def test_flags_come_from_the_fields():
     part = Part("k", Knobs, prefix="kn_")
     p, args = _parse(["--kn-depth", "4", "--kn-name", "none", "--kn-fast", "--kn-mode", "b", "--calib", "y"], [part])
     cfg = from_args(args, part)
-    assert cfg == Knobs(depth=4, name=None, fast=True, mode="b", corpus="y")
+    assert cfg == Knobs(depth=4, name="none", fast=True, mode="b", corpus="y")  # a string keeps "none"
+    assert from_args(_parse(["--kn-depth", "2"], [part])[1], part).name is None
     help_text = p.format_help()
     assert "how deep (default: 3)" in help_text and "--no-kn-fast" in help_text and "--hidden" not in help_text
     assert "--kn-hidden" not in help_text

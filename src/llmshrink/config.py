@@ -161,7 +161,8 @@ def add_arguments(parser: argparse.ArgumentParser, parts: Sequence[Part]) -> Non
                                     help=help_text or None, **kw)
                 continue
             parse = {int: int, float: float, tuple: _tuple}.get(tp, str)
-            kw["type"] = _none_or(parse) if optional else parse
+            # "none" means None for numbers; a string keeps it (``--eval-data none`` is a value)
+            kw["type"] = _none_or(parse) if optional and parse in (int, float) else parse
             kw["metavar"] = f.name.upper()
             if "choices" in f.metadata:
                 kw["choices"] = list(f.metadata["choices"])
