@@ -34,6 +34,10 @@ def load_gptq(folder: Path, config: dict, dtype: torch.dtype, trust_remote_code:
         del hf_cfg.quantization_config
     model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype, trust_remote_code=trust_remote_code)
     for name in sorted(k.removesuffix(".qweight") for k in state if k.endswith(".qweight")):
+        lacking = [p for p in ("qzeros", "scales", "g_idx") if f"{name}.{p}" not in state]
+        if lacking:
+            raise UserError(f"{folder}: {name} has packed weights but no {', '.join(lacking)}: "
+                            "the checkpoint is incomplete")
         linear = model.get_submodule(name)
         if not isinstance(linear, torch.nn.Linear):
             raise UserError(f"{folder}: {name} holds packed weights but is not a linear layer in this architecture")
@@ -42,8 +46,9 @@ def load_gptq(folder: Path, config: dict, dtype: torch.dtype, trust_remote_code:
                                            dtype=state[f"{name}.scales"].dtype))
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if getattr(hf_cfg, "tie_word_embeddings", False) else set()
-    if set(missing) - tied or unexpected:
-        raise UserError(f"{folder}: weights do not match the model (missing {sorted(missing)[:3]}, "
+    missing = sorted(set(missing) - tied)
+    if missing or unexpected:
+        raise UserError(f"{folder}: weights do not match the model (missing {missing[:3]}, "
                         f"unexpected {sorted(unexpected)[:3]}): the checkpoint is incomplete")
     model.tie_weights()
     return model

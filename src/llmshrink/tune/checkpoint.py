@@ -49,12 +49,13 @@ def save_checkpoint(folder: Path, *, step: int, params: dict[str, torch.nn.Param
 
 def load_checkpoint(folder: Path, params: dict[str, torch.nn.Parameter], config_hash: str) -> Checkpoint:
     """Read a checkpoint for these parameters; refuses one made with other settings."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
         meta = json.loads((folder / "state.json").read_text())
         tensors = load_file(str(folder / "model.safetensors"))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, SafetensorError) as exc:
         raise UserError(f"checkpoint {folder} is unreadable ({exc}): delete it to start over") from exc
     if meta["config_hash"] != config_hash or meta["param_names"] != list(params):
         raise UserError(f"checkpoint {folder} was made with other settings: delete it to start over, "

@@ -1,0 +1,87 @@
+"""The quantize job: what lands on disk, and how it reads back (models.gptq_checkpoint)."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from llmshrink.data.calib import CalibConfig
+from llmshrink.errors import UserError
+from llmshrink.jobs.quantize import QuantizeScope, run_quantize
+from llmshrink.models.gptq_checkpoint import load_gptq
+from llmshrink.models.load import load_model
+from llmshrink.quant.config import QuantConfig
+from llmshrink.quant.qlinear import QuantLinear
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory, tiny_model_dir):
+    from tests.conftest import TEXT
+
+    d = tmp_path_factory.mktemp("qjob")
+    (d / "c.txt").write_text(TEXT * 8)
+    calib = CalibConfig(data=str(d / "c.txt"), nsamples=4, seqlen=16, batch_size=2)
+    cfg = QuantConfig(bits=4, group_size=16)
+    report, out = run_quantize(load_model(str(tiny_model_dir), lazy_blocks=True), cfg, calib, d / "q",
+                               blocks="1:2")
+    return report, out, cfg, calib
+
+
+def test_the_checkpoint_says_what_was_done(quantized, tiny_model_dir):
+    report, out, cfg, calib = quantized
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc["quant_method"] == "gptq" and qc["checkpoint_format"] == "gptq"
+    assert {k: qc[k] for k in report.scheme} == report.scheme
+    assert (qc["bits"], qc["group_size"], qc["sym"], qc["desc_act"]) == (4, 16, True, True)
+    run = json.loads((out / "llmshrink_quantize.json").read_text())
+    assert run["config"] == cfg.to_dict() and run["blocks"] == [1, 2] and run["lm_head"] is False
+    assert run["calibration"]["nsamples"] == calib.nsamples
+    layers = [json.loads(line) for line in (out / "quantize_layers.jsonl").read_text().splitlines()]
+    assert [r["name"] for r in layers] == [r.name for r in report.layers] and len(layers) == 7
+    assert all(r["name"].startswith("model.layers.1.") for r in layers)
+    # blocks outside 1:2 are saved exactly as they were
+    state, orig = load_file(out / "model.safetensors"), load_file(tiny_model_dir / "model.safetensors")
+    packed = {k.removesuffix(".qweight") for k in state if k.endswith(".qweight")}
+    assert packed == {r["name"] for r in layers}
+    for k, v in orig.items():
+        if not k.startswith("model.layers.1.") or "norm" in k:
+            assert torch.equal(state[k], v), k
+
+
+def test_load_gptq_puts_packed_layers_exactly_where_the_checkpoint_has_them(quantized):
+    _, out, _, _ = quantized
+    config = json.loads((out / "config.json").read_text())
+    model = load_gptq(out, config, torch.float32, trust_remote_code=False)
+    packed = {n for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+    state = load_file(out / "model.safetensors")
+    assert packed == {k.removesuffix(".qweight") for k in state if k.endswith(".qweight")}
+    layer = model.get_submodule(sorted(packed)[0])
+    assert torch.equal(layer.qweight, state[f"{sorted(packed)[0]}.qweight"])
+
+
+def test_load_gptq_refuses_other_formats_and_incomplete_checkpoints(quantized, tmp_path):
+    _, out, _, _ = quantized
+    config = json.loads((out / "config.json").read_text())
+    v2 = {**config, "quantization_config": {**config["quantization_config"], "checkpoint_format": "gptq_v2"}}
+    with pytest.raises(UserError, match="checkpoint_format 'gptq_v2' is not supported"):
+        load_gptq(out, v2, torch.float32, trust_remote_code=False)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in out.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    state = load_file(out / "model.safetensors")
+    del state["model.layers.1.mlp.up_proj.scales"]
+    save_file(state, str(broken / "model.safetensors"))
+    with pytest.raises(UserError, match="up_proj has packed weights but no scales: the checkpoint is incomplete"):
+        load_gptq(broken, config, torch.float32, trust_remote_code=False)
+    state = load_file(out / "model.safetensors")
+    del state["model.norm.weight"]
+    save_file(state, str(broken / "model.safetensors"))
+    with pytest.raises(UserError, match=r"weights do not match the model \(missing \['model.norm.weight'\]"):
+        load_gptq(broken, config, torch.float32, trust_remote_code=False)
+
+
+def test_scope_validation():
+    with pytest.raises(UserError, match="blocks: must be a range A:B written as a string"):
+        QuantizeScope(blocks=3)
