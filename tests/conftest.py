@@ -106,3 +106,18 @@ def _isolated_cache(request, tmp_path_factory, monkeypatch):
         monkeypatch.setenv("LLMSHRINK_CACHE", str(tmp_path_factory.mktemp("cache")))
     elif os.environ.get("LLMSHRINK_TEST_CACHE"):
         monkeypatch.setenv("LLMSHRINK_CACHE", os.environ["LLMSHRINK_TEST_CACHE"])
+
+
+def library_perplexity(model: str | Path, data: str | Path, seqlen: int,
+                       max_tokens: int | None = None) -> tuple[float, int]:
+    """(perplexity, scored tokens) of ``model`` on corpus ``data`` computed by the library's own
+    functions, for checking that a command wired them to the right model, data and windows."""
+    from llmshrink.data.corpora import load_corpus
+    from llmshrink.data.windows import bos_id, tokenize_corpus
+    from llmshrink.eval.perplexity import perplexity
+    from llmshrink.models.load import load_model
+
+    lm = load_model(str(model))
+    stream = tokenize_corpus(load_corpus(str(data)), lm.tokenizer, max_tokens=max_tokens)
+    res = perplexity(lm.model, stream, seqlen=seqlen, bos=bos_id(lm.tokenizer))
+    return res.perplexity, res.tokens

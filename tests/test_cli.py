@@ -8,6 +8,8 @@ import pytest
 from llmshrink.cli import main
 from llmshrink.errors import UserError
 
+from .conftest import library_perplexity
+
 
 def _run(capsys, *argv):
     rc = main(list(argv))
@@ -28,12 +30,16 @@ def test_eval_json_on_tiny_model(capsys, tiny_model_dir, text_file):
     rec = json.loads(out)
     for key in ("perplexity", "tokens", "seconds", "model", "data", "parameters", "size_on_disk"):
         assert key in rec
-    assert rec["perplexity"] > 1 and rec["tokens"] > 0 and rec["model"] == str(tiny_model_dir)
+    ppl, tokens = library_perplexity(tiny_model_dir, text_file, 32)
+    assert rec["perplexity"] == pytest.approx(ppl, rel=1e-9) and rec["tokens"] == tokens
+    assert rec["model"] == str(tiny_model_dir) and rec["windows"] == tokens // 31
 
 
 def test_eval_table_and_generate(capsys, tiny_model_dir, text_file):
     rc, out, _ = _run(capsys, "eval", str(tiny_model_dir), "--data", str(text_file), "--seqlen", "32")
-    assert rc == 0 and "perplexity" in out and "size on disk" in out
+    ppl, _ = library_perplexity(tiny_model_dir, text_file, 32)
+    rows = dict(line.split(None, 1) for line in out.splitlines() if line.startswith(("perplexity", "size")))
+    assert rc == 0 and rows["perplexity"].strip() == f"{ppl:.4f}" and "on disk" in rows["size"]
     rc, out, _ = _run(capsys, "generate", str(tiny_model_dir), "To be", "--max-new-tokens", "5",
                       "--template", "alpaca", "--show-prompt")
     assert rc == 0 and "### Instruction:\nTo be" in out
@@ -107,9 +113,11 @@ def test_quantize_then_eval_and_generate(capsys, tiny_model_dir, text_file, tmp_
     assert len(layers) == 7 and all(r["loss"] <= r["rtn_loss"] * 1.0001 for r in layers)
     assert json.loads((out / "config.json").read_text())["quantization_config"]["bits"] == 4
     rc, stdout, _ = _run(capsys, "eval", str(out), "--data", str(text_file), "--seqlen", "32", "--json")
-    assert rc == 0 and json.loads(stdout)["perplexity"] > 1
+    quantized, original = json.loads(stdout)["perplexity"], library_perplexity(tiny_model_dir, text_file, 32)[0]
+    assert rc == 0 and quantized == pytest.approx(library_perplexity(out, text_file, 32)[0], rel=1e-6)
+    assert quantized != original and abs(quantized / original - 1) < 0.25  # block 0 at 4 bits: a small change
     rc, stdout, _ = _run(capsys, "generate", str(out), "To be", "--max-new-tokens", "4")
-    assert rc == 0
+    assert rc == 0 and stdout.strip()
 
 
 @pytest.mark.parametrize(

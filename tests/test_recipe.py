@@ -7,6 +7,7 @@ from llmshrink.cli import main
 from llmshrink.errors import UserError
 from llmshrink.jobs.recipe import load_recipe, parse_recipe, run_recipe
 from llmshrink.tune import finetune as ft
+from tests.conftest import library_perplexity
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +92,9 @@ def test_a_killed_run_resumes_where_it_stopped(model_dir, tmp_path, text_file, m
     done = json.loads((tmp_path / "out" / "1-finetune" / "llmshrink_finetune.json").read_text())
     assert done["steps"] == 4 and len(done["losses"]) == 4
     assert summary["model"] == str(tmp_path / "out" / "1-finetune")
-    assert json.loads((tmp_path / "out" / "2-eval" / "eval.json").read_text())["perplexity"] > 1
+    ev = json.loads((tmp_path / "out" / "2-eval" / "eval.json").read_text())
+    assert ev["perplexity"] == pytest.approx(library_perplexity(tmp_path / "out" / "1-finetune", text_file,
+                                                                ev["seqlen"])[0], rel=1e-6)
     # the same recipe again: nothing to do; a changed stage reruns it and every later stage
     again = run_recipe(parse_recipe(rec))
     assert [s["status"] for s in again["stages"]] == ["skipped (done)"] * 3

@@ -77,14 +77,26 @@ def export(model: Model, out: str | Path, config: GGUFConfig | None = None, *, f
 
 
 def evaluate(model: Model, config: EvalConfig | None = None, *, tasks: tuple[str, ...] = (),
-             limit: int | None = None, progress=None) -> dict:
+             limit: int | None = None, backend: str = "auto", progress=None) -> dict:
     """Perplexity of ``model`` on ``config.data`` (and, given ``tasks``, zero-shot accuracy through
-    lm-eval): one JSON-ready record, as ``llmshrink eval --json`` prints it."""
+    lm-eval): one JSON-ready record, as ``llmshrink eval --json`` prints it. ``backend`` ``auto``
+    scores a ``.gguf`` file with llama.cpp (its tokenizer, its logits) and anything else with
+    transformers; ``transformers`` converts a GGUF file instead."""
     from .eval.run import evaluate_perplexity
 
     cfg = config or EvalConfig()
+    gguf = not isinstance(model, LoadedModel) and Path(model).suffix.lower() == ".gguf" and Path(model).is_file()
+    if backend not in ("auto", "transformers", "llama.cpp"):
+        raise ValueError(f"backend must be auto, transformers or llama.cpp, got {backend!r}")
+    if backend == "llama.cpp" or (backend == "auto" and gguf):
+        from .eval.llamacpp import load_llamacpp
+
+        if tasks:
+            raise ValueError("zero-shot tasks run through transformers: pass backend='transformers'")
+        rec = evaluate_perplexity(load_llamacpp(model, n_ctx=cfg.seqlen), cfg, progress=progress)
+        return {**rec, "backend": "llama.cpp"}
     lm = _loaded(model)
-    rec = evaluate_perplexity(lm, cfg, progress=progress)
+    rec = {**evaluate_perplexity(lm, cfg, progress=progress), "backend": "transformers"}
     if tasks:
         from .eval.harness import TaskRequest, run_tasks
 

@@ -153,12 +153,13 @@ def add_arguments(parser: argparse.ArgumentParser, parts: Sequence[Part]) -> Non
                 neg = f.metadata.get("negative")
                 if neg:
                     group = parser.add_mutually_exclusive_group()
-                    group.add_argument(part.flag(f), action="store_true", help=f"{help_text} (default: {default})",
-                                       **kw)
-                    group.add_argument(f"--{neg}", action="store_false", dest=kw["dest"])
+                    on = part.flag(f)
+                    group.add_argument(on, action="store_true", **kw,
+                                       help=f"{help_text} (default: {on if default else '--' + neg})")
+                    group.add_argument(f"--{neg}", action="store_false", dest=kw["dest"], help=f"the opposite of {on}")
                     continue
-                parser.add_argument(part.flag(f), action=argparse.BooleanOptionalAction,
-                                    help=help_text or None, **kw)
+                parser.add_argument(part.flag(f), action=argparse.BooleanOptionalAction, **kw,
+                                    help=f"{help_text} (default: {'on' if default else 'off'})")
                 continue
             parse = {int: int, float: float, tuple: _tuple}.get(tp, str)
             # "none" means None for numbers; a string keeps it (``--eval-data none`` is a value)

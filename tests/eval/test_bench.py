@@ -40,7 +40,8 @@ def test_bench_json_has_every_field_and_packed_weights_read_less(tmp_path, tiny_
         assert json.loads((tmp_path / f"run-{name}" / "bench.json").read_text()) == recs[name]
         assert set(recs[name]) == FIELDS
         r = recs[name]
-        assert r["decode_ms_per_token"] > 0 and r["prefill_ms"] > 0 and r["peak_memory_bytes"] > 2**20
+        assert r["decode_ms_per_token"] > 0 and r["prefill_ms"] > 0
+        assert r["peak_memory_bytes"] > r["weight_bytes"]  # the process holds at least the weights it reads
         assr = r["achieved_gb_per_s"] / r["memory_bandwidth_gb_per_s"]
         assert abs(r["bandwidth_fraction"] - assr) < 1e-12
         assert abs(r["tokens_per_second"] - 1000 / r["decode_ms_per_token"]) < 1e-6

@@ -67,6 +67,13 @@ def test_f16_greedy_continuation_and_perplexity_match_transformers(tmp_path, tin
     rec = json.loads(capsys.readouterr().out)
     assert rec["backend"] == "llama.cpp" and rec["tokens"] == evaluate_perplexity(lm, cfg)["tokens"]
     assert rec["perplexity"] == pytest.approx(ours, rel=5e-3)
+    # the API routes a .gguf file the same way, and converts it through transformers when asked
+    import llmshrink as ls
+
+    api = ls.evaluate(out, cfg)
+    assert api["backend"] == "llama.cpp" and api["perplexity"] == rec["perplexity"]
+    converted = ls.evaluate(out, cfg, backend="transformers")
+    assert converted["backend"] == "transformers" and converted["perplexity"] == pytest.approx(ours, rel=1e-3)
 
 
 def test_a_pruned_model_exports_and_runs(tmp_path, tiny):

@@ -5,6 +5,7 @@ import torch
 
 from llmshrink.models.load import load_model
 from llmshrink.models.zoo import DEFAULT_MODEL, get_alias
+from tests.conftest import library_perplexity
 
 pytestmark = pytest.mark.e2e
 
@@ -52,7 +53,9 @@ def test_cli_eval_json_and_demo(capsys, tmp_path):
     assert main(["eval", DEFAULT_MODEL, "--data", "shakespeare:eval", "--max-tokens", "2048", "--json"]) == 0
     rec = json.loads(capsys.readouterr().out)
     print(f"\nperplexity on the first 2048 tokens of shakespeare:eval: {rec['perplexity']:.3f}")
-    assert 5 < rec["perplexity"] < 200 and rec["tokens"] == 4 * 511
+    ppl, tokens = library_perplexity(DEFAULT_MODEL, "shakespeare:eval", 512, max_tokens=2048)
+    assert rec["perplexity"] == pytest.approx(ppl, rel=1e-9) and rec["tokens"] == tokens == 4 * 511
+    assert abs(rec["perplexity"] / 33.999 - 1) < 0.25  # near the whole corpus' 33.999 (BENCHMARKS.md)
     assert main(["demo", "--max-tokens", "1024", "--steps", "3", "--calib-samples", "4",
                  "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out

@@ -126,4 +126,6 @@ def test_a_model_too_large_for_the_device_is_refused_before_loading(tiny_model_d
     assert main(["eval", str(tiny_model_dir), "--tasks", "lastword"]) == 2
     assert "too large" in capsys.readouterr().err
     monkeypatch.setattr(load, "available_memory", lambda device: need * 2)
-    assert load_model(str(tiny_model_dir)).model is not None
+    lm = load_model(str(tiny_model_dir))
+    assert lm.model.config.num_hidden_layers == 2 and lm.num_parameters == sum(
+        p.numel() for p in lm.model.parameters())

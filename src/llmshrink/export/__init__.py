@@ -1,1 +1,2 @@
-"""Writers for compressed models: Hugging Face GPTQ checkpoints (GGUF to come)."""
+"""Exporters of compressed models: Hugging Face GPTQ folders (``hf``) and GGUF files for llama.cpp
+(``gguf``, one class per GGML type in ``ggml``), each consuming the quantizer's result."""
