@@ -173,7 +173,7 @@ def main() -> int:
     r = sub.add_parser("run")
     r.add_argument("--root", required=True)
     r.add_argument("--tiny", default="runs/bytes/tiny", help="where the shared tiny models live")
-    r.add_argument("--default", action="store_true", help="the default-model cases too (about 20 minutes)")
+    r.add_argument("--default", action="store_true", help="the default-model cases too (about 60 minutes on 2 cores, 21 of them the LoRA heal of the prune recipe)")
     r.add_argument("--only", nargs="*", help="run only cases whose name contains one of these")
     c = sub.add_parser("compare")
     c.add_argument("a")
