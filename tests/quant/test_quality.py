@@ -41,8 +41,8 @@ def _ppl(model, **kw) -> float:
 
 
 @pytest.mark.parametrize(("bits", "benchmark"), [(4, 36.860), (3, 44.868)])
-def test_gptq_g128_perplexity_holds_the_benchmark(bits, benchmark, q4_g128, tmp_path):
-    out = q4_g128 if bits == 4 else tmp_path / "q3-g128"
+def test_gptq_g128_perplexity_holds_the_benchmark(bits, benchmark, request, tmp_path):
+    out = request.getfixturevalue("q4_g128") if bits == 4 else tmp_path / "q3-g128"
     if bits != 4:
         ls.quantize(DEFAULT_MODEL, out, ls.QuantConfig(bits=bits, group_size=128))
     cfg = json.loads((out / "config.json").read_text())["quantization_config"]
