@@ -1,5 +1,5 @@
-"""CUDA smoke test: the GPTQ solve, packing, packed-layer forward, GGML block packing and a
-tiny model's quantization run on a GPU and give what the CPU gives. Skips without a GPU."""
+"""CUDA smoke test: the GPTQ solve, packing, the packed layer's forward and GGML block packing
+run on a GPU and give what the CPU gives. Skips without a GPU."""
 
 import numpy as np
 import pytest

@@ -82,13 +82,11 @@ def evaluate(model: Model, config: EvalConfig | None = None, *, tasks: tuple[str
     lm-eval): one JSON-ready record, as ``llmshrink eval --json`` prints it. ``backend`` ``auto``
     scores a ``.gguf`` file with llama.cpp (its tokenizer, its logits) and anything else with
     transformers; ``transformers`` converts a GGUF file instead."""
+    from .eval.config import eval_backend
     from .eval.run import evaluate_perplexity
 
     cfg = config or EvalConfig()
-    gguf = not isinstance(model, LoadedModel) and Path(model).suffix.lower() == ".gguf" and Path(model).is_file()
-    if backend not in ("auto", "transformers", "llama.cpp"):
-        raise ValueError(f"backend must be auto, transformers or llama.cpp, got {backend!r}")
-    if backend == "llama.cpp" or (backend == "auto" and gguf):
+    if eval_backend(model, backend) == "llama.cpp":
         from .eval.llamacpp import load_llamacpp
 
         if tasks:

@@ -26,18 +26,15 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-perplexity", action="store_true", help="with --tasks: skip the perplexity run")
     p.add_argument("--out", default=None, help="folder to write eval.json into (for llmshrink report)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--backend", default="auto", choices=["auto", "transformers", "llama.cpp"],
+    from ..eval.config import BACKENDS
+
+    p.add_argument("--backend", default="auto", choices=list(BACKENDS),
                    help="auto (default): llama.cpp for a .gguf file, transformers otherwise")
-
-
-def _eval_backend(args: argparse.Namespace) -> str:
-    if args.backend != "auto":
-        return args.backend
-    return "llama.cpp" if Path(args.model).suffix.lower() == ".gguf" and Path(args.model).is_file() else "transformers"
 
 
 @command("eval", "perplexity and zero-shot accuracy (lm-eval) of a model", _eval_args)
 def cmd_eval(args: argparse.Namespace) -> int:
+    from ..eval.config import eval_backend
     from ..eval.run import evaluate_perplexity
 
     eval_part, tasks_part = _eval_parts()
@@ -47,7 +44,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         req = config(args, tasks_part, data=cfg.data, batch_size=cfg.batch_size)
     if args.no_perplexity and req is None:
         raise UserError("--no-perplexity leaves nothing to do without --tasks")
-    backend = _eval_backend(args)
+    backend = eval_backend(args.model, args.backend)
     if backend == "llama.cpp":
         if req is not None:
             raise UserError("--tasks runs through transformers; evaluate the GGUF file's perplexity alone, "

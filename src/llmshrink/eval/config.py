@@ -3,9 +3,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 from ..config import Config
+
+BACKENDS = ("auto", "transformers", "llama.cpp")
+
+
+def eval_backend(model, backend: str = "auto") -> str:
+    """The runtime that scores ``model``: ``auto`` picks llama.cpp for a ``.gguf`` file (its
+    tokenizer, its logits) and transformers for anything else (a folder, an alias, a loaded model)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend != "auto":
+        return backend
+    if not isinstance(model, str | Path):
+        return "transformers"
+    path = Path(model)
+    return "llama.cpp" if path.suffix.lower() == ".gguf" and path.is_file() else "transformers"
 
 
 @dataclass
