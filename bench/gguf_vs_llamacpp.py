@@ -31,7 +31,7 @@ from llmshrink.data.windows import bos_id, sample_windows, tokenize_corpus
 from llmshrink.eval.config import EvalConfig
 from llmshrink.eval.llamacpp import load_llamacpp
 from llmshrink.eval.run import evaluate_perplexity
-from llmshrink.export.config import GGUFConfig
+from llmshrink.exporters.config import GGUFConfig
 from llmshrink.jobs.export import export_gguf
 from llmshrink.models.load import load_model
 

@@ -26,8 +26,8 @@ from llmshrink.eval.run import evaluate_perplexity
 from llmshrink.eval.speed import decode_speed
 from llmshrink.jobs.prune import remove_least_important, scoring_batches
 from llmshrink.models.load import load_model, weights_size
-from llmshrink.prune.config import HealConfig, PruneConfig
-from llmshrink.prune.heal import heal_lora
+from llmshrink.pruning.config import HealConfig, PruneConfig
+from llmshrink.pruning.heal import heal_lora
 
 ROOT = Path("runs/bench/prune_heal")
 

@@ -20,8 +20,8 @@ import torch
 
 from llmshrink.jobs.prune import scoring_batches
 from llmshrink.models.load import load_model
-from llmshrink.prune.config import PruneConfig
-from llmshrink.prune.scores import ppl_leave_one_out, ppl_leave_one_out_naive
+from llmshrink.pruning.config import PruneConfig
+from llmshrink.pruning.scores import ppl_leave_one_out, ppl_leave_one_out_naive
 
 
 def main() -> None:

@@ -52,13 +52,14 @@ def make_tokenizer(add_bos: bool = False, chat_template: str | None = CHAT_TEMPL
     return fast
 
 
-def make_tiny_model(vocab_size: int, *, seed: int = 0, tie: bool = True, layers: int = 2):
+def make_tiny_model(vocab_size: int, *, seed: int = 0, tie: bool = True, layers: int = 2, hidden: int = 32,
+                    intermediate: int = 64, heads: int = 4, kv_heads: int = 2, std: float = 0.3):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
         tie_word_embeddings=tie, bos_token_id=1, eos_token_id=2, pad_token_id=2,
     )
     model = LlamaForCausalLM(cfg).eval()
@@ -66,7 +67,7 @@ def make_tiny_model(vocab_size: int, *, seed: int = 0, tie: bool = True, layers:
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
-                p.normal_(0, 0.3)
+                p.normal_(0, std)
     return model
 
 

@@ -14,7 +14,7 @@ import pytest
 from llmshrink.config import Config, Part, add_arguments, from_args, from_mapping
 from llmshrink.errors import UserError
 from llmshrink.eval.config import EvalConfig
-from llmshrink.generate import GenerateConfig
+from llmshrink.generation import GenerateConfig
 from llmshrink.quant.config import QuantConfig
 
 

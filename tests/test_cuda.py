@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from llmshrink.export.ggml import ggml_type
+from llmshrink.exporters.ggml import ggml_type
 from llmshrink.quant.config import QuantConfig
 from llmshrink.quant.gptq import accumulate_hessian, gptq_quantize
 from llmshrink.quant.pack import pack_qweight, pack_qzeros, unpack_qweight

@@ -17,12 +17,12 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "llmshrink"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     # the subpackages' __init__ modules hold a docstring only
     ("base", ("errors", "paths", "memory", "fetch", "config", "losses",
-              "quant", "models", "data", "prune", "tune", "export", "eval", "jobs")),
+              "quant", "models", "data", "pruning", "tune", "exporters", "eval", "jobs")),
     ("core", ("quant.grid", "quant.config", "quant.gptq", "quant.pack", "quant.qlinear")),
     ("models and data", ("models.*", "data.*")),
     ("driver", ("blockwise",)),
-    ("algorithms", ("quant.driver", "prune.*", "tune.*")),
-    ("exporters and evaluators", ("export.*", "eval.*", "generate")),
+    ("algorithms", ("quant.driver", "pruning.*", "tune.*")),
+    ("exporters and evaluators", ("exporters.*", "eval.*", "generation")),
     ("jobs", ("jobs.*",)),
     ("api and cli", ("api", "cli", "cli.*", "__main__", "")),
 ]
@@ -122,6 +122,6 @@ def test_no_import_cycle():
 def test_the_checks_catch_what_they_are_for():
     assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _find_cycle({"a": {"b"}, "b": set()}) is None
-    assert _layer("quant.gptq") < _layer("quant.driver") < _layer("export.hf") < _layer("jobs.quantize")
+    assert _layer("quant.gptq") < _layer("quant.driver") < _layer("exporters.hf") < _layer("jobs.quantize")
     with pytest.raises(AssertionError, match="in no layer"):
         _layer("nowhere")

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from .data.calib import CalibConfig
 from .eval.config import EvalConfig
-from .export.config import GGUFConfig
+from .exporters.config import GGUFConfig
 from .jobs.finetune import FinetuneResult
 from .models.load import LoadedModel, load_model
-from .prune.config import HealConfig, PruneConfig
+from .pruning.config import HealConfig, PruneConfig
 from .quant.config import QuantConfig
 from .quant.driver import QuantizeReport
 from .tune.config import FinetuneConfig

@@ -12,10 +12,10 @@ from llmshrink.errors import UserError
 from llmshrink.eval.config import EvalConfig
 from llmshrink.eval.llamacpp import _model_params, cpu_has_amx, load_llamacpp
 from llmshrink.eval.run import evaluate_perplexity
-from llmshrink.export.config import GGUFConfig
+from llmshrink.exporters.config import GGUFConfig
 from llmshrink.jobs.export import export_gguf
 from llmshrink.models.load import load_model
-from llmshrink.prune.depth import remove_blocks
+from llmshrink.pruning.depth import remove_blocks
 from tests.conftest import TEXT, make_tiny_model, save_model_dir
 
 pytest.importorskip("llama_cpp", reason="llama-cpp-python is a test dependency: pip install -e .[test]")

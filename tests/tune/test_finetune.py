@@ -203,7 +203,7 @@ def test_the_tuned_mixed_checkpoint_exports_to_gguf_and_runs_in_llama_cpp(dirs, 
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is a test dependency: pip install -e .[test]")
     from llmshrink.data.calib import CalibConfig
     from llmshrink.eval.llamacpp import load_llamacpp
-    from llmshrink.export.config import GGUFConfig
+    from llmshrink.exporters.config import GGUFConfig
     from llmshrink.jobs.export import export_gguf
 
     finetune_job.finetune(load_model(dirs["q"]), _cfg(dirs, steps=2), tmp_path / "tuned")

@@ -1,5 +1,5 @@
 """``llmshrink eval``, ``bench``, ``report`` and ``generate``: thin layers over :mod:`llmshrink.eval`
-and :mod:`llmshrink.generate`."""
+and :mod:`llmshrink.generation`."""
 
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _generate_part() -> Part:
-    from ..generate import GenerateConfig
+    from ..generation import GenerateConfig
 
     return Part("generate", GenerateConfig)
 
@@ -155,7 +155,7 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
 
 @command("generate", "answer one instruction through a prompt template", _generate_args)
 def cmd_generate(args: argparse.Namespace) -> int:
-    from ..generate import generate
+    from ..generation import generate
 
     cfg = config(args, _generate_part())
     lm = load(args)

@@ -10,7 +10,7 @@ def compare_models(models: list[tuple[str, str]], *, data: str, max_tokens: int 
     """One row per ``(name, MODEL)``: each model is loaded, measured and freed in turn."""
     import gc
 
-    from ..generate import GenerateConfig, generate
+    from ..generation import GenerateConfig, generate
     from ..models.load import load_model
     from .run import evaluate_perplexity
     from .speed import decode_speed

@@ -14,9 +14,9 @@ from typing import ClassVar
 from ..config import Config, Part
 from ..data.calib import CalibConfig, calibration_windows
 from ..errors import UserError
-from ..export.config import GGUFConfig
-from ..export.gguf import GGUFReport, check_exportable, float_blocks, write_gguf
-from ..export.hf import save_folder
+from ..exporters.config import GGUFConfig
+from ..exporters.gguf import GGUFReport, check_exportable, float_blocks, plan_tensor_types, write_gguf
+from ..exporters.hf import save_folder
 from ..models.load import LoadedModel
 from ..paths import output_path
 from ..quant.config import QuantConfig
@@ -27,15 +27,26 @@ from ..quant.qlinear import QuantLinear
 log = logging.getLogger(__name__)
 
 
-def solve_blocks(lm: LoadedModel, qcfg: QuantConfig, calib: CalibConfig, progress=None) -> dict[str, QuantResult]:
-    """GPTQ (or RTN) on a GGML grid for the model's plain blocks: {full layer name: result}."""
+def solve_blocks(lm: LoadedModel, qcfg: QuantConfig, calib: CalibConfig, progress=None, *,
+                 layer_config: Callable[[str], QuantConfig | None] | None = None) -> dict[str, QuantResult]:
+    """GPTQ (or RTN) on a GGML grid for the model's plain blocks: {full layer name: result}; with
+    ``layer_config``, each layer on the grid of its own type (None: left in float)."""
     todo = float_blocks(lm)
     if todo is None:
         return {}
     windows = calibration_windows(lm.tokenizer, calib) if qcfg.method == "gptq" else None
-    report = quantize_model(lm.model, lm.arch, windows, qcfg, blocks=todo, batch_size=calib.batch_size,
-                            progress=progress)
+    report = quantize_model(lm.model, lm.arch, windows, qcfg, layer_config=layer_config, blocks=todo,
+                            batch_size=calib.batch_size, progress=progress)
     return report.results
+
+
+def _layer_configs(lm: LoadedModel, cfg: GGUFConfig) -> Callable[[str], QuantConfig | None] | None:
+    """For a mix, each linear's solve settings on its planned type's grid; None for one type."""
+    if cfg.mix is None:
+        return None
+    plan = plan_tensor_types(lm, cfg)
+    configs = {n: cfg.quant_config(t.name) if t.quantized else None for n, t in plan.linears.items()}
+    return configs.__getitem__
 
 
 def export_gguf(lm: LoadedModel, cfg: GGUFConfig, out: Path, *, calib: CalibConfig | None = None,
@@ -45,7 +56,8 @@ def export_gguf(lm: LoadedModel, cfg: GGUFConfig, out: Path, *, calib: CalibConf
     out = output_path(out)
     check_exportable(lm, cfg)  # refuse an unrepresentable model before solving
     qcfg = cfg.quant_config()
-    results = solve_blocks(lm, qcfg, calib or CalibConfig(), progress) if qcfg is not None else {}
+    results = (solve_blocks(lm, qcfg, calib or CalibConfig(), progress, layer_config=_layer_configs(lm, cfg))
+               if qcfg is not None else {})
     return write_gguf(lm, cfg, out, results, t0=t0)
 
 

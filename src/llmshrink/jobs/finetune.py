@@ -14,7 +14,7 @@ from ..data.corpora import NAMED
 from ..errors import UserError
 from ..eval.config import EvalConfig
 from ..eval.run import evaluate_perplexity
-from ..export.hf import Extra, save_folder
+from ..exporters.hf import Extra, save_folder
 from ..models.load import LoadedModel
 from ..paths import output_path
 from ..tune.config import FinetuneConfig

@@ -13,13 +13,13 @@ import torch
 
 from ..config import Part
 from ..data.calib import corpus_windows
-from ..export.hf import save_folder
+from ..exporters.hf import save_folder
 from ..models.load import LoadedModel
 from ..paths import atomic_dir, output_path
-from ..prune.config import HealConfig, PruneConfig
-from ..prune.depth import remove_blocks
-from ..prune.plot import plot_scores
-from ..prune.scores import BlockScores, score_blocks
+from ..pruning.config import HealConfig, PruneConfig
+from ..pruning.depth import remove_blocks
+from ..pruning.plot import plot_scores
+from ..pruning.scores import BlockScores, score_blocks
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def run_prune(lm: LoadedModel, cfg: PruneConfig, out: Path, *, heal: HealConfig 
     record.update(scores=[dataclasses.asdict(s) for s in history], removed=removed, kept=kept,
                   blocks_after=len(kept), score_seconds=sum(s.seconds for s in history))
     if heal.method == "lora":
-        from ..prune.heal import heal_lora
+        from ..pruning.heal import heal_lora
 
         lm.model, stats = heal_lora(lm.model, lm.arch, lm.tokenizer, heal, teacher=teacher, progress=progress)
         record["heal"] = {"config": heal.to_dict(), "steps": stats.steps, "tokens": stats.tokens,

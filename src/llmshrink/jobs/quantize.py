@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from ..config import Config, Part
 from ..data.calib import CalibConfig, calibration_windows
-from ..export.hf import check_packable, save_quantized
+from ..exporters.hf import check_packable, save_quantized
 from ..models.arch import block_range
 from ..models.load import LoadedModel
 from ..paths import output_path

@@ -33,21 +33,30 @@ class QuantConfig(Config):
     mse: bool = field(default=True, metadata={"help": "search shrunk ranges for the lowest (Hessian-weighted, "
                                                       "for GPTQ) error per group; --no-mse: plain min/max ranges"})
     grid: str = field(default="zero", metadata={"help": "zero (HF GPTQ: scale and zero point), signed (GGUF "
-                                                        "Q4_0/Q8_0) or min (GGUF Q4_1: scale and fp16 minimum)",
-                                                "choices": GRID_KINDS, "cli": False})
+                                                        "Q4_0/Q5_0/Q8_0), min (GGUF Q4_1/Q5_1: scale and fp16 "
+                                                        "minimum), or a two-level K-quant grid (k_min4, k_min6, "
+                                                        "k_signed6, k_signed8)",
+                                                "choices": tuple(GRID_KINDS), "cli": False})
 
     def __post_init__(self) -> None:
         self.one_of("method", QUANT_METHODS, "method")
-        self.check(self.bits in (2, 3, 4, 8), "bits", f"must be 2, 3, 4 or 8, got {self.bits!r}")
+        self.one_of("grid", GRID_KINDS, "grid")
+        if self.grid == "zero":  # what GPTQ checkpoints pack; GGML grids also take 5 and 6
+            self.check(self.bits in (2, 3, 4, 8), "bits", f"must be 2, 3, 4 or 8, got {self.bits!r}")
+        else:
+            self.check(self.bits in range(2, 9), "bits", f"must be 2 to 8 on a {self.grid} grid, got {self.bits!r}")
         gs = self.group_size
         self.check(isinstance(gs, int) and not isinstance(gs, bool) and (gs == -1 or gs >= 1), "group_size",
                    f"must be -1 (one group per row) or >= 1, got {gs!r}")
         self.check(0 < self.damp < 1, "damp", f"must be in (0, 1), got {self.damp!r}")
         self.positive("block_size")
-        self.one_of("grid", GRID_KINDS, "grid")
-        self.check(not ((self.grid == "signed" and not self.sym) or (self.grid == "min" and self.sym)), "sym",
-                   f"must be {self.grid == 'signed'} on a {self.grid} grid "
-                   f"({'symmetric' if self.grid == 'signed' else 'asymmetric'})")
+        base = GRID_KINDS[self.grid].base
+        self.check(not ((base == "signed" and not self.sym) or (base == "min" and self.sym)), "sym",
+                   f"must be {base == 'signed'} on a {self.grid} grid "
+                   f"({'symmetric' if base == 'signed' else 'asymmetric'})")
+        sup = GRID_KINDS[self.grid].super_cols
+        self.check(not sup or (not self.per_row and sup % self.group_size == 0), "group_size",
+                   f"must divide {sup} on a {self.grid} grid, got {self.group_size}")
         self.check(self.grid == "zero" or not self.act_order or self.static_groups or self.per_row, "static_groups",
                    f"must be on with act_order: a {self.grid} grid stores one scale per block of consecutive columns")
 

@@ -7,7 +7,7 @@ windows, the pure solver returns a :class:`QuantResult` per layer, and the layer
 replaced by its dequantized solution, so the next group and the next block see the quantized
 outputs (see :func:`quantize_block` for the staged passes). The results are kept per layer for
 the exporters, or, with ``pack=True``, packed into :class:`QuantLinear` as each block is done.
-The result, a :class:`QuantizeReport`, is what the exporters (``llmshrink.export``) consume.
+The result, a :class:`QuantizeReport`, is what the exporters (``llmshrink.exporters``) consume.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -125,10 +125,17 @@ def _staged(block: torch.nn.Module, hessians: dict[str, list], stop_at: str, ski
             block.set_submodule(part, module)
 
 
-def _solve(mod: torch.nn.Linear, full: str, H: torch.Tensor | None, cfg: QuantConfig,
+LayerConfig = QuantConfig | Callable[[str], QuantConfig | None]
+
+
+def _solve(mod: torch.nn.Linear, full: str, H: torch.Tensor | None, config: LayerConfig,
            report: QuantizeReport) -> None:
     """Quantize one linear layer in place (GPTQ with ``H``; RTN scored on ``H`` if given): its
-    weight becomes the dequantized solution; the result is kept for packing."""
+    weight becomes the dequantized solution; the result is kept for packing. ``config`` is the
+    settings, or a function of the layer's full name giving them (None: the layer stays float)."""
+    cfg = config(full) if callable(config) else config
+    if cfg is None:
+        return
     W = mod.weight.data
     if not torch.isfinite(W).all():
         raise UserError(f"non-finite weights in {full}: the model file is damaged")
@@ -156,7 +163,7 @@ def _check_hessian(H: torch.Tensor, full: str) -> None:
 
 
 @torch.no_grad()
-def quantize_block(i: int, block: torch.nn.Module, inputs: BlockInputs, arch: ArchSpec, cfg: QuantConfig,
+def quantize_block(i: int, block: torch.nn.Module, inputs: BlockInputs, arch: ArchSpec, cfg: LayerConfig,
                    report: QuantizeReport, *, true_sequential: bool = True) -> list[torch.Tensor]:
     """Quantize one block in place and return its (quantized) outputs for the next block; the
     outputs replace the inputs in ``inputs.hidden``, which is consumed.
@@ -242,7 +249,7 @@ def _quantize_head(model: torch.nn.Module, arch: ArchSpec, final: BlockInputs | 
 
 
 def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor | None, cfg: QuantConfig, *,
-                   blocks: range | None = None, batch_size: int = 8, true_sequential: bool = True,
+                   layer_config: Callable[[str], QuantConfig | None] | None = None, blocks: range | None = None, batch_size: int = 8, true_sequential: bool = True,
                    lm_head: bool = False, pack: bool = False, prepare: Prepare | None = None,
                    captured: Captured | None = None, progress=None) -> QuantizeReport:
     """Quantize ``blocks`` (default all) of ``model`` in place, calibrating on ``calib`` [n, seqlen];
@@ -256,13 +263,18 @@ def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor |
     in float, not the model.
 
     RTN without ``calib`` rounds the weights directly; with ``calib`` it is run through the same
-    driver as GPTQ so that its H-weighted loss is reported for comparison."""
+    driver as GPTQ so that its H-weighted loss is reported for comparison. ``layer_config`` gives
+    each layer (by full name) its own settings, None leaving it float (a GGUF mix's types); it
+    needs ``cfg.method``'s calibration and is not packed."""
     layers = arch.blocks(model)
     n_layers = len(layers)
     todo = blocks if blocks is not None else range(n_layers)
     check_block_range(todo, n_layers)
     t0 = time.perf_counter()
     report = QuantizeReport(cfg, list(todo), lm_head=lm_head, packed=pack, true_sequential=true_sequential)
+    if layer_config is not None and pack:
+        raise ValueError("per-layer settings are for exporters, which consume the results: not with pack")
+    solve: LayerConfig = layer_config or cfg
 
     def done(i: int, block: torch.nn.Module) -> None:
         if pack:
@@ -279,11 +291,11 @@ def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor |
             if prepare is not None:
                 prepare(i, layers[i])
             for name in arch.linear_names:
-                _solve(layers[i].get_submodule(name), f"{arch.layers}.{i}.{name}", None, cfg, report)
+                _solve(layers[i].get_submodule(name), f"{arch.layers}.{i}.{name}", None, solve, report)
             done(i, layers[i])
     else:
         def visit(i, block, inputs):
-            outs = quantize_block(i, block, inputs, arch, cfg, report, true_sequential=true_sequential)
+            outs = quantize_block(i, block, inputs, arch, solve, report, true_sequential=true_sequential)
             done(i, block)
             return outs
 

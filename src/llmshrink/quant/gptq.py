@@ -25,7 +25,7 @@ import torch
 
 from ..errors import UserError
 from .config import QuantConfig
-from .grid import Grid, fit_grid, group_bounds
+from .grid import GRID_KINDS, Grid, fit_groups, group_bounds
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ class QuantResult:
     loss: float  # tr((W - Ŵ) H (W - Ŵ)ᵀ), H undamped
     damp: float  # damping fraction actually used (0 for RTN)
     mins: torch.Tensor | None = None  # [groups, out] float32: ``min`` grids (Ŵ = scale·q + min)
+    d: torch.Tensor | None = None  # [groups, out]: two-level grids: each group's super-block unit (scale = d·n)
+    dmin: torch.Tensor | None = None  # [groups, out]: two-level ``min`` grids: the minimum's unit (min = −dmin·m)
 
     def dequantize(self) -> torch.Tensor:
         cols = self.g_idx.long()
@@ -52,7 +54,9 @@ def _stack(grids: list[Grid], g_idx: torch.Tensor, q: torch.Tensor, perm, damp: 
     scales = torch.stack([g.scale for g in grids])
     zeros = torch.stack([g.zero for g in grids]).round().to(torch.int32)
     mins = torch.stack([g.offset for g in grids]) if grids[0].offset is not None else None
-    return QuantResult(q.to(torch.uint8), scales, zeros, g_idx, perm, 0.0, damp, mins)
+    d = torch.stack([g.d for g in grids]) if grids[0].d is not None else None
+    dmin = torch.stack([g.dmin for g in grids]) if grids[0].dmin is not None else None
+    return QuantResult(q.to(torch.uint8), scales, zeros, g_idx, perm, 0.0, damp, mins, d, dmin)
 
 
 def accumulate_hessian(H: torch.Tensor | None, n: int, x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -108,12 +112,10 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, max_ret
     W[:, dead] = 0
 
     gs = cfg.group_columns(in_f)
-    bounds = group_bounds(in_f, gs)
+    span = GRID_KINDS[cfg.grid].super_cols or gs  # columns whose grids are fitted together
     static: list[Grid] | None = None
     if cfg.static_groups and not cfg.per_row:
-        hd = torch.diag(H).float()
-        static = [fit_grid(W[:, a:b], maxq, sym=cfg.sym, mse=cfg.mse, col_weight=hd[a:b], kind=cfg.grid)
-                  for a, b in bounds]
+        static = fit_groups(W, maxq, cfg.grid, gs, sym=cfg.sym, mse=cfg.mse, col_weight=torch.diag(H).float())
 
     perm = None
     if cfg.act_order:
@@ -143,11 +145,12 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, max_ret
                 grid = static[g]
             else:
                 g = col // gs
-                if col % gs == 0:
-                    grid = fit_grid(_group_columns(W, W1, Err1, Hinv, i1, i, i2, min(col + gs, in_f)),
-                                    maxq, sym=cfg.sym, mse=cfg.mse, col_weight=hdiag[col: min(col + gs, in_f)],
-                                    kind=cfg.grid)
-                    grids[g] = grid
+                if col % span == 0:
+                    end = min(col + span, in_f)
+                    fitted = fit_groups(_group_columns(W, W1, Err1, Hinv, i1, i, i2, end), maxq, cfg.grid, gs,
+                                        sym=cfg.sym, mse=cfg.mse, col_weight=hdiag[col:end])
+                    grids.update({g + k: gr for k, gr in enumerate(fitted)})
+                grid = grids[g]
             assert grid is not None
             w = W1[:, i]
             d = Hinv1[i, i]
@@ -186,8 +189,9 @@ def _group_columns(W, W1, Err1, Hinv, i1: int, i: int, i2: int, end: int) -> tor
 def rtn_quantize(W: torch.Tensor, cfg: QuantConfig, H: torch.Tensor | None = None) -> QuantResult:
     """Round-to-nearest on the same grids (the baseline); ``H``, if given, only scores the loss."""
     W0 = W.float()
-    bounds = group_bounds(W0.shape[1], cfg.group_columns(W0.shape[1]))
-    grids = [fit_grid(W0[:, a:b], cfg.maxq, sym=cfg.sym, mse=cfg.mse, kind=cfg.grid) for a, b in bounds]
+    gs = cfg.group_columns(W0.shape[1])
+    bounds = group_bounds(W0.shape[1], gs)
+    grids = fit_groups(W0, cfg.maxq, cfg.grid, gs, sym=cfg.sym, mse=cfg.mse)
     q = torch.cat([gr.quantize(W0[:, a:b], cfg.maxq) for gr, (a, b) in zip(grids, bounds, strict=True)], dim=1)
     g_idx = torch.cat([torch.full((b - a,), g, dtype=torch.int32, device=W0.device) for g, (a, b) in enumerate(bounds)])
     res = _stack(grids, g_idx, q, None, 0.0)

@@ -4,7 +4,7 @@ from transformers import AutoModelForCausalLM
 
 from llmshrink.errors import UserError
 from llmshrink.models.arch import arch_of
-from llmshrink.prune.depth import remove_blocks
+from llmshrink.pruning.depth import remove_blocks
 from tests.conftest import make_tiny_model
 
 

@@ -1,6 +1,6 @@
 import torch
 
-from llmshrink.generate import GenerateConfig, generate
+from llmshrink.generation import GenerateConfig, generate
 from tests.conftest import make_tiny_model
 
 

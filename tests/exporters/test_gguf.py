@@ -8,9 +8,9 @@ import torch
 from llmshrink.cli import main
 from llmshrink.data.calib import CalibConfig
 from llmshrink.errors import UserError
-from llmshrink.export.config import GGUFConfig
-from llmshrink.export.gguf import _rope_rows
-from llmshrink.export.hf import save_quantized
+from llmshrink.exporters.config import GGUFConfig
+from llmshrink.exporters.gguf import _rope_rows
+from llmshrink.exporters.hf import save_quantized
 from llmshrink.jobs.export import export_gguf
 from llmshrink.models.arch import arch_of
 from llmshrink.models.load import load_model
@@ -122,8 +122,8 @@ def test_untied_pruned_and_partially_quantized_models_export(tmp_path, tokenizer
 
 
 def test_bad_input_one_line_error_and_nothing_left(tmp_path, tiny, capsys):
-    assert main(["export", str(tiny), "--type", "q5_k", "--out", str(tmp_path / "a.gguf")]) == 2
-    assert "unsupported GGUF type 'q5_k'" in capsys.readouterr().err
+    assert main(["export", str(tiny), "--type", "q7_k", "--out", str(tmp_path / "a.gguf")]) == 2
+    assert "unsupported GGUF type 'q7_k'" in capsys.readouterr().err
     assert main(["export", str(tiny), "--type", "f16", "--out", str(tmp_path / "no" / "a.gguf")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not any(tmp_path.rglob("*.gguf*"))

@@ -27,10 +27,12 @@ from ..models.load import LoadedModel
 from ..paths import atomic_file, output_path
 from ..quant.config import QuantConfig
 from ..quant.gptq import QuantResult
+from ..quant.grid import GRID_KINDS
 from ..quant.qlinear import QuantLinear
 from .config import GGUFConfig
 from .ggml import GGMLType, ggml_type, is_blockwise
 from .gguf_meta import add_hparams, add_tokenizer, gguf_arch, read_vocab
+from .gguf_mix import fallback, plan_types
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ def _packed_result(mod: QuantLinear, qcfg: QuantConfig) -> QuantResult | None:
     from ..quant.pack import unpack_qweight, unpack_qzeros
 
     g_idx = mod.g_idx.to(torch.int32)
-    if mod.bits != qcfg.bits or not is_blockwise(g_idx, mod.in_features):
+    if GRID_KINDS[qcfg.grid].two_level or mod.bits != qcfg.bits or not is_blockwise(g_idx, mod.in_features):
         return None
     q = unpack_qweight(mod.qweight, mod.bits).to(torch.uint8)
     zeros = unpack_qzeros(mod.qzeros, mod.bits).to(torch.int32)
@@ -105,6 +107,60 @@ def float_blocks(lm: LoadedModel) -> range | None:
     return range(first, len(plain)) if first < len(plain) else None
 
 
+@dataclass
+class TypePlan:
+    """Each tensor's GGML type in the file: the decoder blocks' linears by full HF name, the
+    embedding, and an untied output (None when tied)."""
+
+    linears: dict[str, GGMLType]
+    embed: GGMLType
+    output: GGMLType | None
+    file_type: gguf.LlamaFileType
+
+
+def _tensor_names(lm: LoadedModel):
+    """A function HF tensor name -> its GGUF name, for ``lm``'s block count."""
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, len(lm.arch.blocks(lm.model)))
+    return lambda hf: names.get_name(hf, try_suffixes=(".weight", ".bias"))
+
+
+def _is_tied(lm: LoadedModel) -> bool:
+    head = lm.model.get_submodule(lm.arch.lm_head)
+    embed = lm.model.get_submodule(lm.arch.embed).weight
+    return not isinstance(head, QuantLinear) and head.weight.data_ptr() == embed.data_ptr()
+
+
+def plan_tensor_types(lm: LoadedModel, cfg: GGUFConfig) -> TypePlan:
+    """The type of every tensor of ``lm``'s file under ``cfg``: one type for all linears (with the
+    embedding and output in ``embed_type``, default q8_0 for quantized types), or, for a mix,
+    llama.cpp's choice per tensor (``embed_type`` still overrides the embedding and output)."""
+    model, arch = lm.model, lm.arch
+    linears = {f"{arch.layers}.{i}.{n}": b.get_submodule(n) for i, b in enumerate(arch.blocks(model))
+               for n in arch.linear_names}
+    tied = _is_tied(lm)
+    forced = ggml_type(cfg.embed_type, internal=True) if cfg.embed_type else None
+    if cfg.mix is None:
+        t = ggml_type(cfg.type)
+        et = forced or ggml_type("q8_0" if t.quantized else t.name)
+        return TypePlan(dict.fromkeys(linears, t), et, None if tied else et, t.file_type)
+    gguf_name = _tensor_names(lm)
+    width = model.config.hidden_size
+    order = [(f"{arch.embed}.weight", width), *((f"{n}.weight", m.in_features) for n, m in linears.items())]
+    if not tied:
+        order.append((f"{arch.lm_head}.weight", width))
+    by_gguf = {gguf_name(n): n for n, _ in order}
+    n_kv = getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads
+    plan = plan_types(cfg.mix, [(gguf_name(n), w) for n, w in order],
+                      n_gqa=model.config.num_attention_heads // n_kv, tied=tied)
+    types = {by_gguf[g]: ggml_type(t, internal=True) for g, t in plan.items()}
+    embed = forced or types[f"{arch.embed}.weight"]
+    output = None if tied else forced or types[f"{arch.lm_head}.weight"]
+    if forced is not None:  # the forced type still obeys the row-width fallback
+        embed = ggml_type(fallback(forced.name, width, "token_embd.weight"), internal=True)
+        output = None if tied else embed
+    return TypePlan({n: types[f"{n}.weight"] for n in linears}, embed, output, cfg.mix.file_type)
+
+
 def check_exportable(lm: LoadedModel, cfg: GGUFConfig) -> None:
     """Refuse, before any solving, what the file cannot hold: the architecture, the tokenizer."""
     gguf_arch(getattr(lm.model.config, "model_type", None))
@@ -119,32 +175,33 @@ def write_gguf(lm: LoadedModel, cfg: GGUFConfig, out: Path, results: dict[str, Q
     out = output_path(out)
     config = lm.model.config
     arch_name = gguf_arch(getattr(config, "model_type", None))
-    t = ggml_type(cfg.type)
-    et = ggml_type(cfg.embed_type or ("q8_0" if t.quantized else t.name))
-    qcfg = cfg.quant_config()
-    report = GGUFReport(out, t.name, et.name, cfg.method if t.quantized else "none")
+    plan = plan_tensor_types(lm, cfg)
+    quantized = cfg.mix is not None or ggml_type(cfg.type).quantized
+    report = GGUFReport(out, cfg.type, plan.embed.name, cfg.method if quantized else "none")
 
     model, arch = lm.model, lm.arch
     blocks = arch.blocks(model)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, len(blocks))
+    gguf_name = _tensor_names(lm)
     heads = config.num_attention_heads
     kv = getattr(config, "num_key_value_heads", None) or heads
     rope_heads = {"self_attn.q_proj": heads, "self_attn.k_proj": kv}
     tensors: list[tuple[str, np.ndarray, GGMLType]] = []
 
     def add(hf_name: str, data: np.ndarray, tt: GGMLType, rows: torch.Tensor | None = None) -> None:
-        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        name = gguf_name(hf_name)
         if name is None:
             raise UserError(f"no GGUF name for tensor {hf_name}: this model has parts llama.cpp's llama lacks")
         tensors.append((name, data[rows.cpu().numpy()] if rows is not None else data, tt))
 
     f32 = ggml_type("f32", internal=True)
     embed = model.get_submodule(arch.embed).weight.data
-    add(f"{arch.embed}.weight", et.encode(embed), et)
+    add(f"{arch.embed}.weight", plan.embed.encode(embed), plan.embed)
     for i, block in enumerate(blocks):
         for local, mod in block.named_modules():
             full = f"{arch.layers}.{i}.{local}"
             if local in arch.linear_names:
+                t = plan.linears[full]
+                qcfg = cfg.quant_config(t.name) if t.quantized else None
                 rows = _rope_rows(mod.out_features, rope_heads[local]) if local in rope_heads else None
                 add(f"{full}.weight", _linear_bytes(full, mod, t, qcfg, results, report), t, rows)
                 if getattr(mod, "bias", None) is not None:
@@ -153,17 +210,16 @@ def write_gguf(lm: LoadedModel, cfg: GGUFConfig, out: Path, results: dict[str, Q
                 for pname, p in mod.named_parameters(recurse=False):
                     add(f"{full}.{pname}", f32.encode(p.data), f32)
     add(f"{arch.norm}.weight", f32.encode(model.get_submodule(arch.norm).weight.data), f32)
-    head = model.get_submodule(arch.lm_head)
-    tied = not isinstance(head, QuantLinear) and head.weight.data_ptr() == embed.data_ptr()
-    if not tied:  # llama.cpp uses token_embd as the output when there is no output.weight
+    if plan.output is not None:  # llama.cpp uses token_embd as the output when there is no output.weight
+        head = model.get_submodule(arch.lm_head)
         w = head.dequantized_weight() if isinstance(head, QuantLinear) else head.weight.data
-        add(f"{arch.lm_head}.weight", et.encode(w), et)
+        add(f"{arch.lm_head}.weight", plan.output.encode(w), plan.output)
 
     with atomic_file(out) as tmp:
         w = gguf.GGUFWriter(tmp, arch_name)
         add_hparams(w, config, len(blocks), lm.name)
         add_tokenizer(w, lm.tokenizer, config.vocab_size)
-        w.add_file_type(int(t.file_type))
+        w.add_file_type(int(plan.file_type))
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         for name, data, tt in tensors:
             raw = tt.ggml if tt.ggml == gguf.GGMLQuantizationType.BF16 or tt.quantized else None
@@ -175,5 +231,5 @@ def write_gguf(lm: LoadedModel, cfg: GGUFConfig, out: Path, results: dict[str, Q
         w.close()
     report.size = out.stat().st_size
     report.seconds = time.perf_counter() - t0
-    log.info("wrote %s (%s, %.1f MB) in %.1f s", out, t.name, report.size / 1e6, report.seconds)
+    log.info("wrote %s (%s, %.1f MB) in %.1f s", out, cfg.type, report.size / 1e6, report.seconds)
     return report

@@ -5,7 +5,7 @@ import torch
 
 from llmshrink.errors import UserError
 from llmshrink.models.arch import arch_of
-from llmshrink.prune.scores import (
+from llmshrink.pruning.scores import (
     BlockScores,
     _nll_sum,
     ppl_leave_one_out,

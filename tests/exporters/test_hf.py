@@ -6,7 +6,7 @@ from safetensors import safe_open
 
 from llmshrink.errors import UserError
 from llmshrink.eval.perplexity import perplexity
-from llmshrink.export.hf import check_packable, save_quantized
+from llmshrink.exporters.hf import check_packable, save_quantized
 from llmshrink.models.arch import arch_of
 from llmshrink.models.load import load_model
 from llmshrink.quant.config import QuantConfig

@@ -5,7 +5,7 @@ import pytest
 from transformers import LlamaConfig
 
 from llmshrink.errors import UserError
-from llmshrink.export.gguf_meta import add_hparams, add_tokenizer, gguf_arch, read_vocab
+from llmshrink.exporters.gguf_meta import add_hparams, add_tokenizer, gguf_arch, read_vocab
 
 
 def _read(tmp_path, fill):
