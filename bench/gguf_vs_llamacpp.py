@@ -8,9 +8,14 @@ the same calibration windows GPTQ uses; what ``llama-imatrix`` computes). Every 
 evaluated by llama.cpp (its tokenizer, its logits) on the same ``shakespeare:eval`` windows,
 and transformers' perplexity of the original model is recorded beside them.
 
-Resumable: finished rows are kept in runs/bench/gguf/results.json; delete it to start over.
+With ``--mixes``, the llama.cpp K-quant mixes instead (``q4_k_m`` and so on): llmshrink's file
+(each tensor typed as llama-quantize types it, GPTQ solved on every type's grid) against
+llama.cpp's from our F16 with its default types, without and with the importance matrix; rows in
+runs/bench/gguf-k/results.json.
 
-    python bench/gguf_vs_llamacpp.py [--nsamples 128] [--max-tokens N]
+Resumable: finished rows are kept in the results file; delete it to start over.
+
+    python bench/gguf_vs_llamacpp.py [--nsamples 128] [--max-tokens N] [--mixes q4_k_m,q3_k_m,...]
 """
 
 from __future__ import annotations
@@ -109,12 +114,21 @@ def llama_quantize(src: Path, dst: Path, ftype: str, embed: str | None, imatrix:
 
 
 def main() -> None:
+    global ROOT, OURS, THEIRS
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--data", default="shakespeare:eval")
     ap.add_argument("--nsamples", type=int, default=CalibConfig.nsamples)
     ap.add_argument("--max-tokens", type=int, default=None)
+    ap.add_argument("--mixes", default=None, help="comma-separated llama.cpp K mixes to compare instead")
     args = ap.parse_args()
+    if args.mixes:
+        ROOT = Path("runs/bench/gguf-k")
+        OURS = tuple(args.mixes.split(","))
+        THEIRS = {}
+        for m in OURS:
+            THEIRS[f"llama.cpp {m}"] = (f"MOSTLY_{m.upper()}", None, False)
+            THEIRS[f"llama.cpp {m} + imatrix"] = (f"MOSTLY_{m.upper()}", None, True)
     ROOT.mkdir(parents=True, exist_ok=True)
     path = ROOT / "results.json"
     res = json.loads(path.read_text()) if path.exists() else {"rows": {}}
@@ -193,10 +207,13 @@ def table(res: dict) -> str:
             continue
         lines.append(f"| {name} | {r['size'] / 1e6:.1f} | {r['bits_per_weight']:.2f} | {r['perplexity']:.3f} | "
                      f"{r['perplexity'] - base:+.3f} |")
-    ours, theirs = rows.get("llmshrink gptq q4_0"), rows.get("llama.cpp q4_0")
-    if ours and theirs:
-        lines.append(f"\nQ4_0 increase ratio (llmshrink GPTQ / llama.cpp): "
-                     f"{(ours['perplexity'] - base) / (theirs['perplexity'] - base):.3f}")
+    for t in OURS:
+        ours = rows.get(f"llmshrink gptq {t}")
+        for other in (f"llama.cpp {t}", f"llama.cpp {t} + imatrix"):
+            theirs = rows.get(other)
+            if ours and theirs:
+                lines.append(f"\n{t} increase ratio (llmshrink GPTQ / {other}): "
+                             f"{(ours['perplexity'] - base) / (theirs['perplexity'] - base):.3f}")
     return "\n".join(lines)
 
 

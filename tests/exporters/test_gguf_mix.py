@@ -88,8 +88,9 @@ def test_our_mix_types_equal_llama_quantizes(tmp_path, k_models, text_file, shap
     assert gguf.GGUFReader(ours).fields["general.file_type"].contents() == int(MIXES[mix].file_type)
 
 
-@pytest.mark.parametrize("mix", ["q2_k", "q3_k_m", "q4_k_m", "q5_k_s", "q6_k"])
-def test_gptq_mixes_hold_the_solution_and_run_in_llama_cpp(tmp_path, k_models, text_file, mix):
+@pytest.mark.parametrize(("mix", "down_type"), [("q2_k", "Q3_K"), ("q4_k_m", "Q4_K"), ("q6_k", "Q6_K"),
+                                               ("iq4_nl", "IQ4_NL")])
+def test_gptq_mixes_hold_the_solution_and_run_in_llama_cpp(tmp_path, k_models, text_file, mix, down_type):
     from llmshrink.eval.llamacpp import load_llamacpp
 
     lm = load_model(str(k_models["w256-untied-gqa4"]))
@@ -98,7 +99,7 @@ def test_gptq_mixes_hold_the_solution_and_run_in_llama_cpp(tmp_path, k_models, t
     assert len(rep.solved) == 8 * 7
     r = gguf.GGUFReader(out)
     t = next(t for t in r.tensors if t.name == "blk.5.ffn_down.weight")
-    assert t.tensor_type.name.endswith("_K")
+    assert t.tensor_type.name == down_type
     w = gguf.quants.dequantize(t.data, t.tensor_type).reshape(lm.model.config.hidden_size, -1)
     np.testing.assert_array_equal(w, lm.model.model.layers[5].mlp.down_proj.weight.detach().numpy())
     prompt = lm.tokenizer("To be, or not to be", add_special_tokens=False)["input_ids"]
@@ -128,3 +129,26 @@ def _gap_to_transformers(path, prompt) -> tuple[float, float]:
 def test_unknown_mix_is_a_one_line_error():
     with pytest.raises(UserError, match="unsupported GGUF type 'q4_k_x'.*q4_k_m"):
         GGUFConfig(type="q4_k_x")
+
+
+@pytest.mark.e2e
+def test_default_model_mix_types_equal_llama_quantizes(tmp_path):
+    """SmolLM2-135M (hidden 576): every row but ffn_down's (1,536) falls back, as in llama.cpp."""
+    from llmshrink.exporters.gguf import plan_tensor_types
+    from llmshrink.models.zoo import DEFAULT_MODEL
+
+    lm = load_model(DEFAULT_MODEL)
+    f16 = tmp_path / "f16.gguf"
+    export_gguf(lm, GGUFConfig(type="f16"), f16)
+    for mix in ("q2_k", "q3_k_m", "q4_k_m", "iq4_nl"):
+        theirs = _llama_cpp_types(str(f16), mix, str(tmp_path / f"{mix}.gguf"))
+        plan = plan_tensor_types(lm, GGUFConfig(type=mix))
+        ours = {f"blk.{n.split('.')[2]}.{_GGUF[n.rsplit('.', 1)[-1]]}.weight": t.name.upper()
+                for n, t in plan.linears.items()}
+        ours["token_embd.weight"] = plan.embed.name.upper()
+        assert plan.output is None  # tied
+        assert ours == {k: v for k, v in theirs.items() if v != "F32"}, mix
+
+
+_GGUF = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
+         "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}

@@ -79,3 +79,39 @@ def test_grid_config_validation():
         QuantConfig(grid="min", sym=True)
     with pytest.raises(UserError, match="static_groups"):
         QuantConfig(grid="signed", act_order=True, static_groups=False)
+
+
+def test_table_grid_rounds_to_the_nearest_level():
+    from llmshrink.quant.grid import GRID_KINDS
+
+    w = torch.tensor([[-1.27, 0.0, 0.13, 0.125, 1.13, 0.69]])
+    g = fit_grid(w, 15, sym=True, kind="nl4")
+    assert torch.equal(g.scale, torch.tensor([0.01]).half().float())  # the extreme on level -127
+    levels = torch.tensor(GRID_KINDS["nl4"].levels, dtype=torch.float32)
+    q = g.quantize(w, 15)
+    back = g.dequantize(q)
+    nearest = (w / g.scale[:, None]).unsqueeze(-1).sub(levels).abs().min(-1).values
+    assert torch.allclose((back - w).abs() / g.scale[:, None], nearest, atol=1e-3)
+    assert q[0, 0] == 0 and q[0, 4] == 15 and q[0, 1] == 8  # -127 and 113 are levels 0 and 15; 0 -> 1
+
+
+@pytest.mark.parametrize("kind", ["k_min4", "k_min6", "k_signed6", "k_signed8"])
+def test_superblock_unit_search_never_loses_to_the_plain_unit(kind, monkeypatch):
+    from llmshrink.quant import grid as grid_mod
+    from llmshrink.quant.grid import GRID_KINDS, _weighted_error, fit_superblock
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(32, 256, generator=g) * torch.linspace(0.2, 2, 256)
+    cw = torch.rand(256, generator=g) + 0.1
+    gk = GRID_KINDS[kind]
+    group = 32 if gk.scale_bits == 6 and not gk.signed_scales else 16
+    maxq = {"k_min4": 3, "k_min6": 15, "k_signed6": 7, "k_signed8": 63}[kind]
+    searched = fit_superblock(w, maxq, kind, group, mse=True, col_weight=cw)
+    monkeypatch.setattr(grid_mod, "_UNIT_FACTORS", (1.0,))  # the unit that maps the extreme on the range's end
+    plain = fit_superblock(w, maxq, kind, group, mse=True, col_weight=cw)
+    assert len(searched) == 256 // group
+    better, base = _weighted_error(searched, w, maxq, group, cw), _weighted_error(plain, w, maxq, group, cw)
+    assert torch.all(better <= base) and better.sum() < base.sum()
+    for gr in searched:  # every group's scale is an integer of the scale bits times the row's fp16 d
+        n = gr.scale / gr.d
+        assert torch.equal(n, n.round()) and torch.equal(gr.d, searched[0].d)

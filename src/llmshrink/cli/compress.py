@@ -54,7 +54,7 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     config_args(p, PARTS)
 
 
-@command("export", "write a model as a GGUF file for llama.cpp (GPTQ solved on Q4_0/Q4_1/Q8_0 grids) or a "
+@command("export", "write a model as a GGUF file for llama.cpp (GPTQ solved on each type's grid, K mixes included) or a "
                    "Hugging Face GPTQ folder", _export_args)
 def cmd_export(args: argparse.Namespace) -> int:
     from ..jobs.export import PARTS, run_export

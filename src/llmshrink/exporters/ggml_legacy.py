@@ -6,6 +6,8 @@
 - ``Q5_0`` / ``Q5_1``: as Q4_0 / Q4_1 with a fifth bit per weight in 4 bytes ``qh`` (bit j of
   the little-endian word is weight j's); ``x = d · (q − 16)`` / ``x = d · q + m``.
 - ``Q8_0``: fp16 ``d``, 32 int8 ``q``; ``x = d · q``.
+- ``IQ4_NL``: fp16 ``d``, Q4_0's nibbles indexing llama.cpp's 16 non-uniform levels;
+  ``x = d · levels[q]`` (GPTQ rounds each weight to the nearest level, grid ``nl4``).
 
 GPTQ solves on exactly these grids (``signed`` for Q4_0/Q5_0/Q8_0 with codes offset by
 2^(bits−1), ``min`` for Q4_1/Q5_1, 32 columns per group; see :mod:`llmshrink.quant.grid`), so
@@ -107,3 +109,13 @@ class Q5_1(Q4_1):
     def parts(self, q, res):
         d, m, _ = super().parts(q, res)
         return [d, m, _fifth_bits(q), nibbles(q & 15)]
+
+
+class IQ4_NL(Blocks):
+    name, ggml, file_type, bits, grid, symmetric = "iq4_nl", T.IQ4_NL, LlamaFileType.MOSTLY_IQ4_NL, 4, "nl4", True
+    exported = False  # offered as llama.cpp's ``iq4_nl`` mix (``gguf_mix``)
+
+    def parts(self, q, res):
+        if res.levels is None:
+            raise ValueError("iq4_nl needs its table grid (nl4)")
+        return [fp16_bytes(res.scales.T), nibbles(q)]

@@ -61,6 +61,9 @@ MIXES: dict[str, Mix] = {m.name: m for m in (
     Mix("q5_k_m", "q5_k", F.MOSTLY_Q5_K_M, attn_v=lambda i, n, g: "q6_k" if use_more_bits(i, n) else None,
         ffn_down=lambda i, n: "q6_k" if use_more_bits(i, n) else None),
     Mix("q6_k", "q6_k", F.MOSTLY_Q6_K),
+    # without an importance matrix (llama.cpp with one keeps ffn_down at iq4_nl)
+    Mix("iq4_nl", "iq4_nl", F.MOSTLY_IQ4_NL, attn_v=lambda i, n, g: "q5_k" if g >= 4 else None,
+        ffn_down=lambda i, n: "q5_k" if i < n // 8 else None),
 )}
 
 

@@ -85,8 +85,8 @@ class Exporter:
 
 
 EXPORTERS: dict[str, Exporter] = {
-    "gguf": Exporter("a GGUF file for llama.cpp (GPTQ solved on Q4_0/Q4_1/Q8_0 grids)", GGUFConfig, export_gguf,
-                     True),
+    "gguf": Exporter("a GGUF file for llama.cpp (GPTQ solved on each block type's grid; K mixes typed as "
+                     "llama.cpp types them)", GGUFConfig, export_gguf, True),
     "hf-gptq": Exporter("a Hugging Face GPTQ folder of a model quantized already", None, export_hf_gptq, False),
 }
 

@@ -34,8 +34,8 @@ class QuantConfig(Config):
                                                       "for GPTQ) error per group; --no-mse: plain min/max ranges"})
     grid: str = field(default="zero", metadata={"help": "zero (HF GPTQ: scale and zero point), signed (GGUF "
                                                         "Q4_0/Q5_0/Q8_0), min (GGUF Q4_1/Q5_1: scale and fp16 "
-                                                        "minimum), or a two-level K-quant grid (k_min4, k_min6, "
-                                                        "k_signed6, k_signed8)",
+                                                        "minimum), a two-level K-quant grid (k_min4, k_min6, "
+                                                        "k_signed6, k_signed8) or nl4 (IQ4_NL's table)",
                                                 "choices": tuple(GRID_KINDS), "cli": False})
 
     def __post_init__(self) -> None:
@@ -51,9 +51,9 @@ class QuantConfig(Config):
         self.check(0 < self.damp < 1, "damp", f"must be in (0, 1), got {self.damp!r}")
         self.positive("block_size")
         base = GRID_KINDS[self.grid].base
-        self.check(not ((base == "signed" and not self.sym) or (base == "min" and self.sym)), "sym",
-                   f"must be {base == 'signed'} on a {self.grid} grid "
-                   f"({'symmetric' if base == 'signed' else 'asymmetric'})")
+        symmetric = base in ("signed", "table")
+        self.check(not ((symmetric and not self.sym) or (base == "min" and self.sym)), "sym",
+                   f"must be {symmetric} on a {self.grid} grid ({'symmetric' if symmetric else 'asymmetric'})")
         sup = GRID_KINDS[self.grid].super_cols
         self.check(not sup or (not self.per_row and sup % self.group_size == 0), "group_size",
                    f"must divide {sup} on a {self.grid} grid, got {self.group_size}")

@@ -42,9 +42,12 @@ class QuantResult:
     mins: torch.Tensor | None = None  # [groups, out] float32: ``min`` grids (Ŵ = scale·q + min)
     d: torch.Tensor | None = None  # [groups, out]: two-level grids: each group's super-block unit (scale = d·n)
     dmin: torch.Tensor | None = None  # [groups, out]: two-level ``min`` grids: the minimum's unit (min = −dmin·m)
+    levels: torch.Tensor | None = None  # [n]: ``table`` grids: code q stands for scale · levels[q]
 
     def dequantize(self) -> torch.Tensor:
         cols = self.g_idx.long()
+        if self.levels is not None:
+            return self.scales.T[:, cols] * self.levels[self.q.long()]
         if self.mins is not None:
             return self.scales.T[:, cols] * self.q.float() + self.mins.T[:, cols]
         return self.scales.T[:, cols] * (self.q.float() - self.zeros.T[:, cols].float())
@@ -56,7 +59,7 @@ def _stack(grids: list[Grid], g_idx: torch.Tensor, q: torch.Tensor, perm, damp: 
     mins = torch.stack([g.offset for g in grids]) if grids[0].offset is not None else None
     d = torch.stack([g.d for g in grids]) if grids[0].d is not None else None
     dmin = torch.stack([g.dmin for g in grids]) if grids[0].dmin is not None else None
-    return QuantResult(q.to(torch.uint8), scales, zeros, g_idx, perm, 0.0, damp, mins, d, dmin)
+    return QuantResult(q.to(torch.uint8), scales, zeros, g_idx, perm, 0.0, damp, mins, d, dmin, grids[0].levels)
 
 
 def accumulate_hessian(H: torch.Tensor | None, n: int, x: torch.Tensor) -> tuple[torch.Tensor, int]:

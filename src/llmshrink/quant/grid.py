@@ -9,6 +9,8 @@ Three kinds of grid (``kind``), each matching a file format exactly, scales fp16
   sign, set so that the group's largest-magnitude weight lands on the grid's longer end, as
   llama.cpp does (``d = max / −8`` for Q4_0): all 2^bits levels are used.
 - ``min`` (GGUF Q4_1): ``w ≈ scale · q + min`` with an fp16 ``min`` (no integer zero point).
+- ``table`` (GGUF IQ4_NL): ``w ≈ scale · levels[q]`` over a fixed non-uniform table; codes are the
+  nearest level, the signed extreme on the table's first level.
 
 Two-level (K-quant) kinds fit the groups of a super-block of 256 columns together: each group's
 scale is an integer of ``scale_bits`` bits times the super-block's fp16 ``d`` (and, for ``min``
@@ -36,6 +38,7 @@ class GridKind:
     super_cols: int = 0  # columns per super-block (0: each group stands alone)
     scale_bits: int = 0  # bits of each group's integer scale (and min) in units of d (dmin)
     signed_scales: bool = False  # integer scales are signed (Q3_K, Q6_K); else unsigned with a min
+    levels: tuple[int, ...] | None = None  # ``table`` grids: the fixed code values (times the scale)
 
     @property
     def two_level(self) -> bool:
@@ -50,6 +53,8 @@ GRID_KINDS: dict[str, GridKind] = {
     "k_min6": GridKind("min", 256, 6),  # Q4_K, Q5_K
     "k_signed6": GridKind("signed", 256, 6, signed_scales=True),  # Q3_K
     "k_signed8": GridKind("signed", 256, 8, signed_scales=True),  # Q6_K
+    # IQ4_NL: llama.cpp's non-uniform 16 levels (``kvalues_iq4nl``), one fp16 scale per block
+    "nl4": GridKind("table", levels=(-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)),
 }
 
 
@@ -60,6 +65,7 @@ class Grid:
     offset: torch.Tensor | None = None  # [rows]: the minimum of a ``min`` grid
     d: torch.Tensor | None = None  # [rows]: two-level grids: the super-block's fp16 scale unit
     dmin: torch.Tensor | None = None  # [rows]: two-level ``min`` grids: the fp16 unit of the minimum
+    levels: torch.Tensor | None = None  # [n]: ``table`` grids: the code values
 
     def _cols(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return t if like.dim() == 1 else t[:, None]
@@ -67,12 +73,16 @@ class Grid:
     def quantize(self, w: torch.Tensor, maxq: int) -> torch.Tensor:
         """Integer codes for ``w`` ([rows] or [rows, cols])."""
         s = self._cols(self.scale, w)
+        if self.levels is not None:  # the nearest level (the lower one on a tie)
+            return (w / s).unsqueeze(-1).sub(self.levels).abs().argmin(dim=-1).to(w.dtype)
         if self.offset is not None:
             return torch.clamp(torch.round((w - self._cols(self.offset, w)) / s), 0, maxq)
         return torch.clamp(torch.round(w / s) + self._cols(self.zero, w), 0, maxq)
 
     def dequantize(self, q: torch.Tensor) -> torch.Tensor:
         s = self._cols(self.scale, q)
+        if self.levels is not None:
+            return s * self.levels[q.long()]
         if self.offset is not None:  # two roundings, as ggml and gguf-py compute d·q + m
             return s * q + self._cols(self.offset, q)
         return s * (q - self._cols(self.zero, q))
@@ -106,9 +116,19 @@ def _min_grid(lo: torch.Tensor, hi: torch.Tensor, maxq: int) -> Grid:
     return Grid(scale, torch.zeros_like(scale), lo.half().float())
 
 
+def _table_grid(extreme: torch.Tensor, levels: torch.Tensor) -> Grid:
+    scale = (extreme / levels[0]).half().float()
+    scale = torch.where(scale.abs() < FP16_TINY, torch.full_like(scale, FP16_TINY), scale)
+    return Grid(scale, torch.zeros_like(scale), levels=levels)
+
+
 def _candidates(w: torch.Tensor, maxq: int, sym: bool, kind: str):
     """A function p -> the grid for the range shrunk by the factor p (p = 1: the full range)."""
     gk = GRID_KINDS[kind]
+    if gk.levels is not None:
+        levels = torch.tensor(gk.levels, dtype=w.dtype, device=w.device)
+        extreme = w.gather(1, w.abs().argmax(dim=1, keepdim=True))[:, 0]
+        return lambda p: _table_grid(p * extreme, levels)
     if gk.two_level and gk.base == "min":  # K-quant minimums are −dmin·m with m >= 0: never above 0
         lo, hi = torch.clamp(w.min(dim=1).values, max=0), w.max(dim=1).values
         mid, half = (lo + hi) / 2, (hi - lo) / 2
