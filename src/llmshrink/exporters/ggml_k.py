@@ -62,10 +62,11 @@ class _K(Blocks):
     def scales(self, res: QuantResult):
         return self.units(res, res.d, res.scales, 0, (1 << self.scale_bits) - 1, "scales")
 
-    def mins(self, res: QuantResult):
+    def scales_and_mins(self, res: QuantResult):
+        """(d, scales, dmin, mins) of a K min grid: fp16 units [out, supers, 2], integers [out, supers, groups]."""
         if res.mins is None:
             raise ValueError(f"{self.name} needs a K min grid")
-        return self.units(res, res.dmin, -res.mins, 0, (1 << self.scale_bits) - 1, "mins")
+        return (*self.scales(res), *self.units(res, res.dmin, -res.mins, 0, (1 << self.scale_bits) - 1, "mins"))
 
 
 def _packed_6bit(sc: np.ndarray, m: np.ndarray) -> np.ndarray:
@@ -92,8 +93,7 @@ class Q4_K(_K):
                                                             "k_min6", 32, 6)
 
     def parts(self, q, res):
-        d, sc = self.scales(res)
-        dmin, m = self.mins(res)
+        d, sc, dmin, m = self.scales_and_mins(res)
         return [d, dmin, _packed_6bit(sc, m), _interleaved(q, 4, 32)]
 
 
@@ -101,9 +101,8 @@ class Q5_K(Q4_K):
     name, ggml, file_type, bits = "q5_k", T.Q5_K, LlamaFileType.MOSTLY_Q5_K_S, 5
 
     def parts(self, q, res):
-        d, sc = self.scales(res)
-        dmin, m = self.mins(res)
-        return [d, dmin, _packed_6bit(sc, m), _interleaved(q >> 4, 1, 32), _interleaved(q & 15, 4, 32)]
+        d, dmin, scales, _ = super().parts(q, res)
+        return [d, dmin, scales, _interleaved(q >> 4, 1, 32), _interleaved(q & 15, 4, 32)]
 
 
 class Q2_K(_K):
@@ -111,8 +110,7 @@ class Q2_K(_K):
                                                             "k_min4", 16, 4)
 
     def parts(self, q, res):
-        d, sc = self.scales(res)
-        dmin, m = self.mins(res)
+        d, sc, dmin, m = self.scales_and_mins(res)
         codes = _interleaved(q.reshape(*q.shape[:-1], 2, 128), 2, 32).reshape(*q.shape[:-1], 64)
         return [(sc | (m << 4)).astype(np.uint8), codes, d, dmin]
 
