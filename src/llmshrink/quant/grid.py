@@ -73,8 +73,9 @@ class Grid:
     def quantize(self, w: torch.Tensor, maxq: int) -> torch.Tensor:
         """Integer codes for ``w`` ([rows] or [rows, cols])."""
         s = self._cols(self.scale, w)
-        if self.levels is not None:  # the nearest level (the lower one on a tie)
-            return (w / s).unsqueeze(-1).sub(self.levels).abs().argmin(dim=-1).to(w.dtype)
+        if self.levels is not None:  # the nearest level (the lower one on a tie): bisect the midpoints
+            mids = (self.levels[1:] + self.levels[:-1]) / 2
+            return torch.bucketize((w / s).contiguous(), mids).to(w.dtype)
         if self.offset is not None:
             return torch.clamp(torch.round((w - self._cols(self.offset, w)) / s), 0, maxq)
         return torch.clamp(torch.round(w / s) + self._cols(self.zero, w), 0, maxq)
