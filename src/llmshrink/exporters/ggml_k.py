@@ -94,15 +94,17 @@ class Q4_K(_K):
 
     def parts(self, q, res):
         d, sc, dmin, m = self.scales_and_mins(res)
-        return [d, dmin, _packed_6bit(sc, m), _interleaved(q, 4, 32)]
+        return [d, dmin, _packed_6bit(sc, m), *self.codes(q)]
+
+    def codes(self, q: np.ndarray) -> list[np.ndarray]:
+        return [_interleaved(q, 4, 32)]
 
 
 class Q5_K(Q4_K):
     name, ggml, file_type, bits = "q5_k", T.Q5_K, LlamaFileType.MOSTLY_Q5_K_S, 5
 
-    def parts(self, q, res):
-        d, dmin, scales, _ = super().parts(q, res)
-        return [d, dmin, scales, _interleaved(q >> 4, 1, 32), _interleaved(q & 15, 4, 32)]
+    def codes(self, q):  # the fifth bits, then the low nibbles as Q4_K lays them
+        return [_interleaved(q >> 4, 1, 32), _interleaved(q & 15, 4, 32)]
 
 
 class Q2_K(_K):

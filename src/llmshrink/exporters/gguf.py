@@ -153,11 +153,11 @@ def plan_tensor_types(lm: LoadedModel, cfg: GGUFConfig) -> TypePlan:
     plan = plan_types(cfg.mix, [(gguf_name(n), w) for n, w in order],
                       n_gqa=model.config.num_attention_heads // n_kv, tied=tied)
     types = {by_gguf[g]: ggml_type(t, internal=True) for g, t in plan.items()}
-    embed = forced or types[f"{arch.embed}.weight"]
-    output = None if tied else forced or types[f"{arch.lm_head}.weight"]
     if forced is not None:  # the forced type still obeys the row-width fallback
-        embed = ggml_type(fallback(forced.name, width, "token_embd.weight"), internal=True)
-        output = None if tied else embed
+        types[f"{arch.embed}.weight"] = ggml_type(fallback(forced.name, width, "token_embd.weight"), internal=True)
+        types[f"{arch.lm_head}.weight"] = types[f"{arch.embed}.weight"]
+    embed = types[f"{arch.embed}.weight"]
+    output = None if tied else types[f"{arch.lm_head}.weight"]
     return TypePlan({n: types[f"{n}.weight"] for n in linears}, embed, output, cfg.mix.file_type)
 
 
