@@ -21,24 +21,23 @@ Resumable: finished rows are kept in the results file; delete it to start over.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import platform
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from llmshrink.data.calib import CalibConfig
-from llmshrink.data.corpora import load_corpus
-from llmshrink.data.windows import bos_id, sample_windows, tokenize_corpus
+from llmshrink.data.calib import CalibConfig, calibration_windows
 from llmshrink.eval.config import EvalConfig
 from llmshrink.eval.llamacpp import load_llamacpp
 from llmshrink.eval.run import evaluate_perplexity
 from llmshrink.exporters.config import GGUFConfig
+from llmshrink.exporters.gguf import _tensor_names
+from llmshrink.exporters.llamacpp_quant import llama_quantize as lq
 from llmshrink.jobs.export import export_gguf
 from llmshrink.models.load import load_model
+from llmshrink.quant.importance import input_importance
 
 ROOT = Path("runs/bench/gguf")
 OURS = ("q4_0", "q4_1", "q8_0")
@@ -60,57 +59,15 @@ def _save(path: Path, rec: dict) -> None:
 
 
 def importance(lm, calib: CalibConfig) -> dict[str, np.ndarray]:
-    """Mean squared input per column of every block linear, by GGUF tensor name (llama-imatrix's statistic)."""
-    import gguf
-
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, len(lm.arch.blocks(lm.model)))
-    stream = tokenize_corpus(load_corpus(calib.data), lm.tokenizer)
-    windows = sample_windows(stream, calib.nsamples, calib.seqlen, seed=calib.seed, bos=bos_id(lm.tokenizer))
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-    hooks = []
-    for i, block in enumerate(lm.arch.blocks(lm.model)):
-        for local in lm.arch.linear_names:
-            key = names.get_name(f"{lm.arch.layers}.{i}.{local}.weight", try_suffixes=(".weight",))
-
-            def hook(_m, args, key=key):
-                x = args[0].reshape(-1, args[0].shape[-1]).double()
-                sums[key] = sums.get(key, 0) + (x * x).sum(0)
-                counts[key] = counts.get(key, 0) + x.shape[0]
-
-            hooks.append(block.get_submodule(local).register_forward_pre_hook(hook))
-    with torch.inference_mode():
-        for batch in windows.split(calib.batch_size):
-            lm.model(input_ids=batch, use_cache=False)
-    for h in hooks:
-        h.remove()
-    return {k: (sums[k] / counts[k]).float().numpy() for k in sums}
+    """Mean squared input per column of every block linear, by GGUF tensor name (llama-imatrix's
+    statistic), from the library's block-by-block pass on the calibration windows GPTQ uses."""
+    stats = input_importance(lm.model, lm.arch, calibration_windows(lm.tokenizer, calib), batch_size=calib.batch_size)
+    gguf_name = _tensor_names(lm)
+    return {gguf_name(f"{n}.weight"): m.numpy() for n, (m, _rows) in stats.items()}
 
 
 def llama_quantize(src: Path, dst: Path, ftype: str, embed: str | None, imatrix: dict | None) -> None:
-    import llama_cpp
-
-    p = llama_cpp.llama_model_quantize_default_params()
-    p.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_{ftype}")
-    p.nthread = 2
-    if embed is not None:
-        t = getattr(llama_cpp, f"GGML_TYPE_{embed}")
-        p.token_embedding_type = t
-        p.output_tensor_type = t
-    keep = []
-    if imatrix is not None:
-        entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
-        for e, (name, values) in zip(entries, imatrix.items(), strict=False):
-            arr = np.ascontiguousarray(values, dtype=np.float32)
-            keep.append(arr)
-            e.name = name.encode()
-            e.data = arr.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-            e.size = arr.size
-        entries[len(imatrix)].name = None  # the list ends at a null name
-        p.imatrix = entries
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p))
-    if rc != 0:
-        raise RuntimeError(f"llama_model_quantize failed ({rc}) for {dst}")
+    lq(src, dst, ftype.removeprefix("MOSTLY_").lower(), imatrix, embed_type=embed, nthread=2)
 
 
 def main() -> None:

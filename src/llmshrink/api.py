@@ -66,14 +66,18 @@ def prune(model: Model, out: str | Path, config: PruneConfig | None = None, *, h
 
 
 def export(model: Model, out: str | Path, config: GGUFConfig | None = None, *, format: str = "gguf",
-           calib: CalibConfig | None = None, progress=None):
+           calib: CalibConfig | None = None, ladder=None, progress=None):
     """Write ``model`` in ``format``: ``gguf`` (a file for llama.cpp; block types GPTQ-solved on
     their grid, calibrated on ``calib``) or ``hf-gptq`` (a Hugging Face GPTQ folder of a model that is
-    quantized already). Returns the exporter's report (GGUF) or the folder (hf-gptq)."""
+    quantized already). Returns the exporter's report (GGUF) or the folder (hf-gptq). With a
+    :class:`~llmshrink.jobs.ladder.LadderConfig`, every GGUF file it names goes into the folder
+    ``out`` with a table of them (returns the ladder's report)."""
     from .jobs.export import run_export
 
     cfg = (config or GGUFConfig()) if format == "gguf" else config
-    return run_export(_loaded(model), format, cfg, Path(out), calib=calib, progress=progress)
+    load = (lambda: load_model(str(model))) if not isinstance(model, LoadedModel) else None
+    return run_export(_loaded(model), format, cfg, Path(out), calib=calib, progress=progress, ladder=ladder,
+                      load=load)
 
 
 def evaluate(model: Model, config: EvalConfig | None = None, *, tasks: tuple[str, ...] = (),

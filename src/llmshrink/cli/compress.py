@@ -50,7 +50,8 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     from ..jobs.export import PARTS
 
     p.add_argument("model", help="model folder (plain, pruned or GPTQ-quantized), .gguf file, or alias")
-    p.add_argument("--out", required=True, help="output .gguf file, or folder for hf-gptq (written atomically)")
+    p.add_argument("--out", required=True, help="output .gguf file, or folder for hf-gptq or --ladder (written "
+                                                "atomically; a ladder resumes in its folder)")
     config_args(p, PARTS)
 
 
@@ -59,8 +60,13 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from ..jobs.export import PARTS, run_export
 
-    fmt, gguf_cfg, calib = (config(args, part) for part in PARTS)
-    rep = run_export(load(args), fmt.format, gguf_cfg, args.out, calib=calib, progress=progress())
+    fmt, gguf_cfg, ladder, calib = (config(args, part) for part in PARTS)
+    rep = run_export(load(args), fmt.format, gguf_cfg, args.out, calib=calib, progress=progress(), ladder=ladder,
+                     load=lambda: load(args))
+    if ladder.ladder:
+        print(rep.table)
+        print(f"\nsaved {len(rep.rows)} files, ladder.md and ladder.json in {rep.out}")
+        return 0
     if fmt.format != "gguf":
         print(f"saved {rep}")
         return 0

@@ -3,62 +3,28 @@ driver), then hand the result to the exporter of the chosen ``--format``."""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 from ..config import Config, Part
-from ..data.calib import CalibConfig, calibration_windows
+from ..data.calib import CalibConfig
 from ..errors import UserError
 from ..exporters.config import GGUFConfig
-from ..exporters.gguf import GGUFReport, check_exportable, float_blocks, plan_tensor_types, write_gguf
 from ..exporters.hf import save_folder
 from ..models.load import LoadedModel
 from ..paths import output_path
-from ..quant.config import QuantConfig
-from ..quant.driver import quantize_model
-from ..quant.gptq import QuantResult
 from ..quant.qlinear import QuantLinear
+from .gguf_export import export_gguf, solve_blocks
+from .ladder import LadderConfig, run_ladder
+
+__all__ = ["EXPORTERS", "PARTS", "export_gguf", "run_export", "solve_blocks"]
 
 log = logging.getLogger(__name__)
-
-
-def solve_blocks(lm: LoadedModel, qcfg: QuantConfig, calib: CalibConfig, progress=None, *,
-                 layer_config: Callable[[str], QuantConfig | None] | None = None) -> dict[str, QuantResult]:
-    """GPTQ (or RTN) on a GGML grid for the model's plain blocks: {full layer name: result}; with
-    ``layer_config``, each layer on the grid of its own type (None: left in float)."""
-    todo = float_blocks(lm)
-    if todo is None:
-        return {}
-    windows = calibration_windows(lm.tokenizer, calib) if qcfg.method == "gptq" else None
-    report = quantize_model(lm.model, lm.arch, windows, qcfg, layer_config=layer_config, blocks=todo,
-                            batch_size=calib.batch_size, progress=progress)
-    return report.results
-
-
-def _layer_configs(lm: LoadedModel, cfg: GGUFConfig) -> Callable[[str], QuantConfig | None] | None:
-    """For a mix, each linear's solve settings on its planned type's grid; None for one type."""
-    if cfg.mix is None:
-        return None
-    plan = plan_tensor_types(lm, cfg)
-    configs = {n: cfg.quant_config(t.name) if t.quantized else None for n, t in plan.linears.items()}
-    return configs.__getitem__
-
-
-def export_gguf(lm: LoadedModel, cfg: GGUFConfig, out: Path, *, calib: CalibConfig | None = None,
-                progress=None) -> GGUFReport:
-    """Write ``lm`` to ``out`` as GGUF of ``cfg.type``; GPTQ-solved when the type is block-quantized."""
-    t0 = time.perf_counter()
-    out = output_path(out)
-    check_exportable(lm, cfg)  # refuse an unrepresentable model before solving
-    qcfg = cfg.quant_config()
-    results = (solve_blocks(lm, qcfg, calib or CalibConfig(), progress, layer_config=_layer_configs(lm, cfg))
-               if qcfg is not None else {})
-    return write_gguf(lm, cfg, out, results, t0=t0)
 
 
 def export_hf_gptq(lm: LoadedModel, cfg: Config | None, out: Path, *, calib: CalibConfig | None = None,
@@ -103,11 +69,24 @@ class ExportFormat(Config):
         self.one_of("format", EXPORTERS, "format")
 
 
-PARTS = (Part("format", ExportFormat), Part("gguf", GGUFConfig), Part("calib", CalibConfig, nested=True))
+PARTS = (Part("format", ExportFormat), Part("gguf", GGUFConfig), Part("ladder", LadderConfig),
+         Part("calib", CalibConfig, nested=True))
 
 
 def run_export(lm: LoadedModel, fmt: str, cfg: Config | None, out: Path, *, calib: CalibConfig | None = None,
-               progress=None):
-    """Export ``lm`` in format ``fmt`` to ``out`` (the exporter's own settings in ``cfg``)."""
+               progress=None, ladder: LadderConfig | None = None, load: Callable[[], LoadedModel] | None = None):
+    """Export ``lm`` in format ``fmt`` to ``out`` (the exporter's own settings in ``cfg``); with a
+    ``ladder``, every file it names into the folder ``out`` (``load`` gives a fresh copy of the
+    model for each solve; default: a copy of ``lm``)."""
+    if ladder is not None and ladder.ladder:
+        if fmt != "gguf":
+            raise UserError(f"--ladder writes GGUF files: drop --format {fmt} or --ladder")
+        pristine = None if load is not None else copy.deepcopy(lm)
+        first = [lm]
+
+        def fresh() -> LoadedModel:  # the model given, then a fresh copy for every later solve
+            return first.pop() if first else (load() if load is not None else copy.deepcopy(pristine))
+
+        return run_ladder(fresh, cfg or GGUFConfig(), ladder, Path(out), calib or CalibConfig(), progress=progress)
     exporter = EXPORTERS[fmt]
     return exporter.write(lm, cfg, out, calib=calib, progress=progress)

@@ -92,10 +92,12 @@ def _run_export(model: str, out: Path, c: dict, ctx: dict, progress) -> dict:
     from ..models.load import load_model
 
     out.mkdir(parents=True, exist_ok=True)
-    fmt = c["format"].format
-    target = out / "model.gguf" if fmt == "gguf" else out / "model"
+    fmt, ladder = c["format"].format, c["ladder"]
+    target = out / "ladder" if ladder.ladder else out / "model.gguf" if fmt == "gguf" else out / "model"
     rep = export_job.run_export(load_model(model), fmt, c["gguf"] if fmt == "gguf" else None, target,
-                                calib=c["calib"], progress=progress)
+                                calib=c["calib"], progress=progress, ladder=ladder, load=lambda: load_model(model))
+    if ladder.ladder:
+        return {"folder": str(rep.out), "files": {t: r["file"] for t, r in rep.rows.items()}}
     if fmt != "gguf":
         return {"folder": str(rep)}
     return {"file": str(rep.path), "size": rep.size, "solved": len(rep.solved), "carried": len(rep.carried),

@@ -1,0 +1,59 @@
+"""One GGUF file: compute (GPTQ on each tensor's grid, through the driver), then write it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..data.calib import CalibConfig, calibration_windows
+from ..exporters.config import GGUFConfig
+from ..exporters.gguf import GGUFReport, check_exportable, float_blocks, plan_tensor_types, write_gguf
+from ..models.load import LoadedModel
+from ..paths import output_path
+from ..quant.config import QuantConfig
+from ..quant.driver import quantize_model
+from ..quant.gptq import QuantResult
+
+
+def solve_blocks(lm: LoadedModel, qcfg: QuantConfig, calib: CalibConfig, progress=None, *,
+                 layer_config: Callable[[str], QuantConfig | None] | None = None,
+                 windows: torch.Tensor | None = None) -> dict[str, QuantResult]:
+    """GPTQ (or RTN) on a GGML grid for the model's plain blocks: {full layer name: result}; with
+    ``layer_config``, each layer on the grid of its own type (None: left in float). ``windows``:
+    calibration windows made already (default: made from ``calib``)."""
+    todo = float_blocks(lm)
+    if todo is None:
+        return {}
+    if qcfg.method != "gptq":
+        windows = None
+    elif windows is None:
+        windows = calibration_windows(lm.tokenizer, calib)
+    report = quantize_model(lm.model, lm.arch, windows, qcfg, layer_config=layer_config, blocks=todo,
+                            batch_size=calib.batch_size, progress=progress)
+    return report.results
+
+
+def _layer_configs(lm: LoadedModel, cfg: GGUFConfig) -> Callable[[str], QuantConfig | None] | None:
+    """For a mix, each linear's solve settings on its planned type's grid; None for one type."""
+    if cfg.mix is None:
+        return None
+    plan = plan_tensor_types(lm, cfg)
+    configs = {n: cfg.quant_config(t.name) if t.quantized else None for n, t in plan.linears.items()}
+    return configs.__getitem__
+
+
+def export_gguf(lm: LoadedModel, cfg: GGUFConfig, out: Path, *, calib: CalibConfig | None = None,
+                progress=None, windows: torch.Tensor | None = None) -> GGUFReport:
+    """Write ``lm`` to ``out`` as GGUF of ``cfg.type``; GPTQ-solved when the type is block-quantized
+    (on ``windows`` when given, else on windows made from ``calib``)."""
+    t0 = time.perf_counter()
+    out = output_path(out)
+    check_exportable(lm, cfg)  # refuse an unrepresentable model before solving
+    qcfg = cfg.quant_config()
+    results = (solve_blocks(lm, qcfg, calib or CalibConfig(), progress, layer_config=_layer_configs(lm, cfg),
+                            windows=windows)
+               if qcfg is not None else {})
+    return write_gguf(lm, cfg, out, results, t0=t0)

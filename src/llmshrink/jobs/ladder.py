@@ -1,0 +1,223 @@
+"""The GGUF ladder behind ``llmshrink export MODEL --ladder TYPES|all --out DIR``: every file of a
+GGUF release from one model, and a table of them (type, who made it, size, bits per weight,
+perplexity through llama.cpp, increase over F16) as ``ladder.md`` and ``ladder.json``.
+
+Files GPTQ can target are solved by llmshrink (each from a fresh copy of the model); the others
+(IQ1/IQ2/IQ3 lattice types, IQ4_XS) are made by llama.cpp's quantizer from the F16 file, fed the
+importance matrix llmshrink computes (written beside them as ``imatrix.gguf``). One set of
+calibration windows serves every solve and the importance matrix.
+
+Resumable per file: a file that is finished (it appears atomically) and its row are kept; a run
+on a folder made from other settings (model, solve, calibration, evaluation) is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from ..config import Config
+from ..data.calib import CalibConfig, calibration_windows
+from ..errors import UserError
+from ..eval.config import EvalConfig
+from ..exporters.config import FILE_TYPES, GGUFConfig
+from ..exporters.gguf import _tensor_names
+from ..exporters.llamacpp_quant import LLAMACPP_TYPES, llama_quantize, read_imatrix, write_imatrix
+from ..models.load import LoadedModel
+from ..paths import atomic_file
+from ..quant.importance import input_importance
+from .gguf_export import export_gguf
+
+log = logging.getLogger(__name__)
+
+# A release's ladder, most bits first (F16 heads it: the reference every row is measured against).
+LADDER_ALL = ("f16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_1", "q5_0", "q4_k_m", "q4_k_s", "q4_1", "q4_0",
+              "iq4_nl", "iq4_xs", "q3_k_l", "q3_k_m", "q3_k_s", "iq3_m", "iq3_s", "iq3_xs", "iq3_xxs", "q2_k",
+              "iq2_m", "iq2_s", "iq2_xs", "iq2_xxs", "iq1_m", "iq1_s")
+LADDER_TYPES = (*FILE_TYPES, *LLAMACPP_TYPES)
+
+
+@dataclass
+class LadderConfig(Config):
+    """The GGUF ladder: which files, and what scores them."""
+
+    kind: ClassVar[str] = "export"
+    ladder: tuple[str, ...] = field(default=(), metadata={
+        "help": "write a GGUF file of each of these types into the --out folder, with a table of them "
+                "(comma-separated, or all: " + ",".join(LADDER_ALL) + ")"})
+    eval_data: str | None = field(default="shakespeare:eval", metadata={
+        "help": "corpus each ladder file is scored on through llama.cpp (none: sizes only)"})
+    eval_seqlen: int = field(default=512, metadata={"help": "tokens per window of the ladder's scoring"})
+    eval_max_tokens: int | None = field(default=None, metadata={"help": "score only the first N tokens"})
+
+    def __post_init__(self) -> None:
+        types = tuple(str(t).lower() for t in self.ladder)
+        if types == ("all",):
+            types = LADDER_ALL
+        for t in types:
+            self.check(t in LADDER_TYPES, "ladder", f"unknown GGUF type {t!r}: use all or some of "
+                                                    f"{', '.join(LADDER_TYPES)}")
+        self.check(len(set(types)) == len(types), "ladder", "a type is named twice")
+        self.ladder = types
+        if self.eval_data is not None and str(self.eval_data).lower() in ("", "none"):
+            self.eval_data = None
+        self.positive("eval_max_tokens", allow_none=True)
+        self.positive("eval_seqlen")
+
+    @property
+    def types(self) -> tuple[str, ...]:
+        """The files to write, F16 first (the reference of every row), in the order given."""
+        return ("f16", *(t for t in self.ladder if t != "f16"))
+
+    def eval_config(self) -> EvalConfig | None:
+        return None if self.eval_data is None else EvalConfig(data=self.eval_data, seqlen=self.eval_seqlen,
+                                                                 max_tokens=self.eval_max_tokens)
+
+
+@dataclass
+class LadderReport:
+    out: Path
+    rows: dict[str, dict]  # type -> row (in ladder order)
+    table: str  # Markdown
+
+
+def _made_by(t: str, gcfg: GGUFConfig) -> str:
+    if t in LLAMACPP_TYPES:
+        return "llama.cpp quantizer + llmshrink imatrix"
+    if GGUFConfig(type=t).quant_config() is None:
+        return "llmshrink (float)"
+    return f"llmshrink {gcfg.method}"
+
+
+def _settings(lm: LoadedModel, gcfg: GGUFConfig, calib: CalibConfig, ecfg: EvalConfig | None) -> dict:
+    solve = {k: v for k, v in gcfg.to_dict().items() if k != "type"}
+    return {"model": lm.name, "gguf": solve, "calib": calib.to_dict(), "eval": ecfg.to_dict() if ecfg else None}
+
+
+def _open_folder(out: Path, settings: dict) -> dict:
+    """The ladder record of ``out`` (new or resumed); refuse a folder from other settings."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    record = out / "ladder.json"
+    if record.is_file():
+        rec = json.loads(record.read_text())
+        if rec.get("hash") != digest:
+            raise UserError(f"{out} holds a ladder made with other settings (model, solve, calibration or "
+                            f"evaluation): use another --out, or delete {out} to start over")
+        log.info("resuming the ladder in %s (%d files done)", out, len(rec.get("rows", {})))
+        return rec
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} exists and is not a ladder folder: choose a new --out folder")
+    if not out.parent.is_dir():
+        raise UserError(f"the folder {out.parent} does not exist: create it or choose another --out")
+    out.mkdir(exist_ok=True)
+    return {"hash": digest, "settings": settings, "rows": {}}
+
+
+def _save(out: Path, rec: dict, table: str) -> None:
+    for name, text in (("ladder.json", json.dumps(rec, indent=2) + "\n"), ("ladder.md", table + "\n")):
+        with atomic_file(out / name) as tmp:
+            tmp.write_text(text)
+
+
+def ladder_table(rec: dict) -> str:
+    """The Markdown table of a ladder record."""
+    rows = rec["rows"]
+    base = rows.get("f16", {}).get("perplexity")
+    s = rec["settings"]
+    lines = [f"GGUF ladder of {s['model']}: calibration {s['calib']['nsamples']} x {s['calib']['seqlen']} tokens of "
+             f"{s['calib']['data']}" + (f"; perplexity through llama.cpp on {s['eval']['data']}"
+                                        + (f" (first {s['eval']['max_tokens']} tokens)" if s['eval']['max_tokens']
+                                           else "") if s["eval"] else ""),
+             "", "| type | made by | size MB | bits/weight | perplexity | increase over F16 |",
+             "|---|---|---:|---:|---:|---:|"]
+    for t, r in rows.items():
+        ppl = r.get("perplexity")
+        inc = f"{ppl - base:+.3f}" if ppl is not None and base is not None else ""
+        lines.append(f"| {t.upper()} | {r['made_by']} | {r['size'] / 1e6:.1f} | {r['bits_per_weight']:.2f} | "
+                     f"{'' if ppl is None else f'{ppl:.3f}'} | {inc} |")
+    return "\n".join(lines)
+
+
+def _file_name(lm: LoadedModel, t: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(lm.name)).name.removesuffix(".gguf")).strip("-") or "model"
+    return f"{stem}-{t.upper()}.gguf"
+
+
+def _imatrix(lm: LoadedModel, windows, calib: CalibConfig, path: Path, progress) -> dict:
+    """The importance matrix ({GGUF tensor name: mean x² per column}), computed once (``path``)
+    and read back on resume."""
+    if not path.is_file():
+        stats = input_importance(lm.model, lm.arch, windows, batch_size=calib.batch_size, progress=progress)
+        gguf_name = _tensor_names(lm)
+        write_imatrix(path, {gguf_name(f"{n}.weight"): (m.numpy(), rows) for n, (m, rows) in stats.items()},
+                      dataset=calib.data, chunks=len(windows), chunk_size=calib.seqlen)
+    return {name: mean for name, (mean, _rows) in read_imatrix(path).items()}
+
+
+def _score(path: Path, ecfg: EvalConfig) -> dict:
+    from ..eval.llamacpp import load_llamacpp
+    from ..eval.run import evaluate_perplexity
+
+    r = evaluate_perplexity(load_llamacpp(path, n_ctx=ecfg.seqlen), ecfg)
+    return {"perplexity": r["perplexity"], "tokens": r["tokens"], "eval_seconds": r["eval_seconds"]}
+
+
+class _Fresh:
+    """The model as loaded: loaded again after a solve has rewritten its weights."""
+
+    def __init__(self, load: Callable[[], LoadedModel]) -> None:
+        self.load, self.lm, self.dirty = load, None, False
+
+    def get(self) -> LoadedModel:
+        if self.lm is None or self.dirty:
+            self.lm, self.dirty = None, False
+            self.lm = self.load()
+        return self.lm
+
+
+def run_ladder(load: Callable[[], LoadedModel], gcfg: GGUFConfig, ladder: LadderConfig, out: Path,
+               calib: CalibConfig, *, progress=None) -> LadderReport:
+    """Write every file of ``ladder`` into the folder ``out`` (resuming one made with the same
+    settings), each scored through llama.cpp on ``ladder.eval_data``; ``load`` gives a fresh copy
+    of the model (a GPTQ solve rewrites the weights it solves)."""
+    out = Path(out)
+    model = _Fresh(load)
+    lm = model.get()
+    ecfg = ladder.eval_config()
+    rec = _open_folder(out, _settings(lm, gcfg, calib, ecfg))
+    for stale in out.glob(".*.part"):  # what a killed run was writing: never a finished file
+        stale.unlink()
+    params, windows, types = lm.num_parameters, None, ladder.types
+    for t in progress(types, desc="ladder", unit="file") if progress else types:
+        path = out / _file_name(lm, t)
+        if t in rec["rows"] and path.is_file():
+            continue
+        t0 = time.perf_counter()
+        if not path.is_file():
+            if windows is None and t != "f16" and (t in LLAMACPP_TYPES or gcfg.method == "gptq"):
+                windows = calibration_windows(lm.tokenizer, calib)  # one set for every solve and the imatrix
+            if t in LLAMACPP_TYPES:
+                imatrix = _imatrix(model.get(), windows, calib, out / "imatrix.gguf", progress)
+                llama_quantize(out / _file_name(lm, "f16"), path, t, imatrix)
+            else:
+                cfg = GGUFConfig(**{**gcfg.to_dict(), "type": t})
+                export_gguf(model.get(), cfg, path, calib=calib, progress=progress, windows=windows)
+                model.dirty |= cfg.quant_config() is not None  # the solve rewrote the weights
+        size = path.stat().st_size
+        row = {"file": path.name, "made_by": _made_by(t, gcfg), "size": size, "bits_per_weight": 8 * size / params,
+               "seconds": time.perf_counter() - t0}
+        if ecfg is not None:
+            row.update(_score(path, ecfg))
+        rec["rows"][t] = row
+        rec["rows"] = {k: rec["rows"][k] for k in types if k in rec["rows"]} | {
+            k: v for k, v in rec["rows"].items() if k not in types}
+        _save(out, rec, ladder_table(rec))
+        log.info("ladder: %s %s (%.1f MB)", t, path.name, size / 1e6)
+    return LadderReport(out, rec["rows"], ladder_table(rec))
