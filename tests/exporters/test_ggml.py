@@ -44,7 +44,7 @@ def test_gptq_on_each_grid_beats_rounding_to_nearest(type_name):
     assert gptq_quantize(W, H, qcfg).loss < 0.95 * rtn_quantize(W, qcfg, H).loss
 
 
-@pytest.mark.parametrize("type_name", ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k"])
+@pytest.mark.parametrize("type_name", ["q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_xs"])
 def test_k_grids_share_one_fp16_unit_per_super_block(type_name):
     """Each group's scale is an integer of the type's scale bits times its super-block's fp16 d."""
     t = ggml_type(type_name, internal=True)

@@ -93,7 +93,7 @@ def test_our_mix_types_equal_llama_quantizes(tmp_path, k_models, f16_files, shap
     assert gguf.GGUFReader(ours).fields["general.file_type"].contents() == int(MIXES[mix].file_type)
 
 
-@pytest.mark.parametrize(("mix", "down_type"), [("q2_k", "Q3_K"), ("q4_k_m", "Q4_K"), ("iq4_nl", "IQ4_NL")])
+@pytest.mark.parametrize(("mix", "down_type"), [("q2_k", "Q3_K"), ("q4_k_m", "Q4_K"), ("iq4_nl", "IQ4_NL"), ("iq4_xs", "IQ4_XS")])
 def test_gptq_mixes_hold_the_solution_and_run_in_llama_cpp(tmp_path, k_models, f16_files, text_file, mix, down_type):
     from llmshrink.eval.llamacpp import load_llamacpp
 
@@ -143,7 +143,7 @@ def test_default_model_mix_types_equal_llama_quantizes(tmp_path):
     lm = load_model(DEFAULT_MODEL)
     f16 = tmp_path / "f16.gguf"
     export_gguf(lm, GGUFConfig(type="f16"), f16)
-    for mix in ("q2_k", "q4_k_m", "iq4_nl"):
+    for mix in ("q2_k", "q4_k_m", "iq4_nl", "iq4_xs"):
         theirs = _llama_cpp_types(str(f16), mix, str(tmp_path / f"{mix}.gguf"))
         plan = plan_tensor_types(lm, GGUFConfig(type=mix))
         ours = {f"blk.{n.split('.')[2]}.{_GGUF[n.rsplit('.', 1)[-1]]}.weight": t.name.upper()

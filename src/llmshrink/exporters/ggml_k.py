@@ -26,7 +26,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import LlamaFileType
 
 from ..quant.gptq import QuantResult
-from .ggml_base import QK_K, Blocks, fp16_bytes
+from .ggml_base import QK_K, Blocks, fp16_bytes, nibbles
 
 
 def _exact_ints(num: torch.Tensor, den: torch.Tensor, lo: int, hi: int, what: str) -> np.ndarray:
@@ -152,3 +152,23 @@ class Q6_K(_KSigned):
         ql = _interleaved(halves & 15, 4, 64).reshape(*q.shape[:-1], 128)
         qh = _interleaved(halves >> 4, 2, 32).reshape(*q.shape[:-1], 64)
         return [ql, qh, sc.astype(np.int8).view(np.uint8), d]
+
+
+class IQ4_XS(_K):
+    """256 weights = 8 groups of 32: fp16 ``d``, 16 bits of scales' high pairs, 4 bytes of their
+    low nibbles, 128 bytes of 4-bit indices into IQ4_NL's table; ``x = d·(ls − 32) · levels[q]``."""
+
+    name, ggml, file_type, bits, grid, group, scale_bits = ("iq4_xs", T.IQ4_XS, LlamaFileType.MOSTLY_IQ4_XS, 4,
+                                                            "k_nl4", 32, 6)
+    symmetric = True
+
+    def parts(self, q, res):
+        if res.levels is None:
+            raise ValueError("iq4_xs needs its table K grid (k_nl4)")
+        d, sc = self.units(res, res.d, res.scales, -32, 31, "scales")
+        ls = sc + 32  # [.., 8] in 0..63
+        low = (ls[..., 0::2] & 15) | ((ls[..., 1::2] & 15) << 4)
+        high = sum(((ls[..., k] >> 4) & 3) << (2 * k) for k in range(8))
+        high = np.stack([high & 255, high >> 8], axis=-1)
+        return [d, high.astype(np.uint8), low.astype(np.uint8), nibbles(q.reshape(*q.shape[:-1], 8, 32)).reshape(
+            *q.shape[:-1], 128)]

@@ -20,7 +20,7 @@ from ..errors import UserError
 from .ggml import GGML_TYPES
 
 # a K type on a row that is not a multiple of 256 (llama.cpp's ``tensor_type_fallback``)
-FALLBACK = {"q2_k": "q4_0", "q3_k": "q4_0", "q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0"}
+FALLBACK = {"q2_k": "q4_0", "q3_k": "q4_0", "q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0", "iq4_xs": "iq4_nl"}
 
 
 def use_more_bits(i: int, n: int) -> bool:
@@ -63,6 +63,8 @@ MIXES: dict[str, Mix] = {m.name: m for m in (
     Mix("q6_k", "q6_k", F.MOSTLY_Q6_K),
     # without an importance matrix (llama.cpp with one keeps ffn_down at iq4_nl)
     Mix("iq4_nl", "iq4_nl", F.MOSTLY_IQ4_NL, attn_v=lambda i, n, g: "q5_k" if g >= 4 else None,
+        ffn_down=lambda i, n: "q5_k" if i < n // 8 else None),
+    Mix("iq4_xs", "iq4_xs", F.MOSTLY_IQ4_XS, attn_v=lambda i, n, g: "q5_k" if g >= 4 else None,
         ffn_down=lambda i, n: "q5_k" if i < n // 8 else None),
 )}
 

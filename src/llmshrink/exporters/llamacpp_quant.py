@@ -1,6 +1,6 @@
 """GGUF types llmshrink does not solve itself, made by llama.cpp's own quantizer.
 
-The IQ1/IQ2/IQ3 lattice types and IQ4_XS are written by ``llama_model_quantize`` (through
+The IQ1/IQ2/IQ3 lattice types are written by ``llama_model_quantize`` (through
 llama-cpp-python) from llmshrink's F16 file, fed the importance matrix llmshrink computes from
 its calibration pass (:func:`llmshrink.quant.importance.input_importance`). The importance
 matrix is also written as llama.cpp's imatrix GGUF (``<tensor>.in_sum2`` / ``<tensor>.counts``,
@@ -33,7 +33,6 @@ class LlamaCppType:
 
 
 LLAMACPP_TYPES: dict[str, LlamaCppType] = {
-    "iq4_xs": LlamaCppType("MOSTLY_IQ4_XS"),
     "iq3_m": LlamaCppType("MOSTLY_IQ3_M"),
     "iq3_s": LlamaCppType("MOSTLY_IQ3_S"),
     "iq3_xs": LlamaCppType("MOSTLY_IQ3_XS"),

@@ -3,7 +3,7 @@ GGUF release from one model, and a table of them (type, who made it, size, bits 
 perplexity through llama.cpp, increase over F16) as ``ladder.md`` and ``ladder.json``.
 
 Files GPTQ can target are solved by llmshrink (each from a fresh copy of the model); the others
-(IQ1/IQ2/IQ3 lattice types, IQ4_XS) are made by llama.cpp's quantizer from the F16 file, fed the
+(IQ1/IQ2/IQ3 lattice types) are made by llama.cpp's quantizer from the F16 file, fed the
 importance matrix llmshrink computes (written beside them as ``imatrix.gguf``). One set of
 calibration windows serves every solve and the importance matrix.
 

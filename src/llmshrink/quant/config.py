@@ -35,7 +35,7 @@ class QuantConfig(Config):
     grid: str = field(default="zero", metadata={"help": "zero (HF GPTQ: scale and zero point), signed (GGUF "
                                                         "Q4_0/Q5_0/Q8_0), min (GGUF Q4_1/Q5_1: scale and fp16 "
                                                         "minimum), a two-level K-quant grid (k_min4, k_min6, "
-                                                        "k_signed6, k_signed8) or nl4 (IQ4_NL's table)",
+                                                        "k_signed6, k_signed8), nl4 (IQ4_NL's table) or k_nl4 (IQ4_XS)",
                                                 "choices": tuple(GRID_KINDS), "cli": False})
 
     def __post_init__(self) -> None:

@@ -45,6 +45,7 @@ class GridKind:
         return self.super_cols > 0
 
 
+_IQ4_LEVELS = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
 GRID_KINDS: dict[str, GridKind] = {
     "zero": GridKind("zero"),
     "signed": GridKind("signed"),
@@ -54,7 +55,9 @@ GRID_KINDS: dict[str, GridKind] = {
     "k_signed6": GridKind("signed", 256, 6, signed_scales=True),  # Q3_K
     "k_signed8": GridKind("signed", 256, 8, signed_scales=True),  # Q6_K
     # IQ4_NL: llama.cpp's non-uniform 16 levels (``kvalues_iq4nl``), one fp16 scale per block
-    "nl4": GridKind("table", levels=(-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)),
+    "nl4": GridKind("table", levels=_IQ4_LEVELS),
+    # IQ4_XS: the same levels, each group's scale a signed 6-bit integer times the super-block's d
+    "k_nl4": GridKind("table", 256, 6, signed_scales=True, levels=_IQ4_LEVELS),
 }
 
 
@@ -227,8 +230,12 @@ def fit_superblock(w: torch.Tensor, maxq: int, kind: str, group: int, *, mse: bo
     S = torch.stack([g.scale for g in subs], 1)
     M = -torch.stack([g.offset for g in subs], 1) if gk.base == "min" else None
 
+    levels = subs[0].levels
+
     def make(d, sc, dmin, m) -> list[Grid]:
         scale = d[:, None] * sc
+        if levels is not None:
+            return [Grid(scale[:, k], torch.zeros_like(d), None, d, levels=levels) for k in range(len(subs))]
         if M is None:
             half = torch.full_like(d, (maxq + 1) / 2)
             return [Grid(scale[:, k], half, None, d) for k in range(len(subs))]
