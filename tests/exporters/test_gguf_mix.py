@@ -155,3 +155,16 @@ def test_default_model_mix_types_equal_llama_quantizes(tmp_path):
 
 _GGUF = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
          "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
+
+
+def test_fallbacks_are_logged_once_per_tensor_kind(caplog):
+    names = [("token_embd.weight", 576)] + [(f"blk.{i}.{k}.weight", 576) for i in range(4)
+                                              for k in ("attn_q", "ffn_gate")]
+    with caplog.at_level("INFO", logger="llmshrink.exporters.gguf_mix"):
+        plan = plan_types(MIXES["q4_k_m"], names, n_gqa=1, tied=True)
+    assert set(plan.values()) == {"q5_0", "q8_0"}
+    lines = [r.getMessage() for r in caplog.records]
+    assert plan["token_embd.weight"] == "q8_0"  # llama.cpp's own choice for such an output, not a fallback
+    assert sorted(lines) == sorted([
+        "attn_q: 4 tensor(s) of rows that are not whole q4_k blocks fall back to q5_0",
+        "ffn_gate: 4 tensor(s) of rows that are not whole q4_k blocks fall back to q5_0"])

@@ -11,6 +11,7 @@ compares the two on the same F16 file).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ from gguf import LlamaFileType
 
 from ..errors import UserError
 from .ggml import GGML_TYPES
+
+log = logging.getLogger(__name__)
 
 # a K type on a row that is not a multiple of 256 (llama.cpp's ``tensor_type_fallback``)
 FALLBACK = {"q2_k": "q4_0", "q3_k": "q4_0", "q4_k": "q5_0", "q5_k": "q5_1", "q6_k": "q8_0", "iq4_xs": "iq4_nl"}
@@ -103,6 +106,7 @@ def plan_types(mix: Mix, tensors: list[tuple[str, int]], *, n_gqa: int, tied: bo
     n_down = sum(category(n) == "ffn_down" for n, _ in tensors)
     i_v = i_down = 0
     plan: dict[str, str] = {}
+    fell_back: dict[tuple[str, str, str], int] = {}  # (kind, type, fallback) -> tensors
     for name, width in tensors:
         cat, new = category(name), None
         if cat == "output" or (tied and cat == "token_embd"):
@@ -114,5 +118,11 @@ def plan_types(mix: Mix, tensors: list[tuple[str, int]], *, n_gqa: int, tied: bo
             new, i_down = mix.ffn_down(i_down, n_down), i_down + 1
         elif cat == "attn_output":
             new = mix.attn_output
-        plan[name] = fallback(new or mix.base, width, name)
+        want = new or mix.base
+        plan[name] = fallback(want, width, name)
+        if plan[name] != want:
+            key = (cat, want, plan[name])
+            fell_back[key] = fell_back.get(key, 0) + 1
+    for (cat, want, got), n in fell_back.items():  # once per tensor kind, as a summary of llama.cpp's lines
+        log.info("%s: %d tensor(s) of rows that are not whole %s blocks fall back to %s", cat, n, want, got)
     return plan
