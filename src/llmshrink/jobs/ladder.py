@@ -31,7 +31,7 @@ from ..exporters.config import FILE_TYPES, GGUFConfig
 from ..exporters.gguf import _tensor_names
 from ..exporters.llamacpp_quant import LLAMACPP_TYPES, llama_quantize, read_imatrix, write_imatrix
 from ..models.load import LoadedModel
-from ..paths import atomic_file
+from ..paths import atomic_file, output_path
 from ..quant.importance import input_importance
 from .gguf_export import export_gguf
 
@@ -114,9 +114,7 @@ def _open_folder(out: Path, settings: dict) -> dict:
         return rec
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} exists and is not a ladder folder: choose a new --out folder")
-    if not out.parent.is_dir():
-        raise UserError(f"the folder {out.parent} does not exist: create it or choose another --out")
-    out.mkdir(exist_ok=True)
+    output_path(out).mkdir(exist_ok=True)
     return {"hash": digest, "settings": settings, "rows": {}}
 
 
@@ -194,7 +192,7 @@ def run_ladder(load: Callable[[], LoadedModel], gcfg: GGUFConfig, ladder: Ladder
     rec = _open_folder(out, _settings(lm, gcfg, calib, ecfg))
     for stale in out.glob(".*.part"):  # what a killed run was writing: never a finished file
         stale.unlink()
-    params, windows, types = lm.num_parameters, None, ladder.types
+    params, windows, imatrix, types = lm.num_parameters, None, None, ladder.types
     for t in progress(types, desc="ladder", unit="file") if progress else types:
         path = out / _file_name(lm, t)
         if t in rec["rows"] and path.is_file():
@@ -204,7 +202,8 @@ def run_ladder(load: Callable[[], LoadedModel], gcfg: GGUFConfig, ladder: Ladder
             if windows is None and t != "f16" and (t in LLAMACPP_TYPES or gcfg.method == "gptq"):
                 windows = calibration_windows(lm.tokenizer, calib)  # one set for every solve and the imatrix
             if t in LLAMACPP_TYPES:
-                imatrix = _imatrix(model.get(), windows, calib, out / "imatrix.gguf", progress)
+                if imatrix is None:  # one matrix for every llama.cpp-made file
+                    imatrix = _imatrix(model.get(), windows, calib, out / "imatrix.gguf", progress)
                 llama_quantize(out / _file_name(lm, "f16"), path, t, imatrix)
             else:
                 cfg = GGUFConfig(**{**gcfg.to_dict(), "type": t})
