@@ -81,12 +81,9 @@ def run_export(lm: LoadedModel, fmt: str, cfg: Config | None, out: Path, *, cali
     if ladder is not None and ladder.ladder:
         if fmt != "gguf":
             raise UserError(f"--ladder writes GGUF files: drop --format {fmt} or --ladder")
-        pristine = None if load is not None else copy.deepcopy(lm)
-        first = [lm]
-
-        def fresh() -> LoadedModel:  # the model given, then a fresh copy for every later solve
-            return first.pop() if first else (load() if load is not None else copy.deepcopy(pristine))
-
-        return run_ladder(fresh, cfg or GGUFConfig(), ladder, Path(out), calib or CalibConfig(), progress=progress)
+        if load is None:  # no way to read the model again: solve on copies of it as given
+            pristine = copy.deepcopy(lm)
+            load = lambda: copy.deepcopy(pristine)  # noqa: E731
+        return run_ladder(lm, load, cfg or GGUFConfig(), ladder, Path(out), calib or CalibConfig(), progress=progress)
     exporter = EXPORTERS[fmt]
     return exporter.write(lm, cfg, out, calib=calib, progress=progress)

@@ -170,24 +170,23 @@ def _score(path: Path, ecfg: EvalConfig) -> dict:
 class _Fresh:
     """The model as loaded: loaded again after a solve has rewritten its weights."""
 
-    def __init__(self, load: Callable[[], LoadedModel]) -> None:
-        self.load, self.lm, self.dirty = load, None, False
+    def __init__(self, lm: LoadedModel, load: Callable[[], LoadedModel]) -> None:
+        self.lm, self.load, self.dirty = lm, load, False
 
     def get(self) -> LoadedModel:
-        if self.lm is None or self.dirty:
+        if self.dirty:
             self.lm, self.dirty = None, False
             self.lm = self.load()
         return self.lm
 
 
-def run_ladder(load: Callable[[], LoadedModel], gcfg: GGUFConfig, ladder: LadderConfig, out: Path,
-               calib: CalibConfig, *, progress=None) -> LadderReport:
+def run_ladder(lm: LoadedModel, load: Callable[[], LoadedModel], gcfg: GGUFConfig, ladder: LadderConfig,
+               out: Path, calib: CalibConfig, *, progress=None) -> LadderReport:
     """Write every file of ``ladder`` into the folder ``out`` (resuming one made with the same
-    settings), each scored through llama.cpp on ``ladder.eval_data``; ``load`` gives a fresh copy
-    of the model (a GPTQ solve rewrites the weights it solves)."""
+    settings), each scored through llama.cpp on ``ladder.eval_data``, starting from ``lm``;
+    ``load`` gives a fresh copy of the model (a GPTQ solve rewrites the weights it solves)."""
     out = Path(out)
-    model = _Fresh(load)
-    lm = model.get()
+    model = _Fresh(lm, load)
     ecfg = ladder.eval_config()
     rec = _open_folder(out, _settings(lm, gcfg, calib, ecfg))
     for stale in out.glob(".*.part"):  # what a killed run was writing: never a finished file
