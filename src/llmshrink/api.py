@@ -34,39 +34,41 @@ def _loaded(model: Model, **kw) -> LoadedModel:
 
 
 def quantize(model: Model, out: str | Path, config: QuantConfig | None = None, *, calib: CalibConfig | None = None,
-             blocks: str | None = None, lm_head: bool = False, progress=None) -> QuantizeReport:
+             blocks: str | None = None, lm_head: bool = False, overwrite: bool = False, progress=None) -> QuantizeReport:
     """Quantize ``model``'s decoder blocks (``blocks``, an ``A:B`` range, default all; ``lm_head``
     too if asked) with GPTQ or RTN and write a Hugging Face GPTQ checkpoint to the folder ``out``.
-    A model given by name is read block by block (memory holds one block in float)."""
+    A model given by name is read block by block (memory holds one block in float). An existing
+    ``out`` is replaced only with ``overwrite`` (as for every job)."""
     from .jobs.quantize import run_quantize
 
     report, _ = run_quantize(_loaded(model, lazy_blocks=True), config or QuantConfig(), calib or CalibConfig(),
-                             Path(out), blocks=blocks, lm_head=lm_head, progress=progress)
+                             Path(out), blocks=blocks, lm_head=lm_head, overwrite=overwrite, progress=progress)
     return report
 
 
 def finetune(model: Model, out: str | Path, config: FinetuneConfig | None = None, *, resume: bool = False,
-             progress=None) -> FinetuneResult:
+             overwrite: bool = False, progress=None) -> FinetuneResult:
     """Train the last blocks (and lm_head) of a plain or partially quantized ``model`` with the front
     frozen, evaluate it and write it to ``out`` (checkpointed; ``resume`` continues a killed run)."""
     from .jobs.finetune import finetune as run
 
-    return run(_loaded(model), config or FinetuneConfig(), Path(out), resume=resume, progress=progress)
+    return run(_loaded(model), config or FinetuneConfig(), Path(out), resume=resume, overwrite=overwrite,
+               progress=progress)
 
 
 def prune(model: Model, out: str | Path, config: PruneConfig | None = None, *, heal: HealConfig | None = None,
-          score_only: bool = False, progress=None) -> dict:
+          score_only: bool = False, overwrite: bool = False, progress=None) -> dict:
     """Score ``model``'s decoder blocks, remove the least important (``config.remove`` or
     ``ratio``), heal with LoRA if ``heal`` says so, and write the plain smaller model to ``out``
     (``score_only``: only the scores). Returns the run's record (scores, removed blocks, ...)."""
     from .jobs.prune import run_prune
 
     return run_prune(_loaded(model), config or PruneConfig(), Path(out), heal=heal, score_only=score_only,
-                     progress=progress)
+                     overwrite=overwrite, progress=progress)
 
 
 def export(model: Model, out: str | Path, config: GGUFConfig | None = None, *, format: str = "gguf",
-           calib: CalibConfig | None = None, ladder=None, progress=None):
+           calib: CalibConfig | None = None, ladder=None, overwrite: bool = False, progress=None):
     """Write ``model`` in ``format``: ``gguf`` (a file for llama.cpp; block types GPTQ-solved on
     their grid, calibrated on ``calib``) or ``hf-gptq`` (a Hugging Face GPTQ folder of a model that is
     quantized already). Returns the exporter's report (GGUF) or the folder (hf-gptq). With a
@@ -77,7 +79,7 @@ def export(model: Model, out: str | Path, config: GGUFConfig | None = None, *, f
     cfg = (config or GGUFConfig()) if format == "gguf" else config
     load = (lambda: load_model(str(model))) if not isinstance(model, LoadedModel) else None
     return run_export(_loaded(model), format, cfg, Path(out), calib=calib, progress=progress, ladder=ladder,
-                      load=load)
+                      load=load, overwrite=overwrite)
 
 
 def evaluate(model: Model, config: EvalConfig | None = None, *, tasks: tuple[str, ...] = (),

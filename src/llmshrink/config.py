@@ -202,3 +202,21 @@ def from_mapping(data: Any, parts: Sequence[Part], where: str) -> dict[str, Conf
             mine = {k: v for k, v in data.items() if k in top_fields[p.key]}
             out[p.key] = p.cls.build(mine, lambda n: f"{where}.{n}")
     return out
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def settings_difference(old: Any, new: Any, *, limit: int = 3) -> str:
+    """The settings that differ between two (nested) records, as ``key: old -> new`` (at most
+    ``limit`` of them): what a refused resume names."""
+    a, b = _flat(old), _flat(new)
+    keys = [k for k in sorted(set(a) | set(b)) if a.get(k, "(none)") != b.get(k, "(none)")]
+    text = "; ".join(f"{k or 'settings'}: {a.get(k, '(none)')!r} -> {b.get(k, '(none)')!r}" for k in keys[:limit])
+    return text + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -65,6 +66,21 @@ def load(args: argparse.Namespace, **kw):
     return config(args, load_part()).load(args.model, **kw)
 
 
+def add_out(p: argparse.ArgumentParser, help: str, *, required: bool = True) -> None:
+    """``--out`` and ``--overwrite``: an existing output is replaced only when asked."""
+    p.add_argument("--out", required=required, help=help)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (default: refuse it)")
+
+
+def claim(args: argparse.Namespace, *, folder: bool = True, resumes: bool = False) -> Path:
+    """Check the command's --out against its MODEL before the model is loaded (see
+    :func:`llmshrink.paths.claim_output`)."""
+    from ..paths import claim_output, input_bytes
+
+    return claim_output(args.out, inputs=(args.model,), overwrite=args.overwrite, folder=folder,
+                        need_bytes=input_bytes(args.model), resumes=resumes)
+
+
 def print_table(rows: list[tuple[str, str]]) -> None:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
@@ -75,15 +91,27 @@ def mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
+def check_json_out(out: str | None) -> Path | None:
+    """The folder a command's JSON record goes into, checked before the command's work."""
+    if out is None:
+        return None
+    from ..paths import output_path
+
+    folder = output_path(out)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"--out {folder} is a file: give a folder to write the record into")
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"the folder {folder} cannot be written: choose another --out")
+    return folder
+
+
 def write_json(out: str | None, name: str, rec: dict) -> None:
     """``OUT/name`` (the folder is created; the file is written atomically) for ``llmshrink report``."""
     if out is None:
         return
-    from ..paths import atomic_file, output_path
+    from ..paths import atomic_file
 
-    folder = output_path(out)
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"--out {folder} is a file: give a folder to write {name} into")
+    folder = check_json_out(out)
     folder.mkdir(exist_ok=True)
     with atomic_file(Path(folder) / name) as tmp:
         tmp.write_text(json.dumps(rec, indent=2) + "\n")

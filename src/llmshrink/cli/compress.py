@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import UserError
-from .common import command, config, config_args, load, mb, print_table, progress
+from .common import add_out, claim, command, config, config_args, load, mb, print_table, progress
 
 # ---------------------------------------------------------------- quantize
 
@@ -14,7 +14,7 @@ def _quantize_args(p: argparse.ArgumentParser) -> None:
     from ..jobs.quantize import PARTS
 
     p.add_argument("model", help="model folder, .gguf file, or alias")
-    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    add_out(p, "output folder (written atomically)")
     config_args(p, PARTS)
 
 
@@ -23,10 +23,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from ..jobs.quantize import PARTS, run_quantize
 
     cfg, scope, calib = (config(args, part) for part in PARTS)
+    claim(args)
     # Blocks stay on disk until the driver reaches them: memory holds one float block at a time.
     lm = load(args, lazy_blocks=True)
     report, out = run_quantize(lm, cfg, calib, args.out, blocks=scope.blocks, lm_head=scope.lm_head,
-                               progress=progress())
+                               overwrite=args.overwrite, progress=progress())
 
     def total(values) -> str:
         values = [v for v in values if v is not None]
@@ -50,8 +51,8 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     from ..jobs.export import PARTS
 
     p.add_argument("model", help="model folder (plain, pruned or GPTQ-quantized), .gguf file, or alias")
-    p.add_argument("--out", required=True, help="output .gguf file, or folder for hf-gptq or --ladder (written "
-                                                "atomically; a ladder resumes in its folder)")
+    add_out(p, "output .gguf file, or folder for hf-gptq or --ladder (written atomically; a ladder resumes in "
+               "its folder)")
     config_args(p, PARTS)
 
 
@@ -61,8 +62,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ..jobs.export import PARTS, run_export
 
     fmt, gguf_cfg, ladder, calib = (config(args, part) for part in PARTS)
+    claim(args, folder=bool(ladder.ladder) or fmt.format != "gguf", resumes=bool(ladder.ladder))
     rep = run_export(load(args), fmt.format, gguf_cfg, args.out, calib=calib, progress=progress(), ladder=ladder,
-                     load=lambda: load(args))
+                     load=lambda: load(args), overwrite=args.overwrite)
     if ladder.ladder:
         print(rep.table)
         print(f"\nsaved {len(rep.rows)} files, ladder.md and ladder.json in {rep.out}")
@@ -86,8 +88,7 @@ def _prune_args(p: argparse.ArgumentParser) -> None:
     from ..jobs.prune import PARTS
 
     p.add_argument("model", help="model folder, .gguf file, or alias")
-    p.add_argument("--out", required=True,
-                   help="output folder (written atomically): the pruned model, or with --score-only the scores")
+    add_out(p, "output folder (written atomically): the pruned model, or with --score-only the scores")
     p.add_argument("--score-only", action="store_true", help="score the blocks (JSON + PNG), remove nothing")
     config_args(p, PARTS)
 
@@ -99,7 +100,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     cfg, heal = (config(args, part) for part in PARTS)
     if args.score_only and heal.method != "none":
         raise UserError("--score-only removes nothing, so there is nothing to --heal: drop one of them")
-    rec = run_prune(load(args), cfg, args.out, heal=heal, score_only=args.score_only, progress=progress())
+    claim(args)
+    rec = run_prune(load(args), cfg, args.out, heal=heal, score_only=args.score_only, overwrite=args.overwrite,
+                    progress=progress())
     first = rec["scores"][0]
     removed = set(rec.get("removed", []))
     print(f"| block | {cfg.criterion} score | removed |")

@@ -10,7 +10,18 @@ from pathlib import Path
 
 from ..config import Part
 from ..errors import UserError
-from .common import command, config, config_args, load, mb, print_table, progress, value, write_json
+from .common import (
+    check_json_out,
+    command,
+    config,
+    config_args,
+    load,
+    mb,
+    print_table,
+    progress,
+    value,
+    write_json,
+)
 
 
 def _eval_parts() -> tuple[Part, Part]:
@@ -44,6 +55,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         req = config(args, tasks_part, data=cfg.data, batch_size=cfg.batch_size)
     if args.no_perplexity and req is None:
         raise UserError("--no-perplexity leaves nothing to do without --tasks")
+    check_json_out(args.out)
     backend = eval_backend(args.model, args.backend)
     if backend == "llama.cpp":
         if req is not None:
@@ -99,6 +111,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ..eval.bench import bench_model
 
     cfg = config(args, _bench_part())
+    check_json_out(args.out)
     rec = bench_model(load(args), cfg)
     write_json(args.out, "bench.json", rec)
     if args.json:

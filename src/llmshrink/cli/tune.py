@@ -6,14 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import command, config, config_args, load, mb, print_table, progress
+from .common import add_out, claim, command, config, config_args, load, mb, print_table, progress
 
 
 def _finetune_args(p: argparse.ArgumentParser) -> None:
     from ..jobs.finetune import PARTS
 
     p.add_argument("model", help="model folder (plain or partially GPTQ-quantized), .gguf file, or alias")
-    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    add_out(p, "output folder (written atomically)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     config_args(p, PARTS)
 
@@ -21,11 +21,12 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
 @command("finetune", "fine-tune the last blocks (and lm_head) of a plain or partially quantized model",
          _finetune_args)
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from ..jobs.finetune import PARTS, finetune
+    from ..jobs.finetune import PARTS, check_resume, finetune
 
     (part,) = PARTS
     cfg = config(args, part)
-    res = finetune(load(args), cfg, args.out, resume=args.resume, progress=progress())
+    check_resume(claim(args), args.resume)
+    res = finetune(load(args), cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=progress())
     rows = [("saved", str(res.out)), ("steps", str(res.stats.steps)), ("tokens", f"{res.stats.tokens:,}"),
             ("trainable parameters", f"{res.trainable:,}"),
             ("loss", f"{res.stats.mean_loss(True):.4f} -> {res.stats.mean_loss(False):.4f} ({cfg.loss})"),

@@ -17,7 +17,7 @@ from ..errors import UserError
 from ..exporters.config import GGUFConfig
 from ..exporters.hf import save_folder
 from ..models.load import LoadedModel
-from ..paths import output_path
+from ..paths import claim_output
 from ..quant.qlinear import QuantLinear
 from .gguf_export import export_gguf, solve_blocks
 from .ladder import LadderConfig, run_ladder
@@ -28,10 +28,10 @@ log = logging.getLogger(__name__)
 
 
 def export_hf_gptq(lm: LoadedModel, cfg: Config | None, out: Path, *, calib: CalibConfig | None = None,
-                   progress=None) -> Path:
+                   overwrite: bool = False, progress=None) -> Path:
     """Re-write a model whose layers are packed already (a GPTQ checkpoint, a tuned mixed one) as a
     Hugging Face GPTQ folder; a plain model is quantized by ``llmshrink quantize``."""
-    out = output_path(out)
+    out = claim_output(out, inputs=lm.sources, overwrite=overwrite, need_bytes=lm.size_on_disk)
     if not any(isinstance(m, QuantLinear) for m in lm.model.modules()):
         raise UserError(f"{lm.name} has no quantized layers to write as GPTQ: quantize it with "
                         f"llmshrink quantize {lm.name} --out DIR")
@@ -74,10 +74,12 @@ PARTS = (Part("format", ExportFormat), Part("gguf", GGUFConfig), Part("ladder", 
 
 
 def run_export(lm: LoadedModel, fmt: str, cfg: Config | None, out: Path, *, calib: CalibConfig | None = None,
-               progress=None, ladder: LadderConfig | None = None, load: Callable[[], LoadedModel] | None = None):
-    """Export ``lm`` in format ``fmt`` to ``out`` (the exporter's own settings in ``cfg``); with a
-    ``ladder``, every file it names into the folder ``out`` (``load`` gives a fresh copy of the
-    model for each solve; default: a copy of ``lm``)."""
+               progress=None, ladder: LadderConfig | None = None, load: Callable[[], LoadedModel] | None = None,
+               overwrite: bool = False):
+    """Export ``lm`` in format ``fmt`` to ``out`` (the exporter's own settings in ``cfg``; an
+    existing ``out`` is replaced only with ``overwrite``); with a ``ladder``, every file it names
+    into the folder ``out`` (``load`` gives a fresh copy of the model for each solve; default: a
+    copy of ``lm``), continuing a ladder of the same settings there."""
     if ladder is not None and ladder.ladder:
         if fmt != "gguf":
             raise UserError(f"--ladder writes GGUF files: drop --format {fmt} or --ladder")
@@ -86,4 +88,4 @@ def run_export(lm: LoadedModel, fmt: str, cfg: Config | None, out: Path, *, cali
             load = lambda: copy.deepcopy(pristine)  # noqa: E731
         return run_ladder(lm, load, cfg or GGUFConfig(), ladder, Path(out), calib or CalibConfig(), progress=progress)
     exporter = EXPORTERS[fmt]
-    return exporter.write(lm, cfg, out, calib=calib, progress=progress)
+    return exporter.write(lm, cfg, out, calib=calib, overwrite=overwrite, progress=progress)

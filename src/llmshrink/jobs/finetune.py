@@ -16,7 +16,7 @@ from ..eval.config import EvalConfig
 from ..eval.run import evaluate_perplexity
 from ..exporters.hf import Extra, save_folder
 from ..models.load import LoadedModel
-from ..paths import output_path
+from ..paths import claim_output
 from ..tune.config import FinetuneConfig
 from ..tune.finetune import train_tail
 from ..tune.train import TrainStats
@@ -39,14 +39,13 @@ def checkpoint_dir(out: Path) -> Path:
 
 
 def finetune(lm: LoadedModel, cfg: FinetuneConfig, out: Path, *, resume: bool = False,
-             eval_cfg: EvalConfig | None = None, progress=None) -> FinetuneResult:
-    """Train the tail of ``lm`` in place, evaluate it, and save it to ``out``."""
+             eval_cfg: EvalConfig | None = None, overwrite: bool = False, progress=None) -> FinetuneResult:
+    """Train the tail of ``lm`` in place, evaluate it, and save it to ``out`` (an existing ``out``
+    only with ``overwrite``)."""
     t0 = time.perf_counter()
-    out = output_path(out)
+    out = claim_output(out, inputs=lm.sources, overwrite=overwrite, need_bytes=2 * lm.size_on_disk)
+    check_resume(out, resume)
     ckpt_dir = checkpoint_dir(out)
-    if ckpt_dir.exists() and not resume:
-        raise UserError(f"{ckpt_dir} holds the checkpoint of an interrupted run: pass --resume to continue it, "
-                        "or delete it to start over")
     run = train_tail(lm, cfg, ckpt_dir, resume=resume, progress=progress)
     evaluation = run.evaluation
     eval_data = cfg.eval_data or eval_split(cfg)
@@ -64,6 +63,17 @@ def finetune(lm: LoadedModel, cfg: FinetuneConfig, out: Path, *, resume: bool = 
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def check_resume(out: Path, resume: bool) -> None:
+    """A checkpoint beside ``out`` is continued only with ``resume``; ``resume`` needs one."""
+    ckpt_dir = checkpoint_dir(out)
+    if ckpt_dir.exists() and not resume:
+        raise UserError(f"{ckpt_dir} holds the checkpoint of an interrupted run: pass --resume to continue it, "
+                        "or delete it to start over")
+    if resume and not ckpt_dir.exists():
+        raise UserError(f"--resume: no checkpoint of an interrupted run into {out} (looked for {ckpt_dir}): "
+                        "drop --resume to start")
 
 
 def eval_split(cfg: FinetuneConfig) -> str | None:

@@ -12,7 +12,7 @@ from ..data.calib import CalibConfig, calibration_windows
 from ..exporters.config import GGUFConfig
 from ..exporters.gguf import GGUFReport, check_exportable, float_blocks, plan_tensor_types, write_gguf
 from ..models.load import LoadedModel
-from ..paths import output_path
+from ..paths import claim_output
 from ..quant.config import QuantConfig
 from ..quant.driver import quantize_model
 from ..quant.gptq import QuantResult
@@ -46,11 +46,12 @@ def _layer_configs(lm: LoadedModel, cfg: GGUFConfig) -> Callable[[str], QuantCon
 
 
 def export_gguf(lm: LoadedModel, cfg: GGUFConfig, out: Path, *, calib: CalibConfig | None = None,
-                progress=None, windows: torch.Tensor | None = None) -> GGUFReport:
+                progress=None, windows: torch.Tensor | None = None, overwrite: bool = False) -> GGUFReport:
     """Write ``lm`` to ``out`` as GGUF of ``cfg.type``; GPTQ-solved when the type is block-quantized
-    (on ``windows`` when given, else on windows made from ``calib``)."""
+    (on ``windows`` when given, else on windows made from ``calib``). An existing ``out`` is
+    replaced only with ``overwrite``."""
     t0 = time.perf_counter()
-    out = output_path(out)
+    out = claim_output(out, inputs=lm.sources, overwrite=overwrite, folder=False, need_bytes=lm.size_on_disk)
     check_exportable(lm, cfg)  # refuse an unrepresentable model before solving
     qcfg = cfg.quant_config()
     results = (solve_blocks(lm, qcfg, calib or CalibConfig(), progress, layer_config=_layer_configs(lm, cfg),

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from ..config import Config
+from ..config import Config, settings_difference
 from ..data.calib import CalibConfig, calibration_windows
 from ..errors import UserError
 from ..eval.config import EvalConfig
@@ -31,7 +31,7 @@ from ..exporters.config import FILE_TYPES, GGUFConfig
 from ..exporters.gguf import _tensor_names
 from ..exporters.llamacpp_quant import LLAMACPP_TYPES, llama_quantize, read_imatrix, write_imatrix
 from ..models.load import LoadedModel
-from ..paths import atomic_file, output_path
+from ..paths import atomic_file, claim_output, read_record
 from ..quant.importance import input_importance
 from .gguf_export import export_gguf
 
@@ -101,20 +101,22 @@ def _settings(lm: LoadedModel, gcfg: GGUFConfig, calib: CalibConfig, ecfg: EvalC
     return {"model": lm.name, "gguf": solve, "calib": calib.to_dict(), "eval": ecfg.to_dict() if ecfg else None}
 
 
-def _open_folder(out: Path, settings: dict) -> dict:
+def _open_folder(out: Path, settings: dict, sources: tuple[Path, ...]) -> dict:
     """The ladder record of ``out`` (new or resumed); refuse a folder from other settings."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    claim_output(out, inputs=sources, resumes=True)
     record = out / "ladder.json"
     if record.is_file():
-        rec = json.loads(record.read_text())
+        rec = read_record(record)
         if rec.get("hash") != digest:
-            raise UserError(f"{out} holds a ladder made with other settings (model, solve, calibration or "
-                            f"evaluation): use another --out, or delete {out} to start over")
+            raise UserError(f"{out} holds a ladder made with other settings ("
+                            f"{settings_difference(rec.get('settings'), settings)}): use another --out, or delete "
+                            f"{out} to start over")
         log.info("resuming the ladder in %s (%d files done)", out, len(rec.get("rows", {})))
         return rec
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} exists and is not a ladder folder: choose a new --out folder")
-    output_path(out).mkdir(exist_ok=True)
+    out.mkdir(exist_ok=True)
     return {"hash": digest, "settings": settings, "rows": {}}
 
 
@@ -188,7 +190,7 @@ def run_ladder(lm: LoadedModel, load: Callable[[], LoadedModel], gcfg: GGUFConfi
     out = Path(out)
     model = _Fresh(lm, load)
     ecfg = ladder.eval_config()
-    rec = _open_folder(out, _settings(lm, gcfg, calib, ecfg))
+    rec = _open_folder(out, _settings(lm, gcfg, calib, ecfg), lm.sources)
     for stale in out.glob(".*.part"):  # what a killed run was writing: never a finished file
         stale.unlink()
     params, windows, imatrix, types = lm.num_parameters, None, None, ladder.types
@@ -206,7 +208,8 @@ def run_ladder(lm: LoadedModel, load: Callable[[], LoadedModel], gcfg: GGUFConfi
                 llama_quantize(out / _file_name(lm, "f16"), path, t, imatrix)
             else:
                 cfg = GGUFConfig(**{**gcfg.to_dict(), "type": t})
-                export_gguf(model.get(), cfg, path, calib=calib, progress=progress, windows=windows)
+                export_gguf(model.get(), cfg, path, calib=calib, progress=progress, windows=windows,
+                            overwrite=True)
                 model.dirty |= cfg.quant_config() is not None  # the solve rewrote the weights
         size = path.stat().st_size
         row = {"file": path.name, "made_by": _made_by(t, gcfg), "size": size, "bits_per_weight": 8 * size / params,

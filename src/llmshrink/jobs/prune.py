@@ -15,7 +15,7 @@ from ..config import Part
 from ..data.calib import corpus_windows
 from ..exporters.hf import save_folder
 from ..models.load import LoadedModel
-from ..paths import atomic_dir, output_path
+from ..paths import atomic_dir, claim_output
 from ..pruning.config import HealConfig, PruneConfig
 from ..pruning.depth import remove_blocks
 from ..pruning.plot import plot_scores
@@ -62,9 +62,11 @@ def remove_least_important(lm: LoadedModel, cfg: PruneConfig, batches, *,
 
 
 def run_prune(lm: LoadedModel, cfg: PruneConfig, out: Path, *, heal: HealConfig | None = None,
-              score_only: bool = False, progress=None) -> dict:
-    """Score (and unless ``score_only``, remove and heal); write everything into ``out`` atomically."""
-    out = output_path(out)
+              score_only: bool = False, overwrite: bool = False, progress=None) -> dict:
+    """Score (and unless ``score_only``, remove and heal); write everything into ``out`` atomically
+    (an existing ``out`` only with ``overwrite``)."""
+    out = claim_output(out, inputs=lm.sources, overwrite=overwrite,
+                       need_bytes=0 if score_only else lm.size_on_disk)
     heal = heal or HealConfig()
     n_blocks = len(lm.arch.blocks(lm.model))
     if not score_only:

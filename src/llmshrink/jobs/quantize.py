@@ -17,7 +17,7 @@ from ..data.calib import CalibConfig, calibration_windows
 from ..exporters.hf import check_packable, save_quantized
 from ..models.arch import block_range
 from ..models.load import LoadedModel
-from ..paths import output_path
+from ..paths import claim_output
 from ..quant.config import QuantConfig
 from ..quant.driver import QuantizeReport, quantize_model
 
@@ -44,8 +44,8 @@ PARTS = (Part("quant", QuantConfig), Part("scope", QuantizeScope), Part("calib",
 
 
 def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Path, *, blocks: str | None = None,
-                 lm_head: bool = False, progress=None) -> tuple[QuantizeReport, Path]:
-    out = output_path(out)
+                 lm_head: bool = False, overwrite: bool = False, progress=None) -> tuple[QuantizeReport, Path]:
+    out = claim_output(out, inputs=lm.sources, overwrite=overwrite, need_bytes=lm.size_on_disk)
     n_layers = len(lm.arch.blocks(lm.model))
     todo = block_range(blocks, n_layers)
     check_packable(lm.model, lm.arch, todo, lm_head, cfg.bits)

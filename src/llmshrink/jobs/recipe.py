@@ -35,7 +35,7 @@ from typing import Any
 from ..config import Part, from_mapping
 from ..errors import UserError
 from ..eval.config import EvalConfig
-from ..paths import atomic_file
+from ..paths import atomic_file, claim_output
 from . import export as export_job
 from . import finetune as finetune_job
 from . import prune as prune_job
@@ -60,14 +60,14 @@ def _run_quantize(model: str, out: Path, c: dict, ctx: dict, progress) -> dict:
 
     lm = load_model(model, lazy_blocks=True)
     report, _ = quantize_job.run_quantize(lm, c["quant"], c["calib"], out, blocks=c["scope"].blocks,
-                                          lm_head=c["scope"].lm_head, progress=progress)
+                                          lm_head=c["scope"].lm_head, overwrite=True, progress=progress)
     return {"blocks": report.blocks, "seconds": report.seconds}
 
 
 def _run_prune(model: str, out: Path, c: dict, ctx: dict, progress) -> dict:
     from ..models.load import load_model
 
-    rec = prune_job.run_prune(load_model(model), c["prune"], out, heal=c["heal"], progress=progress)
+    rec = prune_job.run_prune(load_model(model), c["prune"], out, heal=c["heal"], overwrite=True, progress=progress)
     return {"removed": rec.get("removed"), "blocks_after": rec.get("blocks_after")}
 
 
@@ -83,7 +83,8 @@ def _run_finetune(model: str, out: Path, c: dict, ctx: dict, progress) -> dict:
     cfg = c["finetune"]
     if cfg.distill_from == "@original":
         cfg = dataclasses.replace(cfg, distill_from=ctx["original"])
-    res = finetune_job.finetune(load_model(model), cfg, out, resume=True, progress=progress)
+    resume = finetune_job.checkpoint_dir(out).exists()
+    res = finetune_job.finetune(load_model(model), cfg, out, resume=resume, overwrite=True, progress=progress)
     return {"steps": res.stats.steps, "loss_first": res.stats.mean_loss(True),
             "loss_last": res.stats.mean_loss(False), **res.evaluation}
 
@@ -95,7 +96,8 @@ def _run_export(model: str, out: Path, c: dict, ctx: dict, progress) -> dict:
     fmt, ladder = c["format"].format, c["ladder"]
     target = out / "ladder" if ladder.ladder else out / "model.gguf" if fmt == "gguf" else out / "model"
     rep = export_job.run_export(load_model(model), fmt, c["gguf"] if fmt == "gguf" else None, target,
-                                calib=c["calib"], progress=progress, ladder=ladder, load=lambda: load_model(model))
+                                calib=c["calib"], progress=progress, ladder=ladder, load=lambda: load_model(model),
+                                overwrite=True)
     if ladder.ladder:
         return {"folder": str(rep.out), "files": {t: r["file"] for t, r in rep.rows.items()}}
     if fmt != "gguf":
@@ -210,10 +212,27 @@ def _forget_stale_checkpoint(root: Path, stage_out: Path, digest: str) -> None:
         started.write_text(digest)
 
 
+def _open_root(root: Path, recipe: Recipe) -> Path:
+    """The recipe's output folder, new or continued; never the model's folder, inside it or
+    holding it, nor a folder of other files."""
+    root = Path(root).expanduser()
+    if not root.absolute().parent.exists():
+        root.absolute().parent.mkdir(parents=True)
+    claim_output(root, inputs=(recipe.model,), resumes=True)
+    marker = root / ".llmshrink-recipe.json"
+    if root.is_dir() and any(root.iterdir()) and not marker.is_file() \
+            and not any(root.glob("*/.llmshrink-stage.json")):
+        raise UserError(f"{root} holds files that are not a recipe's outputs: give the recipe another out")
+    root.mkdir(exist_ok=True)
+    if not marker.is_file():
+        with atomic_file(marker) as tmp:
+            tmp.write_text(json.dumps({"recipe": recipe.source, "model": recipe.model}) + "\n")
+    return root
+
+
 def run_recipe(recipe: Recipe, *, out: str | Path | None = None, progress=None) -> dict:
     """Run the stages in order, skipping those already done with the same settings."""
-    root = Path(out or recipe.out)
-    root.mkdir(parents=True, exist_ok=True)
+    root = _open_root(Path(out or recipe.out), recipe)
     model, digest = recipe.model, hashlib.sha256(recipe.model.encode()).hexdigest()[:16]
     ctx = {"original": recipe.model}
     summary: dict = {"recipe": recipe.source, "out": str(root), "stages": []}

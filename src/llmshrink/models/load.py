@@ -75,6 +75,13 @@ class LoadedModel:
     def size_on_disk(self) -> int:
         return weights_size(self.path)
 
+    @property
+    def sources(self) -> tuple[Path, ...]:
+        """What the model was read from (the folder, and the file or folder named), which no
+        output may replace or sit inside."""
+        named = Path(self.name).expanduser()
+        return (self.path, named) if named.exists() else (self.path,)
+
 
 def weights_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
