@@ -10,6 +10,8 @@ import torch
 
 from .config import Config
 from .data.templates import TEMPLATES, ChatTemplate, Example, get_template
+from .errors import UserError
+from .models.health import nonfinite_activations_error
 
 
 @dataclass
@@ -46,6 +48,8 @@ class Generation:
 def generate(model: torch.nn.Module, tokenizer, instruction: str, cfg: GenerateConfig | None = None,
              *, input: str = "", context: str = "") -> Generation:
     cfg = cfg or GenerateConfig()
+    if not instruction or not instruction.strip():
+        raise UserError("the instruction is empty: give the text to answer")
     template = get_template(cfg.template)
     prompt = template.prompt(Example(instruction, input, context), tokenizer)
     # A chat template writes its own special tokens; other prompts get the tokenizer's defaults.
@@ -60,7 +64,10 @@ def generate(model: torch.nn.Module, tokenizer, instruction: str, cfg: GenerateC
     else:  # greedy: clear sampling defaults a model's generation_config may carry
         kwargs.update(temperature=None, top_p=None, top_k=None)
     t0 = time.perf_counter()
-    out = model.generate(**enc, **kwargs)
+    out = model.generate(**enc, **kwargs, output_scores=True, return_dict_in_generate=True)
     seconds = time.perf_counter() - t0
+    if any(not torch.isfinite(s).any() for s in out.scores[:1]):  # first step: every logit NaN/inf
+        raise nonfinite_activations_error(model, enc["input_ids"], "generating")
+    out = out.sequences
     new = out[0, enc["input_ids"].shape[1]:]
     return Generation(prompt, tokenizer.decode(new, skip_special_tokens=True).strip(), int(new.numel()), seconds)

@@ -20,9 +20,11 @@ def _quantize_args(p: argparse.ArgumentParser) -> None:
 
 @command("quantize", "quantize a model's decoder blocks (GPTQ or RTN) into a GPTQ checkpoint", _quantize_args)
 def cmd_quantize(args: argparse.Namespace) -> int:
+    from ..jobs.preflight import preflight
     from ..jobs.quantize import PARTS, run_quantize
 
     cfg, scope, calib = (config(args, part) for part in PARTS)
+    preflight(args.model, corpora=[calib.data if cfg.method != "rtn" else None], blocks=scope.blocks)
     claim(args)
     # Blocks stay on disk until the driver reaches them: memory holds one float block at a time.
     lm = load(args, lazy_blocks=True)
@@ -60,8 +62,11 @@ def _export_args(p: argparse.ArgumentParser) -> None:
                    "Hugging Face GPTQ folder", _export_args)
 def cmd_export(args: argparse.Namespace) -> int:
     from ..jobs.export import PARTS, run_export
+    from ..jobs.preflight import preflight
 
     fmt, gguf_cfg, ladder, calib = (config(args, part) for part in PARTS)
+    solves = fmt.format == "gguf" and (gguf_cfg.method == "gptq" or bool(ladder.ladder))
+    preflight(args.model, corpora=[calib.data if solves else None, ladder.eval_data if ladder.ladder else None])
     claim(args, folder=bool(ladder.ladder) or fmt.format != "gguf", resumes=bool(ladder.ladder))
     rep = run_export(load(args), fmt.format, gguf_cfg, args.out, calib=calib, progress=progress(), ladder=ladder,
                      load=lambda: load(args), overwrite=args.overwrite)
@@ -100,6 +105,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     cfg, heal = (config(args, part) for part in PARTS)
     if args.score_only and heal.method != "none":
         raise UserError("--score-only removes nothing, so there is nothing to --heal: drop one of them")
+    from ..jobs.preflight import preflight
+
+    preflight(args.model, corpora=[cfg.data, heal.data if heal.method != "none" else None])
     claim(args)
     rec = run_prune(load(args), cfg, args.out, heal=heal, score_only=args.score_only, overwrite=args.overwrite,
                     progress=progress())

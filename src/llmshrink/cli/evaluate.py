@@ -56,6 +56,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.no_perplexity and req is None:
         raise UserError("--no-perplexity leaves nothing to do without --tasks")
     check_json_out(args.out)
+    from ..jobs.preflight import preflight
+
+    preflight(args.model, corpora=[cfg.data if not args.no_perplexity else None, req.data if req else None])
+    if req is not None:
+        from ..eval.harness import check_tasks
+
+        check_tasks(req)
     backend = eval_backend(args.model, args.backend)
     if backend == "llama.cpp":
         if req is not None:
@@ -109,9 +116,11 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 @command("bench", "decode latency, bandwidth use, peak memory and size of a model", _bench_args)
 def cmd_bench(args: argparse.Namespace) -> int:
     from ..eval.bench import bench_model
+    from ..jobs.preflight import preflight
 
     cfg = config(args, _bench_part())
     check_json_out(args.out)
+    preflight(args.model)
     rec = bench_model(load(args), cfg)
     write_json(args.out, "bench.json", rec)
     if args.json:
@@ -169,8 +178,12 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
 @command("generate", "answer one instruction through a prompt template", _generate_args)
 def cmd_generate(args: argparse.Namespace) -> int:
     from ..generation import generate
+    from ..jobs.preflight import preflight
 
     cfg = config(args, _generate_part())
+    if not args.prompt.strip():
+        raise UserError("the instruction is empty: give the text to answer, e.g. llmshrink generate MODEL \"Write a haiku\"")
+    preflight(args.model)
     lm = load(args)
     out = generate(lm.model, lm.tokenizer, args.prompt, cfg, input=args.input, context=args.context)
     if args.show_prompt:

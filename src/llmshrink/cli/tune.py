@@ -25,6 +25,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     (part,) = PARTS
     cfg = config(args, part)
+    from ..jobs.preflight import preflight
+
+    preflight(args.model, corpora=[cfg.data, cfg.eval_data if cfg.eval_data != "none" else None],
+              models=[cfg.distill_from])
     check_resume(claim(args), args.resume)
     res = finetune(load(args), cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=progress())
     rows = [("saved", str(res.out)), ("steps", str(res.stats.steps)), ("tokens", f"{res.stats.tokens:,}"),

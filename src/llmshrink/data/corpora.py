@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -142,7 +143,27 @@ def load_corpus(spec: str) -> Corpus:
     return corpus
 
 
-def _load_named(spec: str) -> Corpus:
+def check_corpus(spec: str) -> None:
+    """Refuse a CORPUS argument that cannot be read, without reading it (before a model loads):
+    an unknown name or split, a missing path, an empty or unreadable file, a folder without text."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise UserError("the corpus is empty: give a corpus name, a .txt/.jsonl file, a folder or hf:NAME")
+    if spec.startswith("hf:"):
+        _hf_parts(spec)
+        return
+    path = Path(spec).expanduser()
+    if not path.exists():
+        _named(spec)
+    elif path.is_dir():
+        if not any(path.rglob("*.txt")):
+            raise UserError(f"folder {path} holds no .txt files: add some or give a file")
+    elif path.stat().st_size == 0:
+        raise UserError(f"corpus {spec} is empty: give a corpus with some text")
+    elif not os.access(path, os.R_OK):
+        raise UserError(f"cannot read {path}: check its permissions")
+
+
+def _named(spec: str) -> tuple[NamedCorpus, str]:
     name, _, split = spec.partition(":")
     named = NAMED.get(name)
     if named is None:
@@ -150,10 +171,15 @@ def _load_named(spec: str) -> Corpus:
             raise UserError(f"no such file or folder: {spec}: check the path")
         known = ", ".join(f"{n}[:{'|'.join(c.splits)}]" for n, c in NAMED.items())
         raise UserError(f"unknown corpus {spec!r}: give a .txt/.jsonl file, a folder, hf:NAME, or one of: {known}")
+    if split and split not in named.splits:
+        raise UserError(f"corpus {name} has no split {split!r}: use one of {', '.join(named.splits)}")
+    return named, split
+
+
+def _load_named(spec: str) -> Corpus:
+    named, split = _named(spec)
     docs = named.load_all()
     if split:
-        if split not in named.splits:
-            raise UserError(f"corpus {name} has no split {split!r}: use one of {', '.join(named.splits)}")
         docs = named.split(docs)[split]
     return Corpus(spec, tuple(docs))
 
@@ -219,13 +245,17 @@ def iter_jsonl_texts(path: Path):
         yield lineno, text
 
 
-def _load_hf(spec: str) -> Corpus:
+def _hf_parts(spec: str) -> tuple[str, str | None, str]:
     parts = spec.split(":")[1:]
     if not parts or not parts[0] or len(parts) > 3:
         raise UserError(f"bad corpus {spec!r}: write hf:NAME[:CONFIG][:SPLIT]")
-    name = parts[0]
     config = parts[1] if len(parts) > 1 and parts[1] else None
     split = parts[2] if len(parts) > 2 and parts[2] else "train"
+    return parts[0], config, split
+
+
+def _load_hf(spec: str) -> Corpus:
+    name, config, split = _hf_parts(spec)
     try:
         import datasets
     except ImportError:

@@ -79,6 +79,23 @@ def _file_task(spec: str) -> tuple[str, str, Path] | None:
     return f"{kind}_{stem}", kind, path
 
 
+def check_tasks(req: TaskRequest) -> None:
+    """Refuse an unknown task name or a bad task file before the model loads (lm-eval's names
+    only when a name is neither built in nor a file)."""
+    for spec in req.tasks:
+        filed = _file_task(spec)
+        if filed is not None:
+            check_task_file(filed[1], filed[2])
+        elif spec not in BUILTIN_TASKS and spec not in _task_manager().all_tasks:
+            raise _unknown_task(spec)
+
+
+def _unknown_task(spec: str) -> UserError:
+    return UserError(f"unknown task {spec!r}: built-in tasks are {', '.join(BUILTIN_TASKS)} "
+                     "(or KIND=FILE.jsonl for your own items); other names must be lm-eval tasks "
+                     "(lm-eval ls tasks)")
+
+
 def task_configs(req: TaskRequest, task_manager) -> tuple[list, dict[str, tuple[str | None, int | None]]]:
     """lm-eval task entries (config dicts for built-in tasks and task files, names for the
     registry's) and, per task name, its headline metric (None: lm-eval's) and item count."""
@@ -101,9 +118,7 @@ def task_configs(req: TaskRequest, task_manager) -> tuple[list, dict[str, tuple[
             entries.append(spec)
             info[spec] = (None, None)
         else:
-            raise UserError(f"unknown task {spec!r}: built-in tasks are {', '.join(BUILTIN_TASKS)} "
-                            "(or KIND=FILE.jsonl for your own items); other names must be lm-eval tasks "
-                            "(lm-eval ls tasks)")
+            raise _unknown_task(spec)
     return entries, info
 
 

@@ -16,6 +16,7 @@ import torch
 
 from ..data.windows import Window, eval_windows
 from ..losses import token_nll
+from ..models.health import nonfinite_activations_error
 
 Progress = Callable[..., Iterable]
 
@@ -69,6 +70,8 @@ def perplexity(
     for batch in iterator:
         inputs, mask = _batch(stream, batch, bos)
         nll, count = window_nll(model, inputs.to(device), mask.to(device))
+        if not math.isfinite(nll):
+            raise nonfinite_activations_error(model, inputs[:1].to(device), f"scoring {name}")
         total_nll += nll
         total_tokens += count
     mean = total_nll / total_tokens

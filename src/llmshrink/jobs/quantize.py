@@ -15,7 +15,7 @@ from typing import ClassVar
 from ..config import Config, Part
 from ..data.calib import CalibConfig, calibration_windows
 from ..exporters.hf import check_packable, save_quantized
-from ..models.arch import block_range
+from ..models.arch import block_range, check_range_syntax
 from ..models.load import LoadedModel
 from ..paths import claim_output
 from ..quant.config import QuantConfig
@@ -37,6 +37,7 @@ class QuantizeScope(Config):
     def __post_init__(self) -> None:
         self.check(self.blocks is None or isinstance(self.blocks, str), "blocks",
                    f"must be a range A:B written as a string, got {self.blocks!r}")
+        check_range_syntax(self.blocks)
 
 
 # The settings of a quantize job, as flags of ``llmshrink quantize`` and fields of a recipe's quantize stage.

@@ -75,6 +75,7 @@ def block_range(spec: str | None, n_blocks: int) -> range:
     or None/``all`` -> the range of block indices, checked against a model of ``n_blocks``."""
     if spec is None or spec in ("", ":", "all"):
         return range(n_blocks)
+    check_range_syntax(spec)
     try:
         if ":" in spec:
             a, _, b = spec.partition(":")
@@ -87,6 +88,21 @@ def block_range(spec: str | None, n_blocks: int) -> range:
         raise UserError(f"bad block range {spec!r}: write A:B, e.g. 0:26 (or 0:-4: all but the last four)") from None
     check_block_range(r, n_blocks, spec)
     return r
+
+
+def check_range_syntax(spec: str | None) -> None:
+    """What can be said of a block range before the model is known: it parses, and it is not
+    reversed or empty whatever the model's depth (ends of the same sign)."""
+    if spec is None or spec in ("", ":", "all"):
+        return
+    a, colon, b = spec.partition(":")
+    try:
+        start, stop = int(a) if a else None, int(b) if b else None
+    except ValueError:
+        raise UserError(f"bad block range {spec!r}: write A:B, e.g. 0:26 (or 0:-4: all but the last four)") from None
+    if colon and start is not None and stop is not None and (start < 0) == (stop < 0) and stop <= start:
+        raise UserError(f"block range {spec} is empty or reversed: write A:B with A < B, e.g. {stop}:{start}"
+                        if stop < start else f"block range {spec} is empty: write A:B with A < B")
 
 
 def check_block_range(r: range, n_blocks: int, spec: str | None = None) -> None:

@@ -21,11 +21,12 @@ import torch
 
 from ..config import Config
 from ..errors import UserError
-from ..paths import cache_subdir
+from ..paths import cache_dir, cache_subdir
 from .arch import ArchSpec, arch_for
-from .convert import MARKER, convert_gguf, is_gguf
+from .convert import MARKER, convert_gguf, inspect_gguf, is_gguf
 from .files import find_shards
 from .gptq_checkpoint import load_gptq
+from .health import check_weights
 from .zoo import ALIASES, get_alias
 
 if TYPE_CHECKING:
@@ -108,6 +109,35 @@ def resolve_model_dir(spec: str) -> Path:
         raise UserError(f"no such file or folder: {spec}: check the path")
     get_alias(spec)  # raises the unknown-alias error listing the known ones
     raise AssertionError("unreachable")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def check_model(spec: str) -> dict | None:
+    """What can be checked of a MODEL argument without loading it (before any work): the path or
+    alias exists; a folder has a readable config.json of a supported architecture, readable
+    safetensors headers and a tokenizer; a file is a readable GGUF. Returns the folder's config
+    (None for a GGUF file or an alias not converted yet)."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        if path.suffix.lower() != ".gguf" and not is_gguf(path):
+            raise UserError(f"{spec} is a file but not a .gguf model: give a model folder or a .gguf file")
+        inspect_gguf(path)
+        return None
+    if not path.is_dir():
+        if spec not in ALIASES:
+            resolve_model_dir(spec)  # raises the missing-path or unknown-alias error
+        path = cache_dir() / "models" / get_alias(spec).name
+        if not (path / MARKER).exists():
+            return None
+    config = read_config(path)
+    arch_for(config.get("model_type"))
+    find_shards(path)
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"{path} has no tokenizer ({', '.join(TOKENIZER_FILES[:2])}): copy the tokenizer files of "
+                        "its model into it")
+    return config
 
 
 def _cached_conversion(gguf: Path) -> Path:
@@ -226,6 +256,7 @@ def load_model(
         check_fits(folder, DTYPES[dtype], device)
         model = loader(folder, config, DTYPES[dtype], trust_remote_code)
         model.to(device).eval()
+        check_weights(model, str(spec))
     tokenizer = load_tokenizer(folder, trust_remote_code=trust_remote_code)
     seconds = time.perf_counter() - t0
     log.info("loaded %s from %s in %.1f s", spec, folder, seconds)
