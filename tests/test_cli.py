@@ -145,3 +145,18 @@ def test_quantize_out_in_missing_folder(capsys, tiny_model_dir, text_file, tmp_p
     rc, _, err = _run(capsys, "quantize", str(tiny_model_dir), "--out", str(tmp_path / "a" / "b"),
                       "--calib", str(text_file))
     _assert_one_line_error(rc, err, "does not exist")
+
+
+def test_overwrite_replaces_an_output_and_nothing_else(capsys, tiny_model_dir, text_file, tmp_path):
+    out = tmp_path / "q"
+    argv = ["quantize", str(tiny_model_dir), "--out", str(out), "--calib", str(text_file), "--group-size", "16",
+            "--nsamples", "4", "--seqlen", "32", "--blocks", "0:1"]
+    assert _run(capsys, *argv)[0] == 0
+    first = (out / "model.safetensors").read_bytes()
+    rc, _, err = _run(capsys, *argv, "--bits", "2")
+    _assert_one_line_error(rc, err, "exists: pass --overwrite")
+    assert (out / "model.safetensors").read_bytes() == first
+    assert _run(capsys, *argv, "--bits", "2", "--overwrite")[0] == 0
+    assert (out / "model.safetensors").read_bytes() != first
+    assert json.loads((out / "config.json").read_text())["quantization_config"]["bits"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus.txt", "q"]  # no temporary folder left

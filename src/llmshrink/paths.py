@@ -57,9 +57,10 @@ def claim_output(out: str | Path, *, inputs: tuple[str | Path, ...] = (), overwr
     out = output_path(out)
     target = out.resolve()
     for src in inputs:
-        if src is None or not Path(src).exists():
+        # an input that does not exist yet (a recipe's own stage output) counts when it is a path
+        if src is None or not (Path(src).exists() or "/" in str(src) or os.sep in str(src)):
             continue
-        src = Path(src).resolve()
+        src = Path(src).expanduser().resolve()
         if _within(target, src) or _within(src, target):
             where = "is" if target == src else "is inside" if src in target.parents else "holds"
             raise UserError(f"--out {out} {where} the input {src}: choose an --out outside the input")

@@ -40,6 +40,7 @@ from . import export as export_job
 from . import finetune as finetune_job
 from . import prune as prune_job
 from . import quantize as quantize_job
+from .preflight import preflight
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,10 @@ def load_recipe(path: str | Path) -> Recipe:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML: {exc}".splitlines()[0]) from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{path} is not valid YAML ({what}{where}): fix the recipe there") from None
     return parse_recipe(data, str(path))
 
 
@@ -212,6 +216,19 @@ def _forget_stale_checkpoint(root: Path, stage_out: Path, digest: str) -> None:
         started.write_text(digest)
 
 
+def _preflight(recipe: Recipe) -> None:
+    """The recipe's model, and every corpus and teacher its stages name, checked before any stage runs."""
+    corpora, models = [], []
+    for stage in recipe.stages:
+        for cfg in stage.configs.values():
+            corpora += [v for v in (getattr(cfg, "data", None), getattr(cfg, "eval_data", None))
+                        if isinstance(v, str) and v != "none"]
+            teacher = getattr(cfg, "distill_from", None)
+            if teacher and not teacher.startswith("@"):
+                models.append(teacher)
+    preflight(recipe.model, corpora=corpora, models=models)
+
+
 def _open_root(root: Path, recipe: Recipe) -> Path:
     """The recipe's output folder, new or continued; never the model's folder, inside it or
     holding it, nor a folder of other files."""
@@ -232,7 +249,11 @@ def _open_root(root: Path, recipe: Recipe) -> Path:
 
 def run_recipe(recipe: Recipe, *, out: str | Path | None = None, progress=None) -> dict:
     """Run the stages in order, skipping those already done with the same settings."""
-    root = _open_root(Path(out or recipe.out), recipe)
+    root = Path(out or recipe.out).expanduser()
+    if root.absolute().parent.is_dir():  # a missing parent is made by _open_root
+        claim_output(root, inputs=(recipe.model,), resumes=True)
+    _preflight(recipe)
+    root = _open_root(root, recipe)
     model, digest = recipe.model, hashlib.sha256(recipe.model.encode()).hexdigest()[:16]
     ctx = {"original": recipe.model}
     summary: dict = {"recipe": recipe.source, "out": str(root), "stages": []}

@@ -110,7 +110,7 @@ def check_block_range(r: range, n_blocks: int, spec: str | None = None) -> None:
     if r.stop <= r.start and 0 <= r.start <= n_blocks and 0 <= r.stop <= n_blocks:
         raise UserError(f"block range {spec} is empty or reversed: write A:B with A < B, e.g. 0:{n_blocks}")
     if len(r) == 0 or r.start < 0 or r.stop > n_blocks:
-        raise UserError(f"block range {spec} is outside the model's {n_blocks} blocks (0:{n_blocks})")
+        raise UserError(f"block range {spec} is outside the model's {n_blocks} blocks: write a range within 0:{n_blocks}")
 
 
 # model_type (config.json) -> spec. Adding a LLaMA-shaped architecture is one line here.

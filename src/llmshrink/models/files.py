@@ -43,3 +43,20 @@ def check_safetensors(shards: list[Path]) -> None:
             raise UserError(
                 f"{shard} is not a readable safetensors file ({exc}): it may be truncated; restore it"
             ) from exc
+
+
+def check_tensors(expected: dict, found: dict[str, tuple[tuple[int, ...], bool]], folder: Path) -> None:
+    """Each tensor the files hold (name -> (shape, is floating point)) against the model's own
+    (``expected``, a state dict, e.g. of a model built on ``meta``): a weight of another shape or
+    kind is named before any loading."""
+    for name, (shape, floating) in found.items():
+        want = expected.get(name)
+        if want is None:
+            continue
+        if tuple(want.shape) != tuple(shape):
+            raise UserError(f"{folder}: tensor {name} has shape {list(shape)} but the model's config.json needs "
+                            f"{list(want.shape)}: the weights and config.json do not match; restore them")
+        if want.is_floating_point() != floating:
+            kind = "floating-point" if want.is_floating_point() else "integer"
+            raise UserError(f"{folder}: tensor {name} should hold {kind} values and does not: the weights are "
+                            "damaged; restore them")

@@ -12,7 +12,7 @@ import torch
 
 from ..errors import UserError
 from ..quant.qlinear import QuantLinear
-from .files import check_safetensors
+from .files import check_safetensors, check_tensors
 
 
 def load_gptq(folder: Path, config: dict, dtype: torch.dtype, trust_remote_code: bool) -> torch.nn.Module:
@@ -23,7 +23,13 @@ def load_gptq(folder: Path, config: dict, dtype: torch.dtype, trust_remote_code:
     fmt = qc.get("checkpoint_format", "gptq")
     if fmt != "gptq":
         raise UserError(f"{folder}: GPTQ checkpoint_format {fmt!r} is not supported; llmshrink reads 'gptq' (v1)")
-    bits = int(qc["bits"])
+    try:
+        bits = int(qc["bits"])
+    except (KeyError, TypeError, ValueError):
+        raise UserError(f"{folder}/config.json: quantization_config has no valid bits: restore the file") from None
+    if bits not in (2, 3, 4, 8):
+        raise UserError(f"{folder}/config.json: quantization_config says bits {bits}; GPTQ checkpoints llmshrink "
+                        "reads have 2, 3, 4 or 8: restore the file")
     shards = sorted(folder.glob("*.safetensors"))
     check_safetensors(shards)
     state: dict[str, torch.Tensor] = {}
@@ -44,6 +50,7 @@ def load_gptq(folder: Path, config: dict, dtype: torch.dtype, trust_remote_code:
         model.set_submodule(name, QuantLinear(linear.in_features, linear.out_features, bits,
                                            state[f"{name}.scales"].shape[0], bias=f"{name}.bias" in state,
                                            dtype=state[f"{name}.scales"].dtype))
+    check_tensors(model.state_dict(), {n: (tuple(t.shape), t.is_floating_point()) for n, t in state.items()}, folder)
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if getattr(hf_cfg, "tie_word_embeddings", False) else set()
     missing = sorted(set(missing) - tied)

@@ -24,7 +24,7 @@ from ..errors import UserError
 from ..paths import cache_dir, cache_subdir
 from .arch import ArchSpec, arch_for
 from .convert import MARKER, convert_gguf, inspect_gguf, is_gguf
-from .files import find_shards
+from .files import check_tensors, find_shards
 from .gptq_checkpoint import load_gptq
 from .health import check_weights
 from .zoo import ALIASES, get_alias
@@ -167,9 +167,22 @@ CHECKPOINT_LOADERS: dict[str, CheckpointLoader] = {"gptq": load_gptq}
 
 
 def _load_plain(folder: Path, config: dict, dtype: torch.dtype, trust_remote_code: bool) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    find_shards(folder)
+    from .lazy import SafetensorsIndex
+
+    index = SafetensorsIndex(find_shards(folder))
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(
+                AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code),
+                trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError) as exc:
+        raise UserError(f"{folder}/config.json does not describe a model transformers can build ({exc}): "
+                        "restore it") from exc
+    check_tensors(skeleton.state_dict(), {n: (e.shape, e.dtype.is_floating_point) for n, e in index.entries.items()},
+                  folder)
+    del skeleton
     try:
         return AutoModelForCausalLM.from_pretrained(
             folder, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
@@ -244,7 +257,8 @@ def load_model(
     elif method in CHECKPOINT_LOADERS:
         loader = CHECKPOINT_LOADERS[method]
     else:
-        raise UserError(f"{folder} is a {method!r}-quantized checkpoint, which llmshrink cannot load")
+        raise UserError(f"{folder} is a {method!r}-quantized checkpoint, which llmshrink cannot load: give the original "
+                        "model or a GPTQ checkpoint")
     blocks = None
     if lazy_blocks:
         if method is not None:

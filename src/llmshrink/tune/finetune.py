@@ -125,7 +125,7 @@ def select_trainable(lm: LoadedModel, cfg: FinetuneConfig) -> tuple[torch.nn.Mod
     blocks = lm.arch.blocks(lm.model)
     n = len(blocks)
     if cfg.n_train > n:
-        raise UserError(f"--train last:{cfg.n_train} asks for more blocks than the model's {n}")
+        raise UserError(f"--train last:{cfg.n_train} asks for more blocks than the model's {n}: use last:N with N <= {n}")
     first = n - cfg.n_train
     for i in range(first, n):
         if _packed(blocks[i]):
