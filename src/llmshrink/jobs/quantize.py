@@ -20,6 +20,7 @@ from ..models.load import LoadedModel
 from ..paths import claim_output
 from ..quant.config import QuantConfig
 from ..quant.driver import QuantizeReport, quantize_model
+from .resume import BlockState
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,11 @@ def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Pat
     windows = calibration_windows(lm.tokenizer, calib) if cfg.method != "rtn" else None
     log.info("quantizing blocks %d:%d with %s", todo.start, todo.stop, cfg.method)
     t0 = time.perf_counter()
+    settings = {"model": str(lm.path.resolve()), "config": cfg.to_dict(),
+                "calibration": dataclasses.asdict(calib) if windows is not None else None,
+                "blocks": [todo.start, todo.stop], "lm_head": lm_head}
+    # each finished block is kept beside the output: a killed run continues from there
+    state = BlockState.open(out, settings, lm.arch, cfg.bits, discard_other=overwrite)
     # Packed as solved; with a lazily loaded model, blocks are read from disk one at a time, and
     # the embedding is freed once the calibration inputs are captured (read back for saving).
     prepare = captured = None
@@ -63,7 +69,8 @@ def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Pat
             captured = partial(lm.blocks.drop, lm.model, [f"{lm.arch.embed}.weight"])
     try:
         report = quantize_model(lm.model, lm.arch, windows, cfg, blocks=todo, batch_size=calib.batch_size,
-                                lm_head=lm_head, pack=True, prepare=prepare, captured=captured, progress=progress)
+                                lm_head=lm_head, pack=True, prepare=prepare, captured=captured, resume=state,
+                                progress=progress)
     finally:
         if lm.blocks is not None:
             lm.blocks.restore()
@@ -77,5 +84,6 @@ def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Pat
     saved = save_quantized(lm.model, lm.tokenizer, report, out,
                            extra_files={"quantize_layers.jsonl": layers,
                                         "llmshrink_quantize.json": json.dumps(run, indent=2) + "\n"})
+    state.finish()
     log.info("quantized and saved in %.1f s -> %s", time.perf_counter() - t0, saved)
     return report, saved

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -126,6 +127,19 @@ def _staged(block: torch.nn.Module, hessians: dict[str, list], stop_at: str, ski
 
 
 LayerConfig = QuantConfig | Callable[[str], QuantConfig | None]
+
+
+class Resume(Protocol):
+    """A run's resume point (``jobs.resume.BlockState``): the first ``done`` blocks of the run's
+    range are finished; each finished block is saved with what leaves it."""
+
+    done: int
+
+    def save(self, k: int, block: torch.nn.Module, outs: list[torch.Tensor], records: list[LayerRecord]) -> None: ...
+
+    def restore(self, k: int, block: torch.nn.Module) -> list[LayerRecord]: ...
+
+    def hidden(self) -> list[torch.Tensor]: ...
 
 
 def _solve(mod: torch.nn.Linear, full: str, H: torch.Tensor | None, config: LayerConfig,
@@ -251,7 +265,7 @@ def _quantize_head(model: torch.nn.Module, arch: ArchSpec, final: BlockInputs | 
 def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor | None, cfg: QuantConfig, *,
                    layer_config: Callable[[str], QuantConfig | None] | None = None, blocks: range | None = None, batch_size: int = 8, true_sequential: bool = True,
                    lm_head: bool = False, pack: bool = False, prepare: Prepare | None = None,
-                   captured: Captured | None = None, progress=None) -> QuantizeReport:
+                   captured: Captured | None = None, resume: Resume | None = None, progress=None) -> QuantizeReport:
     """Quantize ``blocks`` (default all) of ``model`` in place, calibrating on ``calib`` [n, seqlen];
     with ``lm_head`` the output projection too (untied from the embeddings), calibrated on the
     final norm's outputs of the quantized model.
@@ -265,7 +279,11 @@ def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor |
     RTN without ``calib`` rounds the weights directly; with ``calib`` it is run through the same
     driver as GPTQ so that its H-weighted loss is reported for comparison. ``layer_config`` gives
     each layer (by full name) its own settings, None leaving it float (a GGUF mix's types); it
-    needs ``cfg.method``'s calibration and is not packed."""
+    needs ``cfg.method``'s calibration and is not packed.
+
+    ``resume`` (with ``pack``) keeps each finished block and what leaves it, and skips the blocks
+    it holds already: their packed layers are put back and the first block not done starts from
+    the saved activations (see ``jobs.resume``)."""
     layers = arch.blocks(model)
     n_layers = len(layers)
     todo = blocks if blocks is not None else range(n_layers)
@@ -274,6 +292,8 @@ def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor |
     report = QuantizeReport(cfg, list(todo), lm_head=lm_head, packed=pack, true_sequential=true_sequential)
     if layer_config is not None and pack:
         raise ValueError("per-layer settings are for exporters, which consume the results: not with pack")
+    if resume is not None and not pack:
+        raise ValueError("a resume point keeps packed blocks: pass pack=True")
     solve: LayerConfig = layer_config or cfg
 
     def done(i: int, block: torch.nn.Module) -> None:
@@ -283,6 +303,10 @@ def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor |
             # they leave in the heap back to the kernel, or resident memory creeps up block by block
             release_freed()
 
+    def kept(i: int, block: torch.nn.Module, outs: list[torch.Tensor], first: int) -> None:
+        if resume is not None:
+            resume.save(todo.index(i), block, outs, report.layers[first:])
+
     final = None
     if calib is None:
         if cfg.method != "rtn":
@@ -290,13 +314,24 @@ def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor |
         for i in progress(todo, desc="blocks", unit="block") if progress else todo:
             if prepare is not None:
                 prepare(i, layers[i])
+            if resume is not None and todo.index(i) < resume.done:
+                report.layers += resume.restore(todo.index(i), layers[i])
+                continue
+            first = len(report.layers)
             for name in arch.linear_names:
                 _solve(layers[i].get_submodule(name), f"{arch.layers}.{i}.{name}", None, solve, report)
             done(i, layers[i])
+            kept(i, layers[i], [], first)
     else:
         def visit(i, block, inputs):
+            k = todo.index(i)
+            if resume is not None and k < resume.done:  # finished before: put back, no pass
+                report.layers += resume.restore(k, block)
+                return resume.hidden() if k == resume.done - 1 else inputs.hidden
+            first = len(report.layers)
             outs = quantize_block(i, block, inputs, arch, solve, report, true_sequential=true_sequential)
             done(i, block)
+            kept(i, block, outs, first)
             return outs
 
         final = walk_blocks(model, arch, list(calib.split(batch_size)), visit, blocks=todo,

@@ -1,0 +1,126 @@
+"""A quantize run's resume point, kept beside its output (``.OUT.partial/``): each finished
+block's packed tensors, and the hidden states entering the next block. A killed run continues
+after its last finished block and ends byte-identical to an uninterrupted run: the next block
+sees the very activations it would have seen, and the finished blocks are read back as written.
+
+Each file appears atomically, the block's before the activations that count it as done, so a
+kill at any moment leaves a consistent state. A state made with other settings is refused with
+the difference named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..config import settings_difference
+from ..errors import UserError
+from ..models.arch import ArchSpec
+from ..paths import atomic_file, read_record
+from ..quant.driver import LayerRecord
+from ..quant.qlinear import QuantLinear
+
+log = logging.getLogger(__name__)
+
+
+def state_dir(out: Path) -> Path:
+    """Where a quantization into ``out`` keeps its resume point (beside the output, hidden)."""
+    return out.parent / f".{out.name}.partial"
+
+
+def _digest(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class BlockState:
+    """The resume point of one quantize run (see the module's doc); ``done`` blocks of the run's
+    range are finished."""
+
+    def __init__(self, folder: Path, arch: ArchSpec, bits: int, done: int = 0):
+        self.folder, self.arch, self.bits, self.done = folder, arch, bits, done
+
+    @classmethod
+    def open(cls, out: Path, settings: dict, arch: ArchSpec, bits: int, *, discard_other: bool = False) -> BlockState:
+        """The state beside ``out``: new, or continued when made with the same ``settings``; one
+        made with others is refused (``discard_other``: removed, the run starts over)."""
+        folder = state_dir(out)
+        record = folder / "settings.json"
+        if folder.exists() and not record.is_file():  # killed before its first file appeared
+            shutil.rmtree(folder)
+        if folder.exists():
+            rec = read_record(record)
+            if rec.get("hash") != _digest(settings):
+                if not discard_other:
+                    raise UserError(f"{folder} holds an interrupted quantization into {out} with other settings "
+                                    f"({settings_difference(rec.get('settings'), settings)}): run it again with "
+                                    "those settings to continue it, or pass --overwrite to start over")
+                shutil.rmtree(folder)
+        if not folder.exists():
+            folder.mkdir()
+            with atomic_file(record) as tmp:
+                tmp.write_text(json.dumps({"hash": _digest(settings), "settings": settings}, indent=2,
+                                          default=str) + "\n")
+        state = cls(folder, arch, bits)
+        hidden = folder / "hidden.safetensors"
+        if hidden.is_file():
+            state.done = int(_metadata(hidden).get("done", 0))
+            log.info("resuming: %d blocks finished before, read from %s", state.done, folder)
+        return state
+
+    def _block(self, k: int) -> Path:
+        return self.folder / f"block-{k:05d}.safetensors"
+
+    def save(self, k: int, block: torch.nn.Module, outs: list[torch.Tensor], records: list[LayerRecord]) -> None:
+        """Keep the ``k``-th block of the run (packed) and what leaves it; then it counts as done."""
+        from safetensors.torch import save_file
+
+        state = {name: t.detach().contiguous() for name, t in block.state_dict().items()}
+        with atomic_file(self._block(k)) as tmp:
+            save_file(state, str(tmp), metadata={"records": json.dumps([dataclasses.asdict(r) for r in records])})
+        hidden = {f"h{b}": t.detach().clone() for b, t in enumerate(outs)}  # views of one buffer: copies
+        with atomic_file(self.folder / "hidden.safetensors") as tmp:
+            save_file(hidden, str(tmp), metadata={"done": str(k + 1)})
+        self.done = k + 1
+
+    def restore(self, k: int, block: torch.nn.Module) -> list[LayerRecord]:
+        """Put the ``k``-th finished block back, packed as it was saved; its layers' records."""
+        from safetensors.torch import load_file
+
+        path = self._block(k)
+        try:
+            state = load_file(str(path))
+            records = json.loads(_metadata(path)["records"])
+        except (OSError, KeyError, ValueError) as exc:
+            raise UserError(f"{path} is damaged ({type(exc).__name__}): delete {self.folder} to start over") from None
+        for name in self.arch.linear_names:
+            linear, scales = block.get_submodule(name), state[f"{name}.scales"]
+            block.set_submodule(name, QuantLinear(linear.in_features, linear.out_features, self.bits,
+                                                  scales.shape[0], bias=f"{name}.bias" in state, dtype=scales.dtype))
+        block.load_state_dict(state, strict=True, assign=True)
+        return [LayerRecord(**{**r, "shape": tuple(r["shape"])}) for r in records]
+
+    def hidden(self) -> list[torch.Tensor]:
+        """What enters the first block not done yet."""
+        from safetensors.torch import load_file
+
+        saved = load_file(str(self.folder / "hidden.safetensors"))
+        return [saved[f"h{b}"] for b in range(len(saved))]
+
+    def finish(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as fh:
+            return fh.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types on a damaged header
+        raise UserError(f"{path} is damaged ({type(exc).__name__}): delete {path.parent} to start over") from None
