@@ -6,7 +6,7 @@ import pytest
 
 from llmshrink.config import settings_difference
 from llmshrink.errors import UserError
-from llmshrink.paths import atomic_dir, atomic_file, claim_output, read_record
+from llmshrink.paths import atomic_dir, atomic_file, claim_output, read_record, remove_stale_temporaries
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -91,3 +91,25 @@ def test_settings_difference_names_the_changed_keys():
     new = {"model": "m", "calib": {"nsamples": 64, "seqlen": 512}, "bits": 3}
     assert settings_difference(old, new) == "bits: 4 -> 3; calib.nsamples: 128 -> 64"
     assert settings_difference(old, old) == ""
+
+
+def test_a_killed_runs_temporaries_are_removed_by_the_next_write(tmp_path):
+    out = tmp_path / "m.gguf"
+    dead = tmp_path / ".m.gguf.tmp-999999999-abc.part"  # no such process
+    live = tmp_path / f".m.gguf.tmp-{os.getpid()}-abc.part"  # a writer still at work
+    other = tmp_path / ".m.gguf2.tmp-999999999-abc.part"  # another output's
+    for p in (dead, live, other):
+        p.write_text("partial")
+    with atomic_file(out) as tmp:
+        tmp.write_text("done")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, live.name, other.name])
+
+
+def test_a_run_killed_between_the_two_renames_gets_its_old_folder_back(tmp_path):
+    out = tmp_path / "q"
+    aside = tmp_path / ".q.old-999999999-x"
+    (aside / "q").mkdir(parents=True)
+    (aside / "q" / "a").write_text("old")
+    (tmp_path / ".q.tmp-999999999-y").mkdir()  # the new folder, complete or not: never renamed
+    remove_stale_temporaries(out)
+    assert _tree(tmp_path) == {"q/a": b"old"}

@@ -85,6 +85,38 @@ def _disk_full(exc: OSError, out: Path) -> UserError | None:
     return None
 
 
+def _temp_prefix(out: Path, kind: str = "tmp") -> str:
+    """Temporaries of ``out`` are named ``.NAME.tmp-PID-...``: a killed run's are recognised (and
+    removed) by the next write of the same output."""
+    return f".{out.name}.{kind}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(out: Path) -> list[Path]:
+    """Remove what a killed run left beside ``out`` while writing it (its temporaries, an old
+    folder moved aside); the temporaries of a live process are left alone."""
+    removed = []
+    for kind in ("tmp", "old"):
+        for p in Path(out).parent.glob(f".{Path(out).name}.{kind}-*-*"):
+            pid = p.name[len(f".{Path(out).name}.{kind}-"):].split("-", 1)[0]
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            if kind == "old" and not Path(out).exists() and (p / Path(out).name).is_dir():
+                (p / Path(out).name).rename(out)  # killed between the two renames: the old one comes back
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(out_dir: Path) -> Iterator[Path]:
     """Yield a temporary folder beside ``out_dir``; on success it replaces ``out_dir`` by renames
@@ -92,13 +124,14 @@ def atomic_dir(out_dir: Path) -> Iterator[Path]:
     half-written folder never appears under the final name and the old one stays until then. A
     full disk is reported as such."""
     out_dir = Path(out_dir)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
+    remove_stale_temporaries(out_dir)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=_temp_prefix(out_dir)))
     tmp.chmod(0o755)  # mkdtemp makes it private; outputs are ordinary folders
     try:
         yield tmp
         old = None
         if out_dir.exists():
-            old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-old-"))
+            old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=_temp_prefix(out_dir, "old")))
             out_dir.rename(old / out_dir.name)
         try:
             tmp.rename(out_dir)
@@ -122,7 +155,8 @@ def atomic_file(out: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``out``; on success it replaces ``out`` in one rename, on any
     error it is removed, so a half-written file never appears under the final name."""
     out = Path(out)
-    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}-", suffix=".part")
+    remove_stale_temporaries(out)
+    fd, name = tempfile.mkstemp(dir=out.parent, prefix=_temp_prefix(out), suffix=".part")
     os.close(fd)
     tmp = Path(name)
     try:

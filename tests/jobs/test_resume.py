@@ -116,3 +116,29 @@ def test_a_damaged_resume_point_is_named(setup, tmp_path, monkeypatch):
     (resume_mod.state_dir(tmp_path / "q") / "hidden.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(UserError, match="is damaged"):
         _quantize(model, calib, tmp_path / "q", QuantConfig(bits=4, group_size=16))
+
+
+@pytest.mark.parametrize("gguf_type, kill_after", [("q4_0", 1), ("q5_1", 3), ("q8_0", 4)])
+def test_a_killed_gguf_export_resumes_to_the_same_bytes(setup, tmp_path, monkeypatch, gguf_type, kill_after):
+    from llmshrink.exporters.config import GGUFConfig
+    from llmshrink.jobs.gguf_export import export_gguf
+
+    d, model, calib = setup
+    cfg = GGUFConfig(type=gguf_type)
+    export_gguf(load_model(str(model)), cfg, tmp_path / "ref.gguf", calib=calib)
+    real_save = resume_mod.BlockState.save
+
+    def save_then_die(self, k, *a):
+        real_save(self, k, *a)
+        if k + 1 == kill_after:
+            raise Killed
+
+    monkeypatch.setattr(resume_mod.BlockState, "save", save_then_die)
+    out = tmp_path / "m.gguf"
+    with pytest.raises(Killed):
+        export_gguf(load_model(str(model)), cfg, out, calib=calib)
+    assert not out.exists() and resume_mod.state_dir(out).is_dir()
+    monkeypatch.setattr(resume_mod.BlockState, "save", real_save)
+    rep = export_gguf(load_model(str(model)), cfg, out, calib=calib)
+    assert out.read_bytes() == (tmp_path / "ref.gguf").read_bytes() and len(rep.solved) == 28
+    assert not resume_mod.state_dir(out).exists()

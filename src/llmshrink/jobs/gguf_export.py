@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,16 +15,18 @@ from ..exporters.gguf import GGUFReport, check_exportable, float_blocks, plan_te
 from ..models.load import LoadedModel
 from ..paths import claim_output
 from ..quant.config import QuantConfig
-from ..quant.driver import quantize_model
+from ..quant.driver import Resume, quantize_model
 from ..quant.gptq import QuantResult
+from .resume import BlockState
 
 
 def solve_blocks(lm: LoadedModel, qcfg: QuantConfig, calib: CalibConfig, progress=None, *,
                  layer_config: Callable[[str], QuantConfig | None] | None = None,
-                 windows: torch.Tensor | None = None) -> dict[str, QuantResult]:
+                 windows: torch.Tensor | None = None, resume: Resume | None = None) -> dict[str, QuantResult]:
     """GPTQ (or RTN) on a GGML grid for the model's plain blocks: {full layer name: result}; with
     ``layer_config``, each layer on the grid of its own type (None: left in float). ``windows``:
-    calibration windows made already (default: made from ``calib``)."""
+    calibration windows made already (default: made from ``calib``); ``resume``: a resume point
+    (finished blocks are kept there and not solved again)."""
     todo = float_blocks(lm)
     if todo is None:
         return {}
@@ -32,7 +35,7 @@ def solve_blocks(lm: LoadedModel, qcfg: QuantConfig, calib: CalibConfig, progres
     elif windows is None:
         windows = calibration_windows(lm.tokenizer, calib)
     report = quantize_model(lm.model, lm.arch, windows, qcfg, layer_config=layer_config, blocks=todo,
-                            batch_size=calib.batch_size, progress=progress)
+                            batch_size=calib.batch_size, resume=resume, progress=progress)
     return report.results
 
 
@@ -54,7 +57,16 @@ def export_gguf(lm: LoadedModel, cfg: GGUFConfig, out: Path, *, calib: CalibConf
     out = claim_output(out, inputs=lm.sources, overwrite=overwrite, folder=False, need_bytes=lm.size_on_disk)
     check_exportable(lm, cfg)  # refuse an unrepresentable model before solving
     qcfg = cfg.quant_config()
-    results = (solve_blocks(lm, qcfg, calib or CalibConfig(), progress, layer_config=_layer_configs(lm, cfg),
-                            windows=windows)
-               if qcfg is not None else {})
-    return write_gguf(lm, cfg, out, results, t0=t0)
+    if qcfg is None:
+        return write_gguf(lm, cfg, out, {}, t0=t0)
+    calib = calib or CalibConfig()
+    made_from = {"windows": hashlib.sha256(windows.numpy().tobytes()).hexdigest()} if windows is not None else \
+        calib.to_dict() if qcfg.method == "gptq" else None
+    settings = {"model": str(lm.path.resolve()), "gguf": cfg.to_dict(), "calibration": made_from}
+    # each finished block's solutions are kept beside the file: a killed export continues from there
+    state = BlockState.open(out, settings, lm.arch, qcfg.bits, discard_other=overwrite)
+    results = solve_blocks(lm, qcfg, calib, progress, layer_config=_layer_configs(lm, cfg), windows=windows,
+                           resume=state)
+    report = write_gguf(lm, cfg, out, results, t0=t0)
+    state.finish()
+    return report

@@ -24,9 +24,14 @@ from ..errors import UserError
 from ..models.arch import ArchSpec
 from ..paths import atomic_file, read_record
 from ..quant.driver import LayerRecord
+from ..quant.gptq import QuantResult
 from ..quant.qlinear import QuantLinear
 
 log = logging.getLogger(__name__)
+
+
+# QuantResult's tensors (kept per layer as ``NAME::FIELD``); its floats go in the metadata
+_TENSORS = ("q", "scales", "zeros", "g_idx", "perm", "mins", "d", "dmin", "levels")
 
 
 def state_dir(out: Path) -> Path:
@@ -76,34 +81,58 @@ class BlockState:
     def _block(self, k: int) -> Path:
         return self.folder / f"block-{k:05d}.safetensors"
 
-    def save(self, k: int, block: torch.nn.Module, outs: list[torch.Tensor], records: list[LayerRecord]) -> None:
-        """Keep the ``k``-th block of the run (packed) and what leaves it; then it counts as done."""
+    def save(self, k: int, block: torch.nn.Module, outs: list[torch.Tensor], records: list[LayerRecord],
+             results: dict[str, QuantResult]) -> None:
+        """Keep the ``k``-th block of the run (its solutions, or the block packed) and what leaves
+        it; then it counts as done."""
         from safetensors.torch import save_file
 
-        state = {name: t.detach().contiguous() for name, t in block.state_dict().items()}
+        if results:
+            tensors = {f"{name}::{f}": t.contiguous() for name, res in results.items()
+                       for f in _TENSORS if (t := getattr(res, f)) is not None}
+            solved = {name: {"loss": res.loss, "damp": res.damp} for name, res in results.items()}
+        else:
+            tensors = {name: t.detach().contiguous() for name, t in block.state_dict().items()}
+            solved = {}
+        meta = {"records": json.dumps([dataclasses.asdict(r) for r in records]), "results": json.dumps(solved)}
         with atomic_file(self._block(k)) as tmp:
-            save_file(state, str(tmp), metadata={"records": json.dumps([dataclasses.asdict(r) for r in records])})
+            save_file(tensors, str(tmp), metadata=meta)
         hidden = {f"h{b}": t.detach().clone() for b, t in enumerate(outs)}  # views of one buffer: copies
         with atomic_file(self.folder / "hidden.safetensors") as tmp:
             save_file(hidden, str(tmp), metadata={"done": str(k + 1)})
         self.done = k + 1
 
-    def restore(self, k: int, block: torch.nn.Module) -> list[LayerRecord]:
-        """Put the ``k``-th finished block back, packed as it was saved; its layers' records."""
+    def restore(self, k: int, block: torch.nn.Module) -> tuple[list[LayerRecord], dict[str, QuantResult]]:
+        """Put the ``k``-th finished block back as it was saved; its layers' records and solutions."""
         from safetensors.torch import load_file
 
         path = self._block(k)
         try:
             state = load_file(str(path))
-            records = json.loads(_metadata(path)["records"])
+            meta = _metadata(path)
+            records, solved = json.loads(meta["records"]), json.loads(meta["results"])
         except (OSError, KeyError, ValueError) as exc:
             raise UserError(f"{path} is damaged ({type(exc).__name__}): delete {self.folder} to start over") from None
+        records = [LayerRecord(**{**r, "shape": tuple(r["shape"])}) for r in records]
+        if solved:
+            return records, self._put_back_solutions(block, state, solved)
         for name in self.arch.linear_names:
             linear, scales = block.get_submodule(name), state[f"{name}.scales"]
             block.set_submodule(name, QuantLinear(linear.in_features, linear.out_features, self.bits,
                                                   scales.shape[0], bias=f"{name}.bias" in state, dtype=scales.dtype))
         block.load_state_dict(state, strict=True, assign=True)
-        return [LayerRecord(**{**r, "shape": tuple(r["shape"])}) for r in records]
+        return records, {}
+
+    def _put_back_solutions(self, block: torch.nn.Module, state: dict, solved: dict) -> dict[str, QuantResult]:
+        """Each solved layer's result, its weight set to the solution (as the solve left it)."""
+        results = {}
+        for full, info in solved.items():
+            fields = {f: state.get(f"{full}::{f}") for f in _TENSORS}
+            res = results[full] = QuantResult(**fields, loss=info["loss"], damp=info["damp"])
+            local = full.split(".", self.arch.layers.count(".") + 2)[-1]
+            mod = block.get_submodule(local)
+            mod.weight.data = res.dequantize().to(mod.weight.dtype).reshape(mod.weight.shape)
+        return results
 
     def hidden(self) -> list[torch.Tensor]:
         """What enters the first block not done yet."""

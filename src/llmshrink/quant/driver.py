@@ -135,9 +135,10 @@ class Resume(Protocol):
 
     done: int
 
-    def save(self, k: int, block: torch.nn.Module, outs: list[torch.Tensor], records: list[LayerRecord]) -> None: ...
+    def save(self, k: int, block: torch.nn.Module, outs: list[torch.Tensor], records: list[LayerRecord],
+             results: dict[str, QuantResult]) -> None: ...
 
-    def restore(self, k: int, block: torch.nn.Module) -> list[LayerRecord]: ...
+    def restore(self, k: int, block: torch.nn.Module) -> tuple[list[LayerRecord], dict[str, QuantResult]]: ...
 
     def hidden(self) -> list[torch.Tensor]: ...
 
@@ -281,9 +282,9 @@ def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor |
     each layer (by full name) its own settings, None leaving it float (a GGUF mix's types); it
     needs ``cfg.method``'s calibration and is not packed.
 
-    ``resume`` (with ``pack``) keeps each finished block and what leaves it, and skips the blocks
-    it holds already: their packed layers are put back and the first block not done starts from
-    the saved activations (see ``jobs.resume``)."""
+    ``resume`` keeps each finished block (packed, or its solutions) and what leaves it, and skips
+    the blocks it holds already: they are put back as they were and the first block not done
+    starts from the saved activations (see ``jobs.resume``)."""
     layers = arch.blocks(model)
     n_layers = len(layers)
     todo = blocks if blocks is not None else range(n_layers)
@@ -292,8 +293,6 @@ def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor |
     report = QuantizeReport(cfg, list(todo), lm_head=lm_head, packed=pack, true_sequential=true_sequential)
     if layer_config is not None and pack:
         raise ValueError("per-layer settings are for exporters, which consume the results: not with pack")
-    if resume is not None and not pack:
-        raise ValueError("a resume point keeps packed blocks: pass pack=True")
     solve: LayerConfig = layer_config or cfg
 
     def done(i: int, block: torch.nn.Module) -> None:
@@ -305,7 +304,14 @@ def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor |
 
     def kept(i: int, block: torch.nn.Module, outs: list[torch.Tensor], first: int) -> None:
         if resume is not None:
-            resume.save(todo.index(i), block, outs, report.layers[first:])
+            prefix = f"{arch.layers}.{i}."
+            resume.save(todo.index(i), block, outs, report.layers[first:],
+                        {n: r for n, r in report.results.items() if n.startswith(prefix)})
+
+    def restored(i: int, block: torch.nn.Module) -> None:
+        records, results = resume.restore(todo.index(i), block)
+        report.layers.extend(records)
+        report.results.update(results)
 
     final = None
     if calib is None:
@@ -315,7 +321,7 @@ def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor |
             if prepare is not None:
                 prepare(i, layers[i])
             if resume is not None and todo.index(i) < resume.done:
-                report.layers += resume.restore(todo.index(i), layers[i])
+                restored(i, layers[i])
                 continue
             first = len(report.layers)
             for name in arch.linear_names:
@@ -326,7 +332,7 @@ def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor |
         def visit(i, block, inputs):
             k = todo.index(i)
             if resume is not None and k < resume.done:  # finished before: put back, no pass
-                report.layers += resume.restore(k, block)
+                restored(i, block)
                 return resume.hidden() if k == resume.done - 1 else inputs.hidden
             first = len(report.layers)
             outs = quantize_block(i, block, inputs, arch, solve, report, true_sequential=true_sequential)
