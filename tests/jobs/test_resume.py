@@ -142,3 +142,34 @@ def test_a_killed_gguf_export_resumes_to_the_same_bytes(setup, tmp_path, monkeyp
     rep = export_gguf(load_model(str(model)), cfg, out, calib=calib)
     assert out.read_bytes() == (tmp_path / "ref.gguf").read_bytes() and len(rep.solved) == 28
     assert not resume_mod.state_dir(out).exists()
+
+
+def test_a_killed_iterative_pruning_does_not_score_its_finished_rounds_again(setup, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from llmshrink.jobs.prune import run_prune
+    from llmshrink.pruning import scores
+    from llmshrink.pruning.config import PruneConfig
+
+    d, model, calib = setup
+    cfg = PruneConfig(remove=2, iterative=True, data=calib.data, nsamples=4, seqlen=16)
+    ref = run_prune(load_model(str(model)), cfg, tmp_path / "ref")
+    real_save = resume_mod.RecordState.save
+
+    def save_then_die(self, data):
+        real_save(self, data)
+        raise Killed
+
+    monkeypatch.setattr(resume_mod.RecordState, "save", save_then_die)
+    with pytest.raises(Killed):
+        run_prune(load_model(str(model)), cfg, tmp_path / "p")
+    monkeypatch.setattr(resume_mod.RecordState, "save", real_save)
+    calls = []
+    real_score = scores.score_blocks
+    monkeypatch.setattr("llmshrink.jobs.prune.score_blocks", lambda *a, **k: calls.append(1) or real_score(*a, **k))
+    rec = run_prune(load_model(str(model)), cfg, tmp_path / "p")
+    untimed = lambda r: [{k: v for k, v in s.items() if k != "seconds"} for s in r["scores"]]  # noqa: E731
+    assert len(calls) == 1 and rec["removed"] == ref["removed"] and untimed(rec) == untimed(ref)
+    assert load_file(tmp_path / "p" / "model.safetensors").keys() == load_file(tmp_path / "ref" / "model.safetensors").keys()
+    assert (tmp_path / "p" / "model.safetensors").read_bytes() == (tmp_path / "ref" / "model.safetensors").read_bytes()
+    assert not resume_mod.state_dir(tmp_path / "p").exists()

@@ -3,6 +3,7 @@ import itertools
 import pytest
 import torch
 
+from llmshrink.errors import UserError
 from llmshrink.tune.train import lr_factor, train_loop
 
 
@@ -37,3 +38,13 @@ def test_parameter_groups_keep_their_own_rates_under_the_schedule():
     assert all(x == pytest.approx(10 * y) for x, y in seen)
     assert seen[-1][0] < seen[5][0]  # both follow the cosine decay
     assert 0 < b.detach().mean() < a.detach().mean() < 1  # the slower group moved less
+
+
+def test_a_non_finite_loss_stops_before_the_step_with_the_step_named():
+    w = torch.nn.Parameter(torch.ones(2))
+    seen = []
+    batches = iter([torch.ones(2), torch.tensor([float("inf"), 1.0]), torch.ones(2)])
+    with pytest.raises(UserError, match="non-finite .* at step 2: lower --lr"):
+        train_loop([w], batches, lambda b: (w * b).sum(), steps=3, lr=0.1,
+                   on_step=lambda step, opt, stats: seen.append((step, w.detach().clone())))
+    assert [s for s, _ in seen] == [1] and torch.isfinite(w).all() and torch.equal(w.detach(), seen[0][1])

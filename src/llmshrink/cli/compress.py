@@ -14,7 +14,8 @@ def _quantize_args(p: argparse.ArgumentParser) -> None:
     from ..jobs.quantize import PARTS
 
     p.add_argument("model", help="model folder, .gguf file, or alias")
-    add_out(p, "output folder (written atomically)")
+    add_out(p, "output folder (written atomically; a killed run resumes from .OUT.partial beside it when run "
+               "again)")
     config_args(p, PARTS)
 
 
@@ -53,8 +54,8 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     from ..jobs.export import PARTS
 
     p.add_argument("model", help="model folder (plain, pruned or GPTQ-quantized), .gguf file, or alias")
-    add_out(p, "output .gguf file, or folder for hf-gptq or --ladder (written atomically; a ladder resumes in "
-               "its folder)")
+    add_out(p, "output .gguf file, or folder for hf-gptq or --ladder (written atomically; a killed GGUF export "
+               "resumes per block, a ladder per file)")
     config_args(p, PARTS)
 
 

@@ -20,6 +20,7 @@ from ..pruning.config import HealConfig, PruneConfig
 from ..pruning.depth import remove_blocks
 from ..pruning.plot import plot_scores
 from ..pruning.scores import BlockScores, score_blocks
+from .resume import RecordState
 
 log = logging.getLogger(__name__)
 
@@ -38,21 +39,26 @@ def scoring_batches(lm: LoadedModel, cfg: PruneConfig) -> list[torch.Tensor] | N
     return list(windows.split(cfg.batch_size))
 
 
-def remove_least_important(lm: LoadedModel, cfg: PruneConfig, batches, *,
-                           progress=None) -> tuple[list[int], list[BlockScores]]:
+def remove_least_important(lm: LoadedModel, cfg: PruneConfig, batches, *, progress=None,
+                           state: RecordState | None = None) -> tuple[list[int], list[BlockScores]]:
     """Remove the least important blocks from ``lm.model`` in place; returns their original
     indices and the scores that chose them.
 
     One-shot: score once, remove the ``n`` least important. Iterative: score, remove the least
-    important, re-score the smaller model, ... one block at a time."""
+    important, re-score the smaller model, ... one block at a time. ``state`` keeps each round's
+    scores; the rounds it holds already are not scored again."""
+    saved = [BlockScores(**r) for r in (state.data.get("rounds", []) if state is not None else [])]
     original = list(range(len(lm.arch.blocks(lm.model))))
     n = cfg.n_remove(len(original))
     per_round = 1 if cfg.iterative else n
     removed, history = [], []
     while len(removed) < n:
-        s = score_blocks(lm.model, lm.arch, batches, cfg.criterion, progress=progress)
+        fresh = len(history) >= len(saved)
+        s = score_blocks(lm.model, lm.arch, batches, cfg.criterion, progress=progress) if fresh else saved[len(history)]
         worst = s.order(cfg.keep_first, cfg.keep_last)[:per_round]
         history.append(s)
+        if fresh and state is not None:
+            state.save({"rounds": [dataclasses.asdict(h) for h in history]})
         removed += [original[i] for i in worst]
         remove_blocks(lm.model, lm.arch, worst)
         original = [b for i, b in enumerate(original) if i not in worst]
@@ -83,7 +89,10 @@ def run_prune(lm: LoadedModel, cfg: PruneConfig, out: Path, *, heal: HealConfig 
             plot_scores(s, tmp / "block_scores.png", title=f"{lm.name}: block importance")
         return record
     teacher = copy.deepcopy(lm.model) if heal.method != "none" and heal.loss != "lm" else None
-    removed, history = remove_least_important(lm, cfg, batches, progress=progress)
+    # each round of scores is kept beside the output: a killed run does not score it again
+    state = RecordState(out, {"model": str(lm.path.resolve()), "prune": cfg.to_dict()}, discard_other=overwrite,
+                        what="pruning")
+    removed, history = remove_least_important(lm, cfg, batches, progress=progress, state=state)
     kept = [i for i in range(n_blocks) if i not in removed]
     log.info("removed blocks %s by %s; %d of %d blocks left", removed, cfg.criterion, len(kept), n_blocks)
     record.update(scores=[dataclasses.asdict(s) for s in history], removed=removed, kept=kept,
@@ -101,4 +110,5 @@ def run_prune(lm: LoadedModel, cfg: PruneConfig, out: Path, *, heal: HealConfig 
         "llmshrink_prune.json": json.dumps(record, indent=2) + "\n",
         "block_scores.png": lambda p: plot_scores(history[0], p, removed=removed, title=f"{lm.name}: block importance"),
     })
+    state.finish()
     return record

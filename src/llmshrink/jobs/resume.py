@@ -1,5 +1,6 @@
-"""A quantize run's resume point, kept beside its output (``.OUT.partial/``): each finished
-block's packed tensors, and the hidden states entering the next block. A killed run continues
+"""Resume points, kept beside a run's output (``.OUT.partial/``). A quantize or GGUF export run
+keeps each finished block (packed tensors, or its GPTQ solutions) and the hidden states entering
+the next block; block scoring keeps its finished rounds. A killed run continues
 after its last finished block and ends byte-identical to an uninterrupted run: the next block
 sees the very activations it would have seen, and the finished blocks are read back as written.
 
@@ -43,6 +44,46 @@ def _digest(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def open_state_dir(out: Path, settings: dict, *, discard_other: bool = False, what: str = "run") -> Path:
+    """The resume folder beside ``out`` for a run of these ``settings``: made, or kept when it was
+    made with the same settings; one made with others is refused with the difference named
+    (``discard_other``: removed, the run starts over)."""
+    folder = state_dir(out)
+    record = folder / "settings.json"
+    if folder.exists() and not record.is_file():  # killed before its first file appeared
+        shutil.rmtree(folder)
+    if folder.exists():
+        rec = read_record(record)
+        if rec.get("hash") != _digest(settings):
+            if not discard_other:
+                raise UserError(f"{folder} holds an interrupted {what} into {out} with other settings "
+                                f"({settings_difference(rec.get('settings'), settings)}): run it again with "
+                                "those settings to continue it, or pass --overwrite to start over")
+            shutil.rmtree(folder)
+    if not folder.exists():
+        folder.mkdir()
+        with atomic_file(record) as tmp:
+            tmp.write_text(json.dumps({"hash": _digest(settings), "settings": settings}, indent=2, default=str) + "\n")
+    return folder
+
+
+class RecordState:
+    """A resume point that is one JSON record (e.g. the finished rounds of block scoring)."""
+
+    def __init__(self, out: Path, settings: dict, *, discard_other: bool = False, what: str = "run"):
+        self.folder = open_state_dir(out, settings, discard_other=discard_other, what=what)
+        path = self.folder / "progress.json"
+        self.data = read_record(path) if path.is_file() else {}
+
+    def save(self, data: dict) -> None:
+        with atomic_file(self.folder / "progress.json") as tmp:
+            tmp.write_text(json.dumps(data) + "\n")
+        self.data = data
+
+    def finish(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 class BlockState:
     """The resume point of one quantize run (see the module's doc); ``done`` blocks of the run's
     range are finished."""
@@ -54,28 +95,11 @@ class BlockState:
     def open(cls, out: Path, settings: dict, arch: ArchSpec, bits: int, *, discard_other: bool = False) -> BlockState:
         """The state beside ``out``: new, or continued when made with the same ``settings``; one
         made with others is refused (``discard_other``: removed, the run starts over)."""
-        folder = state_dir(out)
-        record = folder / "settings.json"
-        if folder.exists() and not record.is_file():  # killed before its first file appeared
-            shutil.rmtree(folder)
-        if folder.exists():
-            rec = read_record(record)
-            if rec.get("hash") != _digest(settings):
-                if not discard_other:
-                    raise UserError(f"{folder} holds an interrupted quantization into {out} with other settings "
-                                    f"({settings_difference(rec.get('settings'), settings)}): run it again with "
-                                    "those settings to continue it, or pass --overwrite to start over")
-                shutil.rmtree(folder)
-        if not folder.exists():
-            folder.mkdir()
-            with atomic_file(record) as tmp:
-                tmp.write_text(json.dumps({"hash": _digest(settings), "settings": settings}, indent=2,
-                                          default=str) + "\n")
-        state = cls(folder, arch, bits)
-        hidden = folder / "hidden.safetensors"
+        state = cls(open_state_dir(out, settings, discard_other=discard_other), arch, bits)
+        hidden = state.folder / "hidden.safetensors"
         if hidden.is_file():
             state.done = int(_metadata(hidden).get("done", 0))
-            log.info("resuming: %d blocks finished before, read from %s", state.done, folder)
+            log.info("resuming: %d blocks finished before, read from %s", state.done, state.folder)
         return state
 
     def _block(self, k: int) -> Path:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import UserError
+
 
 @dataclass
 class TrainStats:
@@ -72,6 +74,9 @@ def train_loop(params: list[torch.nn.Parameter] | list[dict], batches: Iterable,
                     loss.backward()
                 total += float(loss.detach())
                 stats.tokens += tokens_of(batch)
+            if not math.isfinite(total):  # before the step: the weights and the checkpoint stay finite
+                raise UserError(f"the training loss became non-finite (NaN/inf) at step {step + 1}: lower --lr, "
+                                "or train in --dtype float32; the last checkpoint is kept for --resume")
             torch.nn.utils.clip_grad_norm_(flat, clip)
             opt.step()
             sched.step()
