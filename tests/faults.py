@@ -181,7 +181,7 @@ def kill_and_resume(cmd: Command, root: Path, *, kills: int, seed: int) -> dict:
         proc.send_signal(signal.SIGKILL)
         ended = proc.wait() == 0  # it finished before the signal came
         never_partial += _same_so_far(cmd, ws, ref)
-        if ended or all((ws / o).exists() for o in cmd.outputs) and not cmd.state(ws):
+        if ended or (all((ws / o).exists() for o in cmd.outputs) and not cmd.state(ws)):
             finish()
         else:
             resumed += cmd.state(ws)

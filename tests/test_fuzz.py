@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from llmshrink.errors import UserError
 
-FUZZ = settings(max_examples=150, derandomize=True, deadline=None,
+FUZZ = settings(max_examples=150, derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 
@@ -28,10 +28,9 @@ def _one_line_or_result(fn, *args):
 
 
 def _tmp(data: bytes, suffix: str) -> Path:
-    fd = tempfile.NamedTemporaryFile(suffix=suffix, delete=False)
-    fd.write(data)
-    fd.close()
-    return Path(fd.name)
+    with tempfile.NamedTemporaryFile(suffix=suffix, delete=False) as fh:
+        fh.write(data)
+    return Path(fh.name)
 
 
 def _mutate(base: bytes, edits, cut) -> bytes:
@@ -94,14 +93,9 @@ def test_imatrix_reader(gguf_bytes, edits, cut):
 
     path = _tmp(_mutate(gguf_bytes, edits, cut), ".gguf")
     try:
-        _one_line_or_result(lambda p: _imatrix_or_error(read_imatrix, p), path)
+        _one_line_or_result(read_imatrix, path)
     finally:
         path.unlink()
-
-
-def _imatrix_or_error(read, path):
-    # gguf-py's own reader raises on garbage before our checks see it: read_imatrix names the file then
-    return read(path)
 
 
 @FUZZ
@@ -224,7 +218,7 @@ def test_block_ranges(spec, n):
     from llmshrink.models.arch import block_range
 
     r = _one_line_or_result(block_range, spec, n)
-    assert r is None or (len(r) > 0 and 0 <= r.start and r.stop <= n)
+    assert r is None or (len(r) > 0 and r.start >= 0 and r.stop <= n)
 
 
 @FUZZ

@@ -64,10 +64,10 @@ def test_atomic_dir_keeps_the_old_folder_until_the_new_one_is_complete(tmp_path)
 def test_a_full_disk_is_named_and_the_previous_output_stays(tmp_path):
     out = tmp_path / "m.gguf"
     out.write_text("previous")
-    with pytest.raises(UserError, match="disk filled up while writing .*nothing under that name was changed"):
-        with atomic_file(out) as tmp:
-            tmp.write_text("partial")
-            raise OSError(errno.ENOSPC, "No space left on device")
+    full = "disk filled up while writing .*nothing under that name was changed"
+    with pytest.raises(UserError, match=full), atomic_file(out) as tmp:
+        tmp.write_text("partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
     assert out.read_text() == "previous" and [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
     folder = tmp_path / "q"
     folder.mkdir()

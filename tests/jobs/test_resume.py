@@ -46,7 +46,7 @@ def _quantize(model, calib, out, cfg, **kw):
     (QuantConfig(bits=4, group_size=16, method="rtn"), {}, 3),
 ])
 def test_a_killed_run_resumes_to_the_same_bytes(setup, tmp_path, monkeypatch, cfg, kw, kill_after):
-    d, model, calib = setup
+    _, model, calib = setup
     _quantize(model, calib, tmp_path / "ref", cfg, **kw)
     real_save = resume_mod.BlockState.save
 
@@ -85,7 +85,7 @@ def _spy(seen):
 
 
 def test_a_resume_under_other_settings_is_refused_with_the_difference(setup, tmp_path, monkeypatch):
-    d, model, calib = setup
+    _, model, calib = setup
 
     def die(self, k, *a):
         raise Killed
@@ -102,7 +102,7 @@ def test_a_resume_under_other_settings_is_refused_with_the_difference(setup, tmp
 
 
 def test_a_damaged_resume_point_is_named(setup, tmp_path, monkeypatch):
-    d, model, calib = setup
+    _, model, calib = setup
     real_save = resume_mod.BlockState.save
 
     def save_then_die(self, k, *a):
@@ -123,7 +123,7 @@ def test_a_killed_gguf_export_resumes_to_the_same_bytes(setup, tmp_path, monkeyp
     from llmshrink.exporters.config import GGUFConfig
     from llmshrink.jobs.gguf_export import export_gguf
 
-    d, model, calib = setup
+    _, model, calib = setup
     cfg = GGUFConfig(type=gguf_type)
     export_gguf(load_model(str(model)), cfg, tmp_path / "ref.gguf", calib=calib)
     real_save = resume_mod.BlockState.save
@@ -151,7 +151,7 @@ def test_a_killed_iterative_pruning_does_not_score_its_finished_rounds_again(set
     from llmshrink.pruning import scores
     from llmshrink.pruning.config import PruneConfig
 
-    d, model, calib = setup
+    _, model, calib = setup
     cfg = PruneConfig(remove=2, iterative=True, data=calib.data, nsamples=4, seqlen=16)
     ref = run_prune(load_model(str(model)), cfg, tmp_path / "ref")
     real_save = resume_mod.RecordState.save
@@ -173,3 +173,17 @@ def test_a_killed_iterative_pruning_does_not_score_its_finished_rounds_again(set
     assert load_file(tmp_path / "p" / "model.safetensors").keys() == load_file(tmp_path / "ref" / "model.safetensors").keys()
     assert (tmp_path / "p" / "model.safetensors").read_bytes() == (tmp_path / "ref" / "model.safetensors").read_bytes()
     assert not resume_mod.state_dir(tmp_path / "p").exists()
+
+
+def test_activations_are_written_as_safetensors_without_copying_them(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    buf = torch.randn(6, 5, 3)
+    views = list(buf.split([2, 4]))  # one buffer, as the driver keeps a batch's activations
+    odd = torch.randn(3, 4, dtype=torch.bfloat16).T  # not contiguous
+    resume_mod._write_safetensors(tmp_path / "h.safetensors", {"h0": views[0], "h1": views[1], "x": odd},
+                                  {"done": "7"})
+    back = load_file(tmp_path / "h.safetensors")
+    assert torch.equal(back["h0"], views[0]) and torch.equal(back["h1"], views[1]) and torch.equal(back["x"], odd)
+    assert resume_mod._metadata(tmp_path / "h.safetensors") == {"done": "7"}

@@ -69,12 +69,16 @@ def write_imatrix(path: Path, imatrix: Imatrix, *, dataset: str, chunks: int, ch
 
 def read_imatrix(path: Path) -> Imatrix:
     """The importance matrix in an imatrix GGUF: {tensor name: (mean x² per column, rows)}."""
-    reader = gguf.GGUFReader(path)
-    sums = {t.name.removesuffix(".in_sum2"): np.asarray(t.data, dtype=np.float64).reshape(-1)
-            for t in reader.tensors if t.name.endswith(".in_sum2")}
-    counts = {t.name.removesuffix(".counts"): float(np.asarray(t.data).reshape(-1)[0])
-              for t in reader.tensors if t.name.endswith(".counts")}
-    if not sums or sums.keys() != counts.keys():
+    try:
+        reader = gguf.GGUFReader(path)
+        sums = {t.name.removesuffix(".in_sum2"): np.asarray(t.data, dtype=np.float64).reshape(-1)
+                for t in reader.tensors if t.name.endswith(".in_sum2")}
+        counts = {t.name.removesuffix(".counts"): float(np.asarray(t.data).reshape(-1)[0])
+                  for t in reader.tensors if t.name.endswith(".counts")}
+    except Exception as exc:  # gguf-py raises many kinds of errors on a damaged file
+        raise UserError(f"{path} is not a readable imatrix GGUF ({type(exc).__name__}): delete it to have it "
+                        "computed again") from None
+    if not sums or sums.keys() != counts.keys() or any(sums[n].size == 0 or counts[n] <= 0 for n in sums):
         raise UserError(f"{path} is not an imatrix GGUF (needs <tensor>.in_sum2 and <tensor>.counts pairs): "
                         "delete it to have it computed again")
     return {n: ((sums[n] / counts[n]).astype(np.float32), int(counts[n])) for n in sums}

@@ -121,9 +121,8 @@ class BlockState:
         meta = {"records": json.dumps([dataclasses.asdict(r) for r in records]), "results": json.dumps(solved)}
         with atomic_file(self._block(k)) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
-        hidden = {f"h{b}": t.detach().clone() for b, t in enumerate(outs)}  # views of one buffer: copies
         with atomic_file(self.folder / "hidden.safetensors") as tmp:
-            save_file(hidden, str(tmp), metadata={"done": str(k + 1)})
+            _write_safetensors(tmp, {f"h{b}": t for b, t in enumerate(outs)}, {"done": str(k + 1)})
         self.done = k + 1
 
     def restore(self, k: int, block: torch.nn.Module) -> tuple[list[LayerRecord], dict[str, QuantResult]]:
@@ -167,6 +166,28 @@ class BlockState:
 
     def finish(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+_ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
+
+
+def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """A safetensors file written tensor by tensor from the tensors' own memory: no copy of them
+    (the activations are views of one buffer, which ``safetensors`` would have copied whole)."""
+    header: dict = {"__metadata__": metadata}
+    offset = 0
+    for name, t in tensors.items():
+        n = t.numel() * t.element_size()
+        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as fh:
+        fh.write(len(raw).to_bytes(8, "little"))
+        fh.write(raw)
+        for t in tensors.values():
+            t = t.detach().cpu()
+            fh.write(memoryview((t if t.is_contiguous() else t.contiguous()).reshape(-1).view(torch.uint8).numpy()))
 
 
 def _metadata(path: Path) -> dict:

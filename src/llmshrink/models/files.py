@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from ..errors import UserError
 
@@ -22,27 +26,59 @@ def find_shards(folder: Path) -> list[Path]:
     return shards
 
 
-def check_safetensors(shards: list[Path]) -> None:
-    """Read each shard's header, so a truncated or damaged file is named instead of failing mid-load.
+# safetensors dtype names llmshrink reads
+ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+             "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+             "BOOL": torch.bool}
 
-    Format: 8-byte little-endian header length, a JSON header giving each tensor's
-    ``data_offsets`` into the data section that follows.
-    """
+
+@dataclass(frozen=True)
+class HeaderEntry:
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int  # absolute byte offsets in the file
+    end: int
+
+
+def read_header(shard: Path) -> dict[str, HeaderEntry]:
+    """A safetensors file's header, every entry checked against the file (dtype known, shape and
+    extent consistent, inside the file); a damaged file is named.
+
+    Format: 8-byte little-endian header length, a JSON header giving each tensor's dtype, shape
+    and ``data_offsets`` into the data section that follows."""
+    try:
+        size = shard.stat().st_size
+        with open(shard, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if n <= 0 or 8 + n > size:
+                raise ValueError("header length is past the end of the file")
+            header = json.loads(fh.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        return {name: _entry(name, v, 8 + n, size) for name, v in header.items() if name != "__metadata__"}
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise UserError(f"{shard} is not a readable safetensors file ({exc}): it may be truncated; restore it") from exc
+
+
+def _entry(name: str, v: dict, base: int, size: int) -> HeaderEntry:
+    dtype = ST_DTYPES.get(v["dtype"]) if isinstance(v, dict) and isinstance(v.get("dtype"), str) else None
+    if dtype is None:
+        raise ValueError(f"tensor {name} has no dtype llmshrink reads")
+    shape, (a, b) = v["shape"], v["data_offsets"]
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape) \
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in (a, b)):
+        raise ValueError(f"tensor {name} has a bad shape or offsets")
+    if not 0 <= a <= b or b - a != math.prod(shape) * dtype.itemsize:
+        raise ValueError(f"tensor {name}: its offsets do not hold a {list(shape)} {v['dtype']} tensor")
+    if base + b > size:
+        raise ValueError(f"data section holds {size - base} bytes, the header needs {b}")
+    return HeaderEntry(dtype, tuple(shape), base + a, base + b)
+
+
+def check_safetensors(shards: list[Path]) -> None:
+    """Read each shard's header, so a truncated or damaged file is named instead of failing mid-load."""
     for shard in shards:
-        try:
-            size = shard.stat().st_size
-            with open(shard, "rb") as fh:
-                n = int.from_bytes(fh.read(8), "little")
-                if n <= 0 or 8 + n > size:
-                    raise ValueError("header length is past the end of the file")
-                header = json.loads(fh.read(n))
-            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-            if 8 + n + end > size:
-                raise ValueError(f"data section holds {size - 8 - n} bytes, the header needs {end}")
-        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
-            raise UserError(
-                f"{shard} is not a readable safetensors file ({exc}): it may be truncated; restore it"
-            ) from exc
+        read_header(shard)
 
 
 def check_tensors(expected: dict, found: dict[str, tuple[tuple[int, ...], bool]], folder: Path) -> None:

@@ -10,7 +10,6 @@ towards the process's resident memory, and one tensor at a time is in flight.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,10 +17,7 @@ import torch
 
 from ..errors import UserError
 from .arch import ArchSpec
-
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool}
+from .files import read_header
 
 
 @dataclass(frozen=True)
@@ -39,16 +35,8 @@ class SafetensorsIndex:
     def __init__(self, shards: list[Path]):
         self.entries: dict[str, _Entry] = {}
         for shard in shards:
-            with open(shard, "rb") as fh:
-                n = int.from_bytes(fh.read(8), "little")
-                header = json.loads(fh.read(n))
-            for name, v in header.items():
-                if name == "__metadata__":
-                    continue
-                if v["dtype"] not in _DTYPES:
-                    raise UserError(f"{shard}: tensor {name} has dtype {v['dtype']}, which llmshrink does not read")
-                a, b = v["data_offsets"]
-                self.entries[name] = _Entry(shard, _DTYPES[v["dtype"]], tuple(v["shape"]), 8 + n + a, 8 + n + b)
+            for name, e in read_header(shard).items():
+                self.entries[name] = _Entry(shard, e.dtype, e.shape, e.start, e.end)
 
     def read(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         e = self.entries[name]
