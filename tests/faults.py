@@ -34,6 +34,10 @@ class Command:
     argv: Callable[[Path], list[str]]  # workspace -> the command line (run again as it is to resume)
     outputs: tuple[str, ...]  # final outputs, relative to the workspace
     state: Callable[[Path], bool]  # workspace -> a resume point holds finished work
+    complete: Callable[[Path], bool] | None = None  # workspace -> done (default: every output exists)
+
+    def done(self, ws: Path) -> bool:
+        return self.complete(ws) if self.complete else all((ws / o).exists() for o in self.outputs)
 
 
 def _has_files(path: Path) -> bool:
@@ -68,7 +72,8 @@ COMMANDS = {
         "export", str(ws / "model"), "--type", "q4_0", "--out", str(ws / "m.gguf"), "--calib", str(ws / "corpus.txt"),
         "--nsamples", "32", "--seqlen", "32"], ("m.gguf",), lambda ws: _has_files(ws / ".m.gguf.partial")),
     "run RECIPE": Command("run RECIPE", lambda ws: ["run", _recipe(ws)], ("run",),
-                          lambda ws: _has_files(ws / "run")),
+                          lambda ws: _has_files(ws / "run"),
+                          lambda ws: (ws / "run" / "2-export" / ".llmshrink-stage.json").is_file()),
 }
 
 
@@ -181,7 +186,8 @@ def kill_and_resume(cmd: Command, root: Path, *, kills: int, seed: int) -> dict:
         proc.send_signal(signal.SIGKILL)
         ended = proc.wait() == 0  # it finished before the signal came
         never_partial += _same_so_far(cmd, ws, ref)
-        if ended or (all((ws / o).exists() for o in cmd.outputs) and not cmd.state(ws)):
+        # finished, or killed after its outputs appeared (and before its resume point was removed)
+        if ended or cmd.done(ws):
             finish()
         else:
             resumed += cmd.state(ws)

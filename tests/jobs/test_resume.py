@@ -25,6 +25,19 @@ def setup(tmp_path_factory, tokenizer):
     return d, model, CalibConfig(data=str(d / "c.txt"), nsamples=4, seqlen=16, batch_size=2)
 
 
+def _die_after_saving(monkeypatch, n):
+    """Make the run die (as if SIGKILLed) right after its ``n``-th block is kept; returns the real save."""
+    real_save = resume_mod.BlockState.save
+
+    def save_then_die(self, k, *a):
+        real_save(self, k, *a)
+        if k + 1 == n:
+            raise Killed
+
+    monkeypatch.setattr(resume_mod.BlockState, "save", save_then_die)
+    return real_save
+
+
 def _files(out):
     """Every output file; the per-layer records and the run record without their timings."""
     files = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -48,14 +61,7 @@ def _quantize(model, calib, out, cfg, **kw):
 def test_a_killed_run_resumes_to_the_same_bytes(setup, tmp_path, monkeypatch, cfg, kw, kill_after):
     _, model, calib = setup
     _quantize(model, calib, tmp_path / "ref", cfg, **kw)
-    real_save = resume_mod.BlockState.save
-
-    def save_then_die(self, k, *a):
-        real_save(self, k, *a)
-        if k + 1 == kill_after:
-            raise Killed
-
-    monkeypatch.setattr(resume_mod.BlockState, "save", save_then_die)
+    real_save = _die_after_saving(monkeypatch, kill_after)
     out = tmp_path / "q"
     with pytest.raises(Killed):
         _quantize(model, calib, out, cfg, **kw)
@@ -126,14 +132,7 @@ def test_a_killed_gguf_export_resumes_to_the_same_bytes(setup, tmp_path, monkeyp
     _, model, calib = setup
     cfg = GGUFConfig(type=gguf_type)
     export_gguf(load_model(str(model)), cfg, tmp_path / "ref.gguf", calib=calib)
-    real_save = resume_mod.BlockState.save
-
-    def save_then_die(self, k, *a):
-        real_save(self, k, *a)
-        if k + 1 == kill_after:
-            raise Killed
-
-    monkeypatch.setattr(resume_mod.BlockState, "save", save_then_die)
+    real_save = _die_after_saving(monkeypatch, kill_after)
     out = tmp_path / "m.gguf"
     with pytest.raises(Killed):
         export_gguf(load_model(str(model)), cfg, out, calib=calib)
@@ -187,3 +186,17 @@ def test_activations_are_written_as_safetensors_without_copying_them(tmp_path):
     back = load_file(tmp_path / "h.safetensors")
     assert torch.equal(back["h0"], views[0]) and torch.equal(back["h1"], views[1]) and torch.equal(back["x"], odd)
     assert resume_mod._metadata(tmp_path / "h.safetensors") == {"done": "7"}
+
+
+def test_a_resume_point_of_other_weights_is_refused(setup, tmp_path, monkeypatch):
+    import shutil
+
+    _, model, calib = setup
+    copy = shutil.copytree(model, tmp_path / "model")
+    _die_after_saving(monkeypatch, 1)
+    with pytest.raises(Killed):
+        _quantize(copy, calib, tmp_path / "q", QuantConfig(bits=4, group_size=16))
+    monkeypatch.undo()
+    (copy / "model.safetensors").write_bytes((copy / "model.safetensors").read_bytes())  # rewritten: a new mtime
+    with pytest.raises(UserError, match=r"other settings \(weights"):
+        _quantize(copy, calib, tmp_path / "q", QuantConfig(bits=4, group_size=16))

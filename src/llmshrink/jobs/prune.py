@@ -14,6 +14,7 @@ import torch
 from ..config import Part
 from ..data.calib import corpus_windows
 from ..exporters.hf import save_folder
+from ..models.files import fingerprint
 from ..models.load import LoadedModel
 from ..paths import atomic_dir, claim_output
 from ..pruning.config import HealConfig, PruneConfig
@@ -90,11 +91,19 @@ def run_prune(lm: LoadedModel, cfg: PruneConfig, out: Path, *, heal: HealConfig 
         return record
     teacher = copy.deepcopy(lm.model) if heal.method != "none" and heal.loss != "lm" else None
     # each round of scores is kept beside the output: a killed run does not score it again
-    state = RecordState(out, {"model": str(lm.path.resolve()), "prune": cfg.to_dict()}, discard_other=overwrite,
-                        what="pruning")
-    removed, history = remove_least_important(lm, cfg, batches, progress=progress, state=state)
+    settings = {"model": str(lm.path.resolve()), "weights": fingerprint(lm.path), "prune": cfg.to_dict()}
+    with RecordState(out, settings, discard_other=overwrite, what="pruning") as state:
+        removed, history = remove_least_important(lm, cfg, batches, progress=progress, state=state)
+        _heal_and_save(lm, heal, teacher, out, record, removed, history, n_blocks, t0, progress)
+    return record
+
+
+def _heal_and_save(lm: LoadedModel, heal: HealConfig, teacher, out: Path, record: dict, removed: list[int],
+                   history: list, n_blocks: int, t0: float, progress) -> None:
+    """Heal the pruned model if asked, complete ``record``, write the output folder."""
     kept = [i for i in range(n_blocks) if i not in removed]
-    log.info("removed blocks %s by %s; %d of %d blocks left", removed, cfg.criterion, len(kept), n_blocks)
+    log.info("removed blocks %s by %s; %d of %d blocks left", removed, record["config"]["criterion"], len(kept),
+             n_blocks)
     record.update(scores=[dataclasses.asdict(s) for s in history], removed=removed, kept=kept,
                   blocks_after=len(kept), score_seconds=sum(s.seconds for s in history))
     if heal.method == "lora":
@@ -110,5 +119,3 @@ def run_prune(lm: LoadedModel, cfg: PruneConfig, out: Path, *, heal: HealConfig 
         "llmshrink_prune.json": json.dumps(record, indent=2) + "\n",
         "block_scores.png": lambda p: plot_scores(history[0], p, removed=removed, title=f"{lm.name}: block importance"),
     })
-    state.finish()
-    return record

@@ -16,6 +16,7 @@ from ..config import Config, Part
 from ..data.calib import CalibConfig, calibration_windows
 from ..exporters.hf import check_packable, save_quantized
 from ..models.arch import block_range, check_range_syntax
+from ..models.files import fingerprint
 from ..models.load import LoadedModel
 from ..paths import claim_output
 from ..quant.config import QuantConfig
@@ -55,13 +56,28 @@ def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Pat
     windows = calibration_windows(lm.tokenizer, calib) if cfg.method != "rtn" else None
     log.info("quantizing blocks %d:%d with %s", todo.start, todo.stop, cfg.method)
     t0 = time.perf_counter()
-    settings = {"model": str(lm.path.resolve()), "config": cfg.to_dict(),
+    settings = {"model": str(lm.path.resolve()), "weights": fingerprint(lm.path), "config": cfg.to_dict(),
                 "calibration": dataclasses.asdict(calib) if windows is not None else None,
                 "blocks": [todo.start, todo.stop], "lm_head": lm_head}
     # each finished block is kept beside the output: a killed run continues from there
-    state = BlockState.open(out, settings, lm.arch, cfg.bits, discard_other=overwrite)
-    # Packed as solved; with a lazily loaded model, blocks are read from disk one at a time, and
-    # the embedding is freed once the calibration inputs are captured (read back for saving).
+    with BlockState.open(out, settings, lm.arch, cfg.bits, discard_other=overwrite) as state:
+        report = _quantize_blocks(lm, cfg, windows, calib, todo, lm_head, state, progress)
+        layers = "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in report.layers)
+        run = {"model": lm.name, "config": cfg.to_dict(),
+               "calibration": dataclasses.asdict(calib) if windows is not None else None,
+               "blocks": [todo.start, todo.stop], "lm_head": lm_head, "quantize_seconds": report.seconds}
+        saved = save_quantized(lm.model, lm.tokenizer, report, out,
+                               extra_files={"quantize_layers.jsonl": layers,
+                                            "llmshrink_quantize.json": json.dumps(run, indent=2) + "\n"})
+    log.info("quantized and saved in %.1f s -> %s", time.perf_counter() - t0, saved)
+    return report, saved
+
+
+def _quantize_blocks(lm: LoadedModel, cfg: QuantConfig, windows, calib: CalibConfig, todo: range, lm_head: bool,
+                     state: BlockState, progress) -> QuantizeReport:
+    """The driver over ``lm``, packed as solved; with a lazily loaded model, blocks are read from
+    disk one at a time, and the embedding is freed once the calibration inputs are captured (read
+    back for saving); blocks outside ``todo`` are read back in full precision at the end."""
     prepare = captured = None
     if lm.blocks is not None:
         prepare = lm.blocks.materialize
@@ -74,16 +90,7 @@ def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Pat
     finally:
         if lm.blocks is not None:
             lm.blocks.restore()
-    if prepare is not None:  # blocks left out of --blocks are saved in full precision
+    if prepare is not None:
         for i, block in enumerate(lm.arch.blocks(lm.model)):
             prepare(i, block)
-    layers = "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in report.layers)
-    run = {"model": lm.name, "config": cfg.to_dict(),
-           "calibration": dataclasses.asdict(calib) if windows is not None else None,
-           "blocks": [todo.start, todo.stop], "lm_head": lm_head, "quantize_seconds": report.seconds}
-    saved = save_quantized(lm.model, lm.tokenizer, report, out,
-                           extra_files={"quantize_layers.jsonl": layers,
-                                        "llmshrink_quantize.json": json.dumps(run, indent=2) + "\n"})
-    state.finish()
-    log.info("quantized and saved in %.1f s -> %s", time.perf_counter() - t0, saved)
-    return report, saved
+    return report

@@ -67,7 +67,24 @@ def open_state_dir(out: Path, settings: dict, *, discard_other: bool = False, wh
     return folder
 
 
-class RecordState:
+class _State:
+    """A resume point used as a context: removed when the run ends, or fails on bad input (a
+    UserError: the run cannot continue under these settings); kept when it is interrupted."""
+
+    folder: Path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is None or issubclass(kind, UserError):
+            self.finish()
+
+    def finish(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class RecordState(_State):
     """A resume point that is one JSON record (e.g. the finished rounds of block scoring)."""
 
     def __init__(self, out: Path, settings: dict, *, discard_other: bool = False, what: str = "run"):
@@ -80,11 +97,8 @@ class RecordState:
             tmp.write_text(json.dumps(data) + "\n")
         self.data = data
 
-    def finish(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
 
-
-class BlockState:
+class BlockState(_State):
     """The resume point of one quantize run (see the module's doc); ``done`` blocks of the run's
     range are finished."""
 
@@ -163,9 +177,6 @@ class BlockState:
 
         saved = load_file(str(self.folder / "hidden.safetensors"))
         return [saved[f"h{b}"] for b in range(len(saved))]
-
-    def finish(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 _ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}

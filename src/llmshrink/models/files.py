@@ -75,6 +75,12 @@ def _entry(name: str, v: dict, base: int, size: int) -> HeaderEntry:
     return HeaderEntry(dtype, tuple(shape), base + a, base + b)
 
 
+def fingerprint(folder: Path) -> list[list]:
+    """What identifies a folder's weights without reading them (each shard's name, size and
+    modification time): a resume point made from other weights is not continued."""
+    return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sorted(Path(folder).glob("*.safetensors"))]
+
+
 def check_safetensors(shards: list[Path]) -> None:
     """Read each shard's header, so a truncated or damaged file is named instead of failing mid-load."""
     for shard in shards:
