@@ -132,3 +132,12 @@ def test_cli_run_prints_the_stage_table(model_dir, tmp_path, text_file, capsys):
     path.write_text(yaml.safe_dump(rec))
     assert main(["run", str(path)]) == 2
     assert "stages[0].quantize" in capsys.readouterr().err
+
+
+def test_a_recipe_into_a_new_folder_holding_its_model_makes_nothing(tmp_path):
+    # the out folder's parent does not exist yet: the cycle is still refused before anything is made
+    recipe = parse_recipe({"model": str(tmp_path / "new" / "run" / "0-quantize"), "out": str(tmp_path / "new" / "run"),
+                           "stages": [{"eval": {}}]})
+    with pytest.raises(UserError, match="holds the input"):
+        run_recipe(recipe)
+    assert list(tmp_path.iterdir()) == []

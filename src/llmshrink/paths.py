@@ -48,13 +48,10 @@ def _within(a: Path, b: Path) -> bool:
     return a == b or b in a.parents
 
 
-def claim_output(out: str | Path, *, inputs: tuple[str | Path, ...] = (), overwrite: bool = False,
-                 folder: bool = True, need_bytes: int = 0, resumes: bool = False) -> Path:
-    """Check, before any work, that ``out`` (a folder, or a file when not ``folder``) may be
-    written: its parent exists and is writable, it is not one of the ``inputs``, inside one or
-    holding one, an existing ``out`` is replaced only with ``overwrite`` (or continued, when the
-    job ``resumes`` in it), and the disk has ``need_bytes`` free. Nothing is created."""
-    out = output_path(out)
+def check_inputs(out: str | Path, inputs: tuple[str | Path | None, ...]) -> None:
+    """Refuse an ``out`` that is one of the ``inputs``, inside one or holding one (whether or not
+    its folder exists yet)."""
+    out = Path(out).expanduser()
     target = out.resolve()
     for src in inputs:
         # an input that does not exist yet (a recipe's own stage output) counts when it is a path
@@ -64,6 +61,16 @@ def claim_output(out: str | Path, *, inputs: tuple[str | Path, ...] = (), overwr
         if _within(target, src) or _within(src, target):
             where = "is" if target == src else "is inside" if src in target.parents else "holds"
             raise UserError(f"--out {out} {where} the input {src}: choose an --out outside the input")
+
+
+def claim_output(out: str | Path, *, inputs: tuple[str | Path, ...] = (), overwrite: bool = False,
+                 folder: bool = True, need_bytes: int = 0, resumes: bool = False) -> Path:
+    """Check, before any work, that ``out`` (a folder, or a file when not ``folder``) may be
+    written: its parent exists and is writable, it is not one of the ``inputs``, inside one or
+    holding one, an existing ``out`` is replaced only with ``overwrite`` (or continued, when the
+    job ``resumes`` in it), and the disk has ``need_bytes`` free. Nothing is created."""
+    out = output_path(out)
+    check_inputs(out, inputs)
     if out.exists() or out.is_symlink():
         kind = "folder" if out.is_dir() else "file"
         if folder != out.is_dir():

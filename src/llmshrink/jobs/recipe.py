@@ -35,7 +35,7 @@ from typing import Any
 from ..config import Part, from_mapping
 from ..errors import UserError
 from ..eval.config import EvalConfig
-from ..paths import atomic_file, claim_output
+from ..paths import atomic_file, check_inputs, claim_output
 from . import export as export_job
 from . import finetune as finetune_job
 from . import prune as prune_job
@@ -43,6 +43,8 @@ from . import quantize as quantize_job
 from .preflight import preflight
 
 log = logging.getLogger(__name__)
+
+RECIPE_MARKER = ".llmshrink-recipe.json"  # a recipe's output folder says so
 
 
 @dataclass
@@ -229,18 +231,22 @@ def _preflight(recipe: Recipe) -> None:
     preflight(recipe.model, corpora=corpora, models=models)
 
 
-def _open_root(root: Path, recipe: Recipe) -> Path:
-    """The recipe's output folder, new or continued; never the model's folder, inside it or
-    holding it, nor a folder of other files."""
-    root = Path(root).expanduser()
-    if not root.absolute().parent.exists():
-        root.absolute().parent.mkdir(parents=True)
+def _check_root(root: Path, recipe: Recipe) -> None:
+    """Refuse, before anything is made, a recipe output folder that is the model's folder, inside
+    it or holding it, or a folder of other files."""
+    if not root.absolute().parent.is_dir():  # made by _open_root: nothing there yet
+        check_inputs(root, (recipe.model,))
+        return
     claim_output(root, inputs=(recipe.model,), resumes=True)
-    marker = root / ".llmshrink-recipe.json"
-    if root.is_dir() and any(root.iterdir()) and not marker.is_file() \
+    if root.is_dir() and any(root.iterdir()) and not (root / RECIPE_MARKER).is_file() \
             and not any(root.glob("*/.llmshrink-stage.json")):
         raise UserError(f"{root} holds files that are not a recipe's outputs: give the recipe another out")
-    root.mkdir(exist_ok=True)
+
+
+def _open_root(root: Path, recipe: Recipe) -> Path:
+    """The recipe's output folder (checked by :func:`_check_root`), made or continued."""
+    root.mkdir(parents=True, exist_ok=True)
+    marker = root / RECIPE_MARKER
     if not marker.is_file():
         with atomic_file(marker) as tmp:
             tmp.write_text(json.dumps({"recipe": recipe.source, "model": recipe.model}) + "\n")
@@ -250,8 +256,7 @@ def _open_root(root: Path, recipe: Recipe) -> Path:
 def run_recipe(recipe: Recipe, *, out: str | Path | None = None, progress=None) -> dict:
     """Run the stages in order, skipping those already done with the same settings."""
     root = Path(out or recipe.out).expanduser()
-    if root.absolute().parent.is_dir():  # a missing parent is made by _open_root
-        claim_output(root, inputs=(recipe.model,), resumes=True)
+    _check_root(root, recipe)
     _preflight(recipe)
     root = _open_root(root, recipe)
     model, digest = recipe.model, hashlib.sha256(recipe.model.encode()).hexdigest()[:16]
