@@ -44,12 +44,16 @@ class Generation:
     seconds: float
 
 
+def check_instruction(instruction: str) -> None:
+    if not instruction or not instruction.strip():
+        raise UserError('the instruction is empty: give the text to answer, e.g. llmshrink generate MODEL "Write a haiku"')
+
+
 @torch.inference_mode()
 def generate(model: torch.nn.Module, tokenizer, instruction: str, cfg: GenerateConfig | None = None,
              *, input: str = "", context: str = "") -> Generation:
     cfg = cfg or GenerateConfig()
-    if not instruction or not instruction.strip():
-        raise UserError("the instruction is empty: give the text to answer")
+    check_instruction(instruction)
     template = get_template(cfg.template)
     prompt = template.prompt(Example(instruction, input, context), tokenizer)
     # A chat template writes its own special tokens; other prompts get the tokenizer's defaults.

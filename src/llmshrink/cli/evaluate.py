@@ -177,12 +177,11 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
 
 @command("generate", "answer one instruction through a prompt template", _generate_args)
 def cmd_generate(args: argparse.Namespace) -> int:
-    from ..generation import generate
+    from ..generation import check_instruction, generate
     from ..jobs.preflight import preflight
 
     cfg = config(args, _generate_part())
-    if not args.prompt.strip():
-        raise UserError("the instruction is empty: give the text to answer, e.g. llmshrink generate MODEL \"Write a haiku\"")
+    check_instruction(args.prompt)
     preflight(args.model)
     lm = load(args)
     out = generate(lm.model, lm.tokenizer, args.prompt, cfg, input=args.input, context=args.context)

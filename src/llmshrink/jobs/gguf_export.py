@@ -12,7 +12,6 @@ import torch
 from ..data.calib import CalibConfig, calibration_windows
 from ..exporters.config import GGUFConfig
 from ..exporters.gguf import GGUFReport, check_exportable, float_blocks, plan_tensor_types, write_gguf
-from ..models.files import fingerprint
 from ..models.load import LoadedModel
 from ..paths import claim_output
 from ..quant.config import QuantConfig
@@ -63,8 +62,7 @@ def export_gguf(lm: LoadedModel, cfg: GGUFConfig, out: Path, *, calib: CalibConf
     calib = calib or CalibConfig()
     made_from = {"windows": hashlib.sha256(windows.numpy().tobytes()).hexdigest()} if windows is not None else \
         calib.to_dict() if qcfg.method == "gptq" else None
-    settings = {"model": str(lm.path.resolve()), "weights": fingerprint(lm.path), "gguf": cfg.to_dict(),
-                "calibration": made_from}
+    settings = {**lm.identity, "gguf": cfg.to_dict(), "calibration": made_from}
     # each finished block's solutions are kept beside the file: a killed export continues from there
     with BlockState.open(out, settings, lm.arch, qcfg.bits, discard_other=overwrite) as state:
         results = solve_blocks(lm, qcfg, calib, progress, layer_config=_layer_configs(lm, cfg), windows=windows,

@@ -14,7 +14,6 @@ import torch
 from ..config import Part
 from ..data.calib import corpus_windows
 from ..exporters.hf import save_folder
-from ..models.files import fingerprint
 from ..models.load import LoadedModel
 from ..paths import atomic_dir, claim_output
 from ..pruning.config import HealConfig, PruneConfig
@@ -91,8 +90,7 @@ def run_prune(lm: LoadedModel, cfg: PruneConfig, out: Path, *, heal: HealConfig 
         return record
     teacher = copy.deepcopy(lm.model) if heal.method != "none" and heal.loss != "lm" else None
     # each round of scores is kept beside the output: a killed run does not score it again
-    settings = {"model": str(lm.path.resolve()), "weights": fingerprint(lm.path), "prune": cfg.to_dict()}
-    with RecordState(out, settings, discard_other=overwrite, what="pruning") as state:
+    with RecordState(out, {**lm.identity, "prune": cfg.to_dict()}, discard_other=overwrite, what="pruning") as state:
         removed, history = remove_least_important(lm, cfg, batches, progress=progress, state=state)
         _heal_and_save(lm, heal, teacher, out, record, removed, history, n_blocks, t0, progress)
     return record

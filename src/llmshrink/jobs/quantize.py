@@ -16,7 +16,6 @@ from ..config import Config, Part
 from ..data.calib import CalibConfig, calibration_windows
 from ..exporters.hf import check_packable, save_quantized
 from ..models.arch import block_range, check_range_syntax
-from ..models.files import fingerprint
 from ..models.load import LoadedModel
 from ..paths import claim_output
 from ..quant.config import QuantConfig
@@ -56,16 +55,13 @@ def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Pat
     windows = calibration_windows(lm.tokenizer, calib) if cfg.method != "rtn" else None
     log.info("quantizing blocks %d:%d with %s", todo.start, todo.stop, cfg.method)
     t0 = time.perf_counter()
-    settings = {"model": str(lm.path.resolve()), "weights": fingerprint(lm.path), "config": cfg.to_dict(),
-                "calibration": dataclasses.asdict(calib) if windows is not None else None,
-                "blocks": [todo.start, todo.stop], "lm_head": lm_head}
+    done = {"config": cfg.to_dict(), "calibration": dataclasses.asdict(calib) if windows is not None else None,
+            "blocks": [todo.start, todo.stop], "lm_head": lm_head}
     # each finished block is kept beside the output: a killed run continues from there
-    with BlockState.open(out, settings, lm.arch, cfg.bits, discard_other=overwrite) as state:
+    with BlockState.open(out, {**lm.identity, **done}, lm.arch, cfg.bits, discard_other=overwrite) as state:
         report = _quantize_blocks(lm, cfg, windows, calib, todo, lm_head, state, progress)
         layers = "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in report.layers)
-        run = {"model": lm.name, "config": cfg.to_dict(),
-               "calibration": dataclasses.asdict(calib) if windows is not None else None,
-               "blocks": [todo.start, todo.stop], "lm_head": lm_head, "quantize_seconds": report.seconds}
+        run = {"model": lm.name, **done, "quantize_seconds": report.seconds}
         saved = save_quantized(lm.model, lm.tokenizer, report, out,
                                extra_files={"quantize_layers.jsonl": layers,
                                             "llmshrink_quantize.json": json.dumps(run, indent=2) + "\n"})

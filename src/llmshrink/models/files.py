@@ -14,6 +14,14 @@ from ..errors import UserError
 
 def find_shards(folder: Path) -> list[Path]:
     """The folder's safetensors shards, headers checked; pickled weights are refused."""
+    shards = list_shards(folder)
+    check_safetensors(shards)
+    return shards
+
+
+def list_shards(folder: Path) -> list[Path]:
+    """The folder's safetensors shards, headers not read yet (for a reader that reads and checks
+    them itself, e.g. ``lazy.SafetensorsIndex``); pickled weights are refused."""
     shards = sorted(folder.glob("*.safetensors"))
     if not shards:
         if any(folder.glob("*.bin")) or any(folder.glob("*.pt")):
@@ -22,7 +30,6 @@ def find_shards(folder: Path) -> list[Path]:
                 f"(unpickling runs code): convert them to safetensors first"
             )
         raise UserError(f"{folder} holds no *.safetensors weights: give a complete model folder")
-    check_safetensors(shards)
     return shards
 
 

@@ -24,7 +24,7 @@ from ..errors import UserError
 from ..paths import cache_dir, cache_subdir
 from .arch import ArchSpec, arch_for
 from .convert import MARKER, convert_gguf, inspect_gguf, is_gguf
-from .files import check_tensors, find_shards
+from .files import check_tensors, find_shards, fingerprint, list_shards
 from .gptq_checkpoint import load_gptq
 from .health import check_weights
 from .zoo import ALIASES, get_alias
@@ -75,6 +75,11 @@ class LoadedModel:
     @property
     def size_on_disk(self) -> int:
         return weights_size(self.path)
+
+    @property
+    def identity(self) -> dict:
+        """What a resume point records of the model: its folder and its weights' fingerprint."""
+        return {"model": str(self.path.resolve()), "weights": fingerprint(self.path)}
 
     @property
     def sources(self) -> tuple[Path, ...]:
@@ -171,7 +176,7 @@ def _load_plain(folder: Path, config: dict, dtype: torch.dtype, trust_remote_cod
 
     from .lazy import SafetensorsIndex
 
-    index = SafetensorsIndex(find_shards(folder))
+    index = SafetensorsIndex(list_shards(folder))
     try:
         with torch.device("meta"):
             skeleton = AutoModelForCausalLM.from_config(
@@ -214,7 +219,7 @@ def check_fits(folder: Path, dtype: torch.dtype, device: str) -> None:
 
     size = dtype.itemsize
     need = sum((e.end - e.start) // e.dtype.itemsize * size if e.dtype.is_floating_point else e.end - e.start
-               for e in SafetensorsIndex(find_shards(folder)).entries.values())
+               for e in SafetensorsIndex(list_shards(folder)).entries.values())
     free = available_memory(device)
     if free is not None and need > free:
         raise UserError(f"{folder} needs {need / 2**30:.1f} GiB as {str(dtype).removeprefix('torch.')} but {device} "
@@ -265,7 +270,7 @@ def load_model(
             raise UserError(f"{folder} is already {method}-quantized: quantize the original model instead")
         from .lazy import load_lazy
 
-        model, blocks = load_lazy(folder, find_shards(folder), arch, DTYPES[dtype], device, trust_remote_code)
+        model, blocks = load_lazy(folder, list_shards(folder), arch, DTYPES[dtype], device, trust_remote_code)
     else:
         check_fits(folder, DTYPES[dtype], device)
         model = loader(folder, config, DTYPES[dtype], trust_remote_code)
