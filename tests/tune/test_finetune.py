@@ -23,12 +23,14 @@ def dirs(tmp_path_factory, tokenizer):
     rc = main(["-q", "quantize", str(plain), "--out", str(root / "q"), "--bits", "4", "--group-size", "16",
                "--blocks", "0:-2", "--calib", str(corpus), "--nsamples", "4", "--seqlen", "16"])
     assert rc == 0
-    return {"plain": plain, "q": root / "q", "corpus": corpus}
+    other = root / "other.txt"  # another text: the out-of-domain corpus
+    other.write_text(" ".join(reversed(TEXT.split())) * 8)
+    return {"plain": plain, "q": root / "q", "corpus": corpus, "other": other}
 
 
 def _cfg(dirs, **kw):
     base = dict(train="last:2", lm_head=True, data=str(dirs["corpus"]), seqlen=16, batch_size=2, steps=6, lr=1e-2,
-                eval_data="none", save_every=2)
+                eval_data="none", ood_data="none", save_every=2)
     return FinetuneConfig(**{**base, **kw})
 
 
@@ -118,7 +120,7 @@ def test_head_lr_and_the_hidden_state_loss(dirs, tmp_path):
     _root, first = ft.select_trainable(lm, cfg)
     batches = ft.text_batches(lm, cfg, 2)
     loss = ft.TailLoss(lm, first, cfg, batches, ft.cache_inputs(lm, batches, first),
-                       ft._load_teacher(lm, cfg, batches))
+                       ft.teacher_outputs(ft.load_teacher(lm, cfg), batches))
     with torch.no_grad():
         parts = loss.parts(0)
         assert set(parts) == {"kd", "hidden"} and parts["hidden"] < 1e-10 and parts["kd"] < 1e-6
@@ -188,9 +190,12 @@ def test_instruction_data_trains_on_responses_and_reports_held_out_loss(dirs, tm
 def test_cli_finetune_prints_the_summary_and_bad_input_exits_2(dirs, tmp_path, capsys):
     rc = main(["finetune", str(dirs["q"]), "--out", str(tmp_path / "o"), "--train", "last:2", "--lm-head",
                "--data", str(dirs["corpus"]), "--seqlen", "16", "--steps", "2", "--eval-data", str(dirs["corpus"]),
-               "--distill-from", str(dirs["plain"])])
+               "--ood-data", str(dirs["other"]), "--distill-from", str(dirs["plain"])])
     out = capsys.readouterr().out
-    assert rc == 0 and "trainable parameters" in out and "perplexity" in out
+    assert rc == 0 and "trainable parameters" in out
+    rows = {line.split("  ")[0]: line for line in out.splitlines()}
+    assert all("original" in rows[f"perplexity ({dirs[k]})"] and "; KL " in rows[f"perplexity ({dirs[k]})"]
+               for k in ("corpus", "other"))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "x", "output": "y"}\nnot json\n')
     rc = main(["finetune", str(dirs["plain"]), "--out", str(tmp_path / "p"), "--data", str(bad), "--format",
@@ -213,3 +218,62 @@ def test_the_tuned_mixed_checkpoint_exports_to_gguf_and_runs_in_llama_cpp(dirs, 
     assert rep.tensors["q8_0"] == 30  # 28 block linears + the embedding + the untied, tuned output
     lc = load_llamacpp(tmp_path / "m.gguf", n_ctx=64)
     assert len(lc.model.greedy(lc.tokenizer.encode("To be, or not"), 8, stop_at_eos=False)) == 8
+
+
+def test_the_model_is_scored_before_and_after_in_and_out_of_domain_against_the_original(dirs, tmp_path):
+    from llmshrink.eval.config import EvalConfig
+    from llmshrink.eval.run import evaluate_perplexity
+
+    cfg = _cfg(dirs, distill_from=str(dirs["plain"]), eval_data=str(dirs["corpus"]), ood_data=str(dirs["other"]),
+               eval_tokens=64, seqlen=16, loss="kd", lr=3e-4, steps=30)
+    res = finetune_job.finetune(load_model(dirs["q"]), cfg, tmp_path / "out")
+    ev = res.evaluation
+    orig, quant, tuned = load_model(dirs["plain"]), load_model(dirs["q"]), load_model(tmp_path / "out")
+    for key, data in (("held_out", dirs["corpus"]), ("out_of_domain", dirs["other"])):
+        ecfg = EvalConfig(data=str(data), max_tokens=64, seqlen=16)
+        entry = ev[key]
+        before = evaluate_perplexity(quant, ecfg, reference=orig)
+        assert entry["data"] == str(data) and entry["tokens"] == before["tokens"] == 4 * 15
+        after = evaluate_perplexity(tuned, ecfg, reference=orig)
+        assert entry["before"]["perplexity"] == pytest.approx(before["perplexity"], rel=1e-5)
+        assert entry["after"]["perplexity"] == pytest.approx(after["perplexity"], rel=1e-5)
+        assert entry["after"]["kl"] == pytest.approx(after["kl"], rel=1e-4)
+        assert entry["before"]["kl"] > entry["after"]["kl"] > 0  # distillation moved it towards the original
+        assert entry["after"]["original_perplexity"] == pytest.approx(
+            evaluate_perplexity(orig, ecfg)["perplexity"], rel=1e-5)
+        gap = entry["before"]["perplexity"] - entry["after"]["original_perplexity"]
+        rec = finetune_job.recovery(entry)
+        assert rec is None if gap <= 0 else rec == pytest.approx((entry["before"]["perplexity"] -
+                                                                  entry["after"]["perplexity"]) / gap)
+    assert ev["perplexity"] == ev["held_out"]["after"]["perplexity"]
+    saved = json.loads((tmp_path / "out" / "llmshrink_finetune.json").read_text())["evaluation"]
+    assert saved["out_of_domain"] == ev["out_of_domain"]
+
+
+def test_generated_windows_join_the_training_data_with_distillation_targets_only(dirs, monkeypatch):
+    from llmshrink.data.instruct import IGNORE
+    from llmshrink.tune import selfdata
+
+    lm = load_model(dirs["q"])
+    cfg = _cfg(dirs, distill_from=str(dirs["plain"]), loss="task+kd", generated=3, nsamples=4)
+    teacher = ft.load_teacher(lm, cfg)
+    gen = selfdata.sample_text_windows(teacher.model, teacher.tokenizer, 3, 16, seed=0)
+    b = ft.text_batches(lm, cfg, None, gen)
+    ids, labels = torch.cat(b.ids), torch.cat(b.labels)
+    assert ids.shape == (7, 16)
+    generated_rows = [i for i in range(7) if any(torch.equal(ids[i], g) for g in gen)]
+    assert len(generated_rows) == 3 and generated_rows != [4, 5, 6]  # shuffled in, not appended
+    assert all((labels[i] == IGNORE).all() for i in generated_rows)
+    assert all((labels[i] != IGNORE).any() for i in range(7) if i not in generated_rows)
+    with pytest.raises(Exception, match="distill"):
+        _cfg(dirs, generated=2)  # no teacher to sample from
+
+
+def test_recovery_is_the_share_of_the_gap_to_the_original_closed():
+    entry = {"before": {"perplexity": 40.0}, "after": {"perplexity": 37.0, "original_perplexity": 34.0}}
+    assert finetune_job.recovery(entry) == pytest.approx(0.5)
+    assert finetune_job.recovery({**entry, "after": {"perplexity": 43.0, "original_perplexity": 34.0}}) == \
+        pytest.approx(-0.5)  # worse than before: negative
+    assert finetune_job.recovery({"after": entry["after"]}) is None  # not scored before
+    assert finetune_job.recovery({**entry, "after": {"perplexity": 37.0}}) is None  # no original to compare
+    assert finetune_job.recovery({**entry, "after": {"perplexity": 37.0, "original_perplexity": 41.0}}) is None

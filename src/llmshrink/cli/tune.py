@@ -21,13 +21,13 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
 @command("finetune", "fine-tune the last blocks (and lm_head) of a plain or partially quantized model",
          _finetune_args)
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from ..jobs.finetune import PARTS, check_resume, finetune
+    from ..jobs.finetune import PARTS, check_resume, eval_corpora, finetune
 
     (part,) = PARTS
     cfg = config(args, part)
     from ..jobs.preflight import preflight
 
-    preflight(args.model, corpora=[cfg.data, cfg.eval_data if cfg.eval_data != "none" else None],
+    preflight(args.model, corpora=[cfg.data, *(e.data for e in eval_corpora(cfg).values())],
               models=[cfg.distill_from])
     check_resume(claim(args), args.resume)
     res = finetune(load(args), cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=progress())
@@ -38,10 +38,25 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     ev = res.evaluation
     if "held_out_loss_before" in ev:
         rows.append(("held-out response loss", f"{ev['held_out_loss_before']:.4f} -> {ev['held_out_loss_after']:.4f}"))
-    if "perplexity" in ev:
-        rows.append((f"perplexity ({ev['eval_data']})", f"{ev['perplexity']:.4f}"))
+    for key in ("held_out", "out_of_domain"):
+        if key in ev:
+            rows.append((f"perplexity ({ev[key]['data']})", before_after(ev[key])))
     print_table(rows)
     return 0
+
+
+def before_after(entry: dict) -> str:
+    """``42.55 -> 39.60 (original 34.00, 34.5 % recovered); KL 0.281 -> 0.190``, as much as is known."""
+    from ..jobs.finetune import recovery
+
+    before, after = entry.get("before"), entry["after"]
+    text = (f"{before['perplexity']:.4f} -> " if before else "") + f"{after['perplexity']:.4f}"
+    if "original_perplexity" in after:
+        rec = recovery(entry)
+        text += f" (original {after['original_perplexity']:.4f}" + (f", {100 * rec:.1f} % recovered)" if rec is not None
+                                                                   else ")")
+        text += "; KL " + (f"{before['kl']:.4f} -> " if before else "") + f"{after['kl']:.4f}"
+    return text
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:

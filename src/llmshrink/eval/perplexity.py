@@ -2,7 +2,10 @@
 
 perplexity = exp(mean negative log-likelihood of every scored token), where the windows come
 from :func:`llmshrink.data.windows.eval_windows`. The sum is kept in float64 so that long corpora
-do not lose precision.
+do not lose precision. With a ``reference`` model (the original of a compressed one), the same
+pass also measures the mean KL divergence KL(reference || model) of the next-token
+distributions over the scored positions: how far the model has moved from its original, on any
+text, whatever the text's own likelihood.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data.windows import Window, eval_windows
-from ..losses import token_nll
+from ..losses import token_kl, token_nll
 from ..models.health import nonfinite_activations_error
 
 Progress = Callable[..., Iterable]
@@ -30,6 +33,8 @@ class PerplexityResult:
     seqlen: int
     stride: int | None
     seconds: float
+    kl: float | None = None  # mean KL(reference || model) per scored token (nats), with a reference
+    reference_perplexity: float | None = None  # the reference's own, on the same windows
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
@@ -38,15 +43,24 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 
 @torch.inference_mode()
-def window_nll(model: torch.nn.Module, inputs: torch.Tensor, score_mask: torch.Tensor) -> tuple[float, int]:
-    """Sum of -log p(target) over the positions where ``score_mask`` is true.
+def window_nll(model: torch.nn.Module, inputs: torch.Tensor, score_mask: torch.Tensor,
+               reference: torch.nn.Module | None = None) -> tuple[float, int, float, float]:
+    """Sum of -log p(target) over the positions where ``score_mask`` is true, their count, and
+    (with ``reference``, else 0) the sums of KL(reference || model) and of the reference's own
+    -log p(target) over the same positions.
 
     ``inputs`` is [batch, length]; ``score_mask[b, t]`` says whether token t is a scored target
     (it is predicted from tokens < t, so position 0 is never scored).
     """
-    nll = token_nll(model(input_ids=inputs, use_cache=False).logits, inputs)
+    logits = model(input_ids=inputs, use_cache=False).logits
+    nll = token_nll(logits, inputs)
     mask = score_mask[:, 1:].reshape(-1)
-    return float(nll[mask].double().sum()), int(mask.sum())
+    kl = ref_nll = 0.0
+    if reference is not None:
+        ref = reference(input_ids=inputs.to(_device_of(reference)), use_cache=False).logits.to(logits.device)
+        kl = float(token_kl(ref, logits)[mask].double().sum())
+        ref_nll = float(token_nll(ref, inputs)[mask].double().sum())
+    return float(nll[mask].double().sum()), int(mask.sum()), kl, ref_nll
 
 
 def perplexity(
@@ -59,21 +73,25 @@ def perplexity(
     batch_size: int = 4,
     name: str = "the corpus",
     progress: Progress | None = None,
+    reference: torch.nn.Module | None = None,
 ) -> PerplexityResult:
-    """Perplexity of ``model`` on the 1-D token ``stream``; BOS is prepended to every window if given."""
+    """Perplexity of ``model`` on the 1-D token ``stream``; BOS is prepended to every window if
+    given; with ``reference``, the mean KL divergence from it too."""
     t0 = time.perf_counter()
     windows = eval_windows(stream.numel(), seqlen, stride=stride, bos=bos is not None, name=name)
     device = _device_of(model)
     batches = [windows[i: i + batch_size] for i in range(0, len(windows), batch_size)]
     iterator = progress(batches, desc="perplexity", unit="batch") if progress else batches
-    total_nll, total_tokens = 0.0, 0
+    total_nll, total_tokens, total_kl, total_ref = 0.0, 0, 0.0, 0.0
     for batch in iterator:
         inputs, mask = _batch(stream, batch, bos)
-        nll, count = window_nll(model, inputs.to(device), mask.to(device))
+        nll, count, kl, ref_nll = window_nll(model, inputs.to(device), mask.to(device), reference)
         if not math.isfinite(nll):
             raise nonfinite_activations_error(model, inputs[:1].to(device), f"scoring {name}")
         total_nll += nll
         total_tokens += count
+        total_kl += kl
+        total_ref += ref_nll
     mean = total_nll / total_tokens
     return PerplexityResult(
         perplexity=math.exp(mean),
@@ -83,6 +101,8 @@ def perplexity(
         seqlen=seqlen,
         stride=stride,
         seconds=time.perf_counter() - t0,
+        kl=total_kl / total_tokens if reference is not None else None,
+        reference_perplexity=math.exp(total_ref / total_tokens) if reference is not None else None,
     )
 
 

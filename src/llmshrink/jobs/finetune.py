@@ -18,7 +18,7 @@ from ..exporters.hf import Extra, save_folder
 from ..models.load import LoadedModel
 from ..paths import claim_output
 from ..tune.config import FinetuneConfig
-from ..tune.finetune import train_tail
+from ..tune.finetune import load_like, train_tail
 from ..tune.train import TrainStats
 
 PARTS = (Part("finetune", FinetuneConfig),)
@@ -46,13 +46,19 @@ def finetune(lm: LoadedModel, cfg: FinetuneConfig, out: Path, *, resume: bool = 
     out = claim_output(out, inputs=lm.sources, overwrite=overwrite, need_bytes=2 * lm.size_on_disk)
     check_resume(out, resume)
     ckpt_dir = checkpoint_dir(out)
+    corpora = eval_corpora(cfg, eval_cfg)
+    reference = load_like(lm, cfg.distill_from) if cfg.distill_from and corpora else None
+    before = score(lm, corpora, reference, progress) if cfg.eval_before and not resume else {}
     run = train_tail(lm, cfg, ckpt_dir, resume=resume, progress=progress)
     evaluation = run.evaluation
-    eval_data = cfg.eval_data or eval_split(cfg)
-    if eval_data is not None and eval_data != "none":
-        ecfg = eval_cfg or EvalConfig(data=eval_data)
-        evaluation["perplexity"] = evaluate_perplexity(lm, ecfg, progress=progress)["perplexity"]
-        evaluation["eval_data"] = ecfg.data
+    after = score(lm, corpora, reference, progress)
+    del reference
+    for key, ecfg in corpora.items():
+        evaluation[key] = {"data": ecfg.data, "tokens": after[key]["tokens"], "after": after[key]}
+        if key in before:
+            evaluation[key]["before"] = before[key]
+    if "held_out" in after:  # the figure earlier records had
+        evaluation["perplexity"], evaluation["eval_data"] = after["held_out"]["perplexity"], corpora["held_out"].data
     result = FinetuneResult(out, run.stats, run.trainable, evaluation)
     stats = run.stats
     record = {"model": lm.name, "config": cfg.to_dict(), "blocks": [run.first, run.first + cfg.n_train],
@@ -63,6 +69,40 @@ def finetune(lm: LoadedModel, cfg: FinetuneConfig, out: Path, *, resume: bool = 
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def eval_corpora(cfg: FinetuneConfig, eval_cfg: EvalConfig | None = None) -> dict[str, EvalConfig]:
+    """What a fine-tune is scored on: ``held_out`` (the tuning corpus' held-out split, or
+    ``eval_data``) and ``out_of_domain`` (``ood_data``), each unless turned off with none; in
+    windows of the training length."""
+    max_tokens = cfg.eval_tokens or None
+    out = {}
+    eval_data = cfg.eval_data or eval_split(cfg)
+    if eval_data is not None and eval_data != "none":
+        out["held_out"] = eval_cfg or EvalConfig(data=eval_data, seqlen=cfg.seqlen, max_tokens=max_tokens)
+    if cfg.ood_data is not None and cfg.ood_data != "none":
+        out["out_of_domain"] = EvalConfig(data=cfg.ood_data, seqlen=cfg.seqlen, max_tokens=max_tokens)
+    return out
+
+
+def score(lm: LoadedModel, corpora: dict[str, EvalConfig], reference: LoadedModel | None, progress=None) -> dict:
+    """Perplexity on each corpus; with the original model, the KL divergence from it and its own perplexity."""
+    out = {}
+    for key, ecfg in corpora.items():
+        r = evaluate_perplexity(lm, ecfg, reference=reference, progress=progress)
+        out[key] = {"perplexity": r["perplexity"], "tokens": r["tokens"]}
+        if reference is not None:
+            out[key].update(kl=r["kl"], original_perplexity=r["reference_perplexity"])
+    return out
+
+
+def recovery(entry: dict) -> float | None:
+    """Share of the gap to the original closed by training: (before - after) / (before - original)."""
+    before, after = entry.get("before"), entry["after"]
+    if before is None or "original_perplexity" not in after:
+        return None
+    gap = before["perplexity"] - after["original_perplexity"]
+    return (before["perplexity"] - after["perplexity"]) / gap if gap > 0 else None
 
 
 def check_resume(out: Path, resume: bool) -> None:

@@ -223,7 +223,7 @@ def _preflight(recipe: Recipe) -> None:
     corpora, models = [], []
     for stage in recipe.stages:
         for cfg in stage.configs.values():
-            corpora += [v for v in (getattr(cfg, "data", None), getattr(cfg, "eval_data", None))
+            corpora += [v for v in (getattr(cfg, f, None) for f in ("data", "eval_data", "ood_data"))
                         if isinstance(v, str) and v != "none"]
             teacher = getattr(cfg, "distill_from", None)
             if teacher and not teacher.startswith("@"):

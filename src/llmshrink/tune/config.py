@@ -42,6 +42,10 @@ class FinetuneConfig(Config):
                                                              "else task", "choices": FINETUNE_LOSSES})
     distill_from: str | None = field(default=None, metadata={"help": "original model: loss = KL from its "
                                                                      "next-token distribution"})
+    generated: int = field(default=0, metadata={
+        "help": "with --distill-from: windows of text sampled from the original model itself (from a random "
+                "first token) added to the training windows, distillation loss only: the tail learns to match the "
+                "original beyond the corpus' genre"})
     epochs: float | None = field(default=None, metadata={"help": "passes over the data (default 1 unless steps)"})
     steps: int | None = field(default=None, metadata={"help": "optimizer steps (instead of epochs)"})
     lr: float = field(default=1e-4, metadata={"help": "learning rate"})
@@ -63,6 +67,13 @@ class FinetuneConfig(Config):
     eval_data: str | None = field(default=None, metadata={"help": "held-out corpus for the final perplexity; "
                                                                   "default: the corpus' eval split, if it has one; "
                                                                   "none: no evaluation"})
+    ood_data: str | None = field(default="brown:eval", metadata={
+        "help": "an out-of-domain corpus scored before and after training beside the held-out one (with the KL "
+                "divergence from --distill-from): whether the recovery carries to other text; none: skip"})
+    eval_tokens: int | None = field(default=32768, metadata={"help": "score only the first N tokens of each "
+                                                                     "evaluation corpus; 0: all of them"})
+    eval_before: bool = field(default=True, metadata={"help": "score the model before training too (the "
+                                                              "before/after table)"})
     eval_fraction: float = field(default=0.1, metadata={"help": "instruction examples held out and scored before "
                                                                 "and after"})
     save_every: int = field(default=50, metadata={"help": "checkpoint every N optimizer steps"})
@@ -81,10 +92,19 @@ class FinetuneConfig(Config):
         self.check(self.epochs is None or self.epochs > 0, "epochs", f"must be > 0, got {self.epochs!r}")
         self.positive("batch_size", "grad_accum", "seqlen", "rank", "save_every")
         self.positive("steps", "nsamples", allow_none=True)
+        self.check(self.eval_tokens is None or (isinstance(self.eval_tokens, int) and self.eval_tokens >= 0),
+                   "eval_tokens",
+                   f"must be >= 0, got {self.eval_tokens!r}")
         self.check(self.seqlen >= 2, "seqlen", "must be at least 2 tokens")
         self.check(self.lr > 0, "lr", f"must be > 0, got {self.lr!r}")
         self.check(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha!r}")
         self.check(self.head_lr is None or self.head_lr > 0, "head_lr", f"must be > 0, got {self.head_lr!r}")
+        self.check(isinstance(self.generated, int) and self.generated >= 0, "generated",
+                   f"must be a whole number >= 0, got {self.generated!r}")
+        self.check(self.generated == 0 or self.loss != "task", "generated",
+                   "is distillation data: give --distill-from MODEL")
+        self.check(self.generated == 0 or self.format == "text", "generated",
+                   "adds text windows: use it with --format text")
         self.check(self.hidden_loss >= 0, "hidden_loss", f"must be >= 0, got {self.hidden_loss!r}")
         self.check(self.hidden_loss == 0 or self.loss != "task", "hidden_loss",
                    "matches the teacher's hidden states: give --distill-from MODEL")

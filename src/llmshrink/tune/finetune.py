@@ -59,8 +59,10 @@ class TailRun:
     evaluation: dict = field(default_factory=dict)
 
 
-def text_batches(lm: LoadedModel, cfg: FinetuneConfig, needed: int | None) -> Batches:
-    """Windows of ``seqlen`` tokens over a corpus (all of it, or ``needed`` windows), every token a target."""
+def text_batches(lm: LoadedModel, cfg: FinetuneConfig, needed: int | None,
+                 generated: torch.Tensor | None = None) -> Batches:
+    """Windows of ``seqlen`` tokens over a corpus (all of it, or ``needed`` windows), every token a
+    target, shuffled together with the ``generated`` windows (no task targets) if any."""
     stream = tokenize_corpus(load_corpus(cfg.data), lm.tokenizer)
     bos = bos_id(lm.tokenizer)
     n = cfg.nsamples
@@ -75,6 +77,10 @@ def text_batches(lm: LoadedModel, cfg: FinetuneConfig, needed: int | None) -> Ba
     labels = windows.clone()
     if bos is not None:
         labels[:, 0] = IGNORE
+    if generated is not None and len(generated):
+        order = torch.randperm(len(windows) + len(generated), generator=torch.Generator().manual_seed(cfg.seed))
+        windows = torch.cat([windows, generated])[order]
+        labels = torch.cat([labels, torch.full_like(generated, IGNORE)])[order]
     ids = list(windows.split(cfg.batch_size))
     return Batches(ids, list(labels.split(cfg.batch_size)), [torch.ones_like(x, dtype=torch.bool) for x in ids])
 
@@ -242,18 +248,27 @@ def config_hash(lm: LoadedModel, cfg: FinetuneConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _load_teacher(lm: LoadedModel, cfg: FinetuneConfig, batches: Batches, progress=None):
+def load_like(lm: LoadedModel, spec: str) -> LoadedModel:
+    """Load ``spec`` (the original of ``lm``) in ``lm``'s dtype and on its device."""
     from ..models.load import load_model
 
     p = next(lm.model.parameters())
-    teacher = load_model(cfg.distill_from, dtype=str(p.dtype).removeprefix("torch."), device=str(p.device))
+    return load_model(spec, dtype=str(p.dtype).removeprefix("torch."), device=str(p.device))
+
+
+def load_teacher(lm: LoadedModel, cfg: FinetuneConfig) -> LoadedModel:
+    teacher = load_like(lm, cfg.distill_from)
     if teacher.tokenizer.get_vocab() != lm.tokenizer.get_vocab():
         raise UserError(f"--distill-from {cfg.distill_from} has another vocabulary than the model: distil from "
                         "the model this one was made from")
+    return teacher
+
+
+def teacher_outputs(teacher: LoadedModel, batches: Batches, progress=None):
+    """The teacher's final normed hidden states for every batch, and its lm_head weight."""
     hidden = cache_inputs(teacher, batches, len(teacher.arch.blocks(teacher.model)), final_norm=True,
                           progress=progress).hidden
     weight = teacher.model.get_submodule(teacher.arch.lm_head).weight.detach().clone()
-    del teacher
     return hidden, weight
 
 
@@ -265,8 +280,16 @@ def train_tail(lm: LoadedModel, cfg: FinetuneConfig, ckpt_dir: Path, *, resume: 
     params = {name: p for name, p in root.named_parameters() if p.requires_grad}
     per_step = cfg.batch_size * cfg.grad_accum
     held_out = None
+    teacher_lm = load_teacher(lm, cfg) if cfg.loss != "task" else None
     if cfg.format == "text":
-        batches = text_batches(lm, cfg, None if cfg.steps is None else cfg.steps * per_step)
+        generated = None
+        if cfg.generated:
+            from .selfdata import sample_text_windows
+
+            generated = sample_text_windows(teacher_lm.model, teacher_lm.tokenizer, cfg.generated, cfg.seqlen,
+                                            seed=cfg.seed, progress=progress)
+        needed = None if cfg.steps is None else max(1, cfg.steps * per_step - cfg.generated)
+        batches = text_batches(lm, cfg, needed, generated)
     else:
         batches, held_out = instruct_batches(lm, cfg)
     n_train = len(batches)
@@ -277,7 +300,8 @@ def train_tail(lm: LoadedModel, cfg: FinetuneConfig, ckpt_dir: Path, *, resume: 
              "%s loss", first, first + cfg.n_train, " and lm_head" if cfg.lm_head else "", cfg.method,
              sum(p.numel() for p in params.values()), steps, cfg.grad_accum, cfg.batch_size, cfg.loss)
     inputs = cache_inputs(lm, batches, first, progress=progress)
-    teacher = _load_teacher(lm, cfg, batches, progress) if cfg.loss != "task" else None
+    teacher = teacher_outputs(teacher_lm, batches, progress) if teacher_lm is not None else None
+    del teacher_lm
     loss = TailLoss(lm, first, cfg, batches, inputs, teacher)
     evaluation: dict = {}
     if held_out is not None:
