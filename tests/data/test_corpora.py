@@ -3,7 +3,8 @@ import sys
 
 import pytest
 
-from llmshrink.data.corpora import Document, load_corpus, split_by_document, strip_gutenberg
+from llmshrink.data.corpora import (Document, brown_text, load_corpus, split_by_document, split_by_genre,
+                                    strip_gutenberg)
 from llmshrink.errors import UserError
 
 GUTENBERG = """The Project Gutenberg EBook of Hamlet
@@ -133,3 +134,37 @@ def test_shakespeare_splits_are_disjoint_plays_and_reproducible():
     calib_text = "\n".join(d.text for d in calib.documents)
     lines = [ln for d in evals.documents for ln in d.text.splitlines() if len(ln) > 60][:200]
     assert lines and sum(ln in calib_text for ln in lines) < len(lines) // 10
+
+
+BROWN = """
+
+\tThe/at Fulton/np-tl County/nn-tl Grand/jj-tl Jury/nn-tl said/vbd ``/`` no/at evidence/nn ''/'' was/bedz found/vbn ./.
+Atlanta's/np$ mayor/nn (/( Mr./np Hartsfield/np )/) agreed/vbd ,/, and/cc left/vbd ;/. why/wrb ?/.
+
+
+\tA/at new/jj paragraph/nn --/-- at/in last/ap !/.
+"""
+
+
+def test_brown_text_drops_tags_and_reattaches_punctuation():
+    assert brown_text(BROWN) == (
+        'The Fulton County Grand Jury said "no evidence" was found. Atlanta\'s mayor (Mr. Hartsfield) agreed, '
+        "and left; why?\nA new paragraph -- at last!\n")
+
+
+def test_split_by_genre_holds_out_texts_of_every_genre():
+    docs = [Document(f"c{g}{i:02d}", "x") for g in "abk" for i in range(1, 6)]
+    split = split_by_genre(docs, 1)
+    assert sorted(d.name[1] for d in split["eval"]) == ["a", "b", "k"]
+    assert len(split["calib"]) == 12 and not {d.name for d in split["calib"]} & {d.name for d in split["eval"]}
+    again = split_by_genre(list(reversed(docs)), 1)["eval"]  # the order documents come in does not matter
+    assert {d.name for d in again} == {d.name for d in split["eval"]}
+
+
+@pytest.mark.e2e
+def test_brown_splits_cover_every_genre_and_read_as_prose():
+    calib, evals = load_corpus("brown:calib"), load_corpus("brown:eval")
+    assert len(calib.documents) + len(evals.documents) == 500
+    assert sorted(d.name[1] for d in evals.documents) == list("abcdefghjklmnpr")
+    text = evals.documents[0].text
+    assert "/at " not in text and "``" not in text and " ." not in text and text.count("\n") > 10
