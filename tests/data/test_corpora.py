@@ -3,8 +3,14 @@ import sys
 
 import pytest
 
-from llmshrink.data.corpora import (Document, brown_text, load_corpus, split_by_document, split_by_genre,
-                                    strip_gutenberg)
+from llmshrink.data.corpora import (
+    Document,
+    brown_text,
+    load_corpus,
+    split_by_document,
+    split_by_genre,
+    strip_gutenberg,
+)
 from llmshrink.errors import UserError
 
 GUTENBERG = """The Project Gutenberg EBook of Hamlet

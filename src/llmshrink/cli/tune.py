@@ -113,7 +113,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                           max_tokens=args.max_tokens, instruction=args.instruction, device=device,
                           progress=progress())
     print(f"\nllmshrink demo: {args.model}: GPTQ {args.bits}-bit g128 on all blocks but the last 4, then the last 4 "
-          f"and lm_head fine-tuned by distillation ({args.steps} steps); stages in {summary['out']}\n")
+          f"fine-tuned by distillation on the corpus and the original's own text ({args.steps} steps); stages in "
+          f"{summary['out']}\n")
     print("| model | perplexity | size on disk | decode ms/token | load s |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:

@@ -70,7 +70,7 @@ class FinetuneConfig(Config):
     ood_data: str | None = field(default="brown:eval", metadata={
         "help": "an out-of-domain corpus scored before and after training beside the held-out one (with the KL "
                 "divergence from --distill-from): whether the recovery carries to other text; none: skip"})
-    eval_tokens: int | None = field(default=32768, metadata={"help": "score only the first N tokens of each "
+    eval_tokens: int | None = field(default=16384, metadata={"help": "score only the first N tokens of each "
                                                                      "evaluation corpus; 0: all of them"})
     eval_before: bool = field(default=True, metadata={"help": "score the model before training too (the "
                                                               "before/after table)"})

@@ -272,26 +272,30 @@ def teacher_outputs(teacher: LoadedModel, batches: Batches, progress=None):
     return hidden, weight
 
 
+def training_batches(lm: LoadedModel, cfg: FinetuneConfig, teacher: LoadedModel | None,
+                     progress=None) -> tuple[Batches, Batches | None]:
+    """The training batches (text windows, with ``cfg.generated`` more written by ``teacher``;
+    or instruction examples) and, for instruction data, the held-out ones."""
+    if cfg.format != "text":
+        return instruct_batches(lm, cfg)
+    generated = None
+    if cfg.generated:
+        from .selfdata import sample_text_windows
+
+        generated = sample_text_windows(teacher.model, teacher.tokenizer, cfg.generated, cfg.seqlen, seed=cfg.seed,
+                                        progress=progress)
+    needed = None if cfg.steps is None else max(1, cfg.steps * cfg.batch_size * cfg.grad_accum - cfg.generated)
+    return text_batches(lm, cfg, needed, generated), None
+
+
 def train_tail(lm: LoadedModel, cfg: FinetuneConfig, ckpt_dir: Path, *, resume: bool = False,
                progress=None) -> TailRun:
     """Train the tail of ``lm`` in place (see the module docstring), checkpointing into ``ckpt_dir``
     every ``cfg.save_every`` steps and, with ``resume``, continuing from its checkpoint."""
     root, first = select_trainable(lm, cfg)
     params = {name: p for name, p in root.named_parameters() if p.requires_grad}
-    per_step = cfg.batch_size * cfg.grad_accum
-    held_out = None
     teacher_lm = load_teacher(lm, cfg) if cfg.loss != "task" else None
-    if cfg.format == "text":
-        generated = None
-        if cfg.generated:
-            from .selfdata import sample_text_windows
-
-            generated = sample_text_windows(teacher_lm.model, teacher_lm.tokenizer, cfg.generated, cfg.seqlen,
-                                            seed=cfg.seed, progress=progress)
-        needed = None if cfg.steps is None else max(1, cfg.steps * per_step - cfg.generated)
-        batches = text_batches(lm, cfg, needed, generated)
-    else:
-        batches, held_out = instruct_batches(lm, cfg)
+    batches, held_out = training_batches(lm, cfg, teacher_lm, progress)
     n_train = len(batches)
     if held_out is not None:  # cached alongside, scored before and after training
         batches = Batches(batches.ids + held_out.ids, batches.labels + held_out.labels, batches.real + held_out.real)

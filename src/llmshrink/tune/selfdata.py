@@ -5,11 +5,13 @@ corpus' genre: tuning a compressed copy to match the original on such text teach
 like the original everywhere. Each window starts (after BOS, where the tokenizer adds one) from a
 token drawn uniformly from the ordinary vocabulary, so windows do not all open alike, then the
 model samples at temperature 1 with no top-k or top-p cut (its own distribution) to the full
-length; end-of-text tokens are not allowed, so every window is full.
+length; end-of-text and padding tokens are not allowed, so every window is full. Our own loop
+over the model's key/value cache, with one seeded generator: the same windows on every run.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 
@@ -28,10 +30,11 @@ def ordinary_tokens(tokenizer) -> torch.Tensor:
 
 @torch.inference_mode()
 def sample_text_windows(model: torch.nn.Module, tokenizer, n: int, seqlen: int, *, seed: int = 0,
-                        batch_size: int = 16, progress=None) -> torch.Tensor:
+                        batch_size: int = 48, progress=None) -> torch.Tensor:
     """``n`` windows of ``seqlen`` token ids [n, seqlen] sampled from ``model``, deterministic in ``seed``."""
     bos = bos_id(tokenizer)
     firsts = ordinary_tokens(tokenizer)
+    banned = [i for i in {tokenizer.eos_token_id, tokenizer.pad_token_id} if i is not None]
     g = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     rows = []
@@ -41,14 +44,29 @@ def sample_text_windows(model: torch.nn.Module, tokenizer, n: int, seqlen: int, 
         size = min(batch_size, n - start)
         first = firsts[torch.randint(len(firsts), (size, 1), generator=g)]
         prompt = first if bos is None else torch.cat([torch.full((size, 1), bos), first], dim=1)
-        torch.manual_seed(seed * 1_000_003 + start)  # generate() draws from the global generator
-        new = seqlen - prompt.shape[1]
-        out = model.generate(prompt.to(device), attention_mask=torch.ones_like(prompt).to(device), do_sample=True,
-                             temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new, min_new_tokens=new,
-                             pad_token_id=tokenizer.eos_token_id if tokenizer.pad_token_id is None
-                             else tokenizer.pad_token_id)
-        rows.append(out[:, :seqlen].cpu())
+        rows.append(_sample(model, prompt.to(device), seqlen, banned, g).cpu())
     windows = torch.cat(rows)
     log.info("sampled %d windows of %d tokens from the original model in %.0f s", n, seqlen,
              time.perf_counter() - t0)
     return windows
+
+
+def _sample(model: torch.nn.Module, prompt: torch.Tensor, seqlen: int, banned: list[int],
+            g: torch.Generator) -> torch.Tensor:
+    """Continue ``prompt`` [batch, k] to ``seqlen`` tokens, sampling each from the model's full
+    distribution (temperature 1) with the ``banned`` tokens' probability set to zero."""
+    from transformers import DynamicCache
+
+    # transformers 5 renamed the cache argument; older releases take past_key_values
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache = DynamicCache()
+    ids = torch.empty(prompt.shape[0], seqlen, dtype=torch.long, device=prompt.device)
+    ids[:, : prompt.shape[1]] = prompt
+    logits = model(input_ids=prompt, use_cache=True, **{key: cache}).logits
+    for t in range(prompt.shape[1], seqlen):
+        probs = torch.softmax(logits[:, -1].float(), dim=-1)
+        probs[:, banned] = 0
+        ids[:, t] = torch.multinomial(probs.cpu(), 1, generator=g).squeeze(1).to(ids.device)
+        if t + 1 < seqlen:
+            logits = model(input_ids=ids[:, t: t + 1], use_cache=True, **{key: cache}).logits
+    return ids
