@@ -47,7 +47,7 @@ def _has_files(path: Path) -> bool:
 def _finetune_argv(ws: Path) -> list[str]:
     argv = ["finetune", str(ws / "model"), "--data", str(ws / "corpus.txt"), "--out", str(ws / "tuned"),
             "--train", "last:2", "--lm-head", "--steps", "600", "--save-every", "1", "--seqlen", "32",
-            "--batch-size", "2", "--eval-data", "none"]
+            "--batch-size", "2", "--eval-data", "none", "--ood-data", "none"]
     return argv + (["--resume"] if (ws / ".tuned.checkpoint").exists() else [])
 
 
@@ -57,7 +57,7 @@ def _recipe(ws: Path) -> str:
         {"quantize": {"bits": 4, "group_size": 16, "blocks": "0:-2",
                       "calib": {"data": str(ws / "corpus.txt"), "nsamples": 16, "seqlen": 32}}},
         {"finetune": {"train": "last:2", "lm_head": True, "data": str(ws / "corpus.txt"), "seqlen": 32,
-                      "batch_size": 2, "steps": 8, "save_every": 1, "eval_data": "none"}},
+                      "batch_size": 2, "steps": 8, "save_every": 1, "eval_data": "none", "ood_data": "none"}},
         {"export": {"type": "q8_0", "calib": {"data": str(ws / "corpus.txt"), "nsamples": 16, "seqlen": 32}}},
     ]}))
     return str(recipe)

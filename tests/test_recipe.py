@@ -25,7 +25,7 @@ def _recipe(model_dir, out, corpus, steps=4):
             {"quantize": {"bits": 4, "group_size": 16, "blocks": "0:-2",
                           "calib": {"data": str(corpus), "nsamples": 4, "seqlen": 16}}},
             {"finetune": {"train": "last:2", "lm_head": True, "distill_from": "original", "data": str(corpus),
-                          "seqlen": 16, "batch_size": 2, "steps": steps, "save_every": 2, "eval_data": "none"}},
+                          "seqlen": 16, "batch_size": 2, "steps": steps, "save_every": 2, "eval_data": "none", "ood_data": "none"}},
             {"eval": {"data": str(corpus), "seqlen": 16}},
         ],
     }

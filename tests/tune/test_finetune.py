@@ -277,3 +277,18 @@ def test_recovery_is_the_share_of_the_gap_to_the_original_closed():
     assert finetune_job.recovery({"after": entry["after"]}) is None  # not scored before
     assert finetune_job.recovery({**entry, "after": {"perplexity": 37.0}}) is None  # no original to compare
     assert finetune_job.recovery({**entry, "after": {"perplexity": 37.0, "original_perplexity": 41.0}}) is None
+
+
+def test_bad_data_or_tail_fails_before_any_scoring(dirs, tmp_path, monkeypatch):
+    def no_scoring(*a, **kw):
+        raise AssertionError("scored before the data was read")
+
+    monkeypatch.setattr(finetune_job, "score", no_scoring)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "x", "output": "y"}\nnot json\n')
+    cfg = _cfg(dirs, data=str(bad), format="alpaca", ood_data=str(dirs["other"]))
+    with pytest.raises(UserError, match="bad.jsonl:2"):
+        finetune_job.finetune(load_model(dirs["plain"]), cfg, tmp_path / "a")
+    with pytest.raises(UserError, match="last:9"):
+        finetune_job.finetune(load_model(dirs["plain"]), _cfg(dirs, train="last:9", ood_data=str(dirs["other"])),
+                              tmp_path / "b")

@@ -3,8 +3,8 @@ model worse on text of another genre than the one it was tuned on (issue: ``task
 Shakespeare raised the Brown corpus' perplexity of the partially quantized model).
 
 The recipe's own quantize and finetune settings (recipes/partial-quant-tail-finetune.yaml), with
-a quarter of the calibration windows and of the fine-tuning budget so that it fits the tier;
-scored on the first 8,192 tokens of ``shakespeare:eval`` (held out) and ``brown:eval`` (out of
+an eighth of the calibration windows and of the fine-tuning budget so that it fits the tier;
+scored on the first 4,096 tokens of ``shakespeare:eval`` (held out) and ``brown:eval`` (out of
 domain), before and after, with the KL divergence from the original model."""
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ def test_the_recipes_recovery_does_not_hurt_other_text(tmp_path):
     stages = [next(iter(s.items())) for s in yaml.safe_load(RECIPE.read_text())["stages"]]
     quant = dict(stages[0][1])
     tune = {k: v for k, v in stages[1][1].items() if k not in ("distill_from", "eval_data")}
-    calib = ls.CalibConfig(**{**quant.pop("calib"), "nsamples": 32})
+    calib = ls.CalibConfig(**{**quant.pop("calib"), "nsamples": 16})
     q = tmp_path / "q"
     ls.quantize(DEFAULT_MODEL, q, ls.QuantConfig(bits=quant["bits"], group_size=quant["group_size"]), calib=calib,
                 blocks=quant["blocks"])
-    small = {k: max(1, v // 4) for k, v in tune.items() if k in ("steps", "nsamples", "generated")}
-    cfg = ls.FinetuneConfig(**{**tune, **small, "distill_from": DEFAULT_MODEL, "eval_tokens": 8192,
+    small = {k: max(1, v // 8) for k, v in tune.items() if k in ("steps", "nsamples", "generated")}
+    cfg = ls.FinetuneConfig(**{**tune, **small, "distill_from": DEFAULT_MODEL, "eval_tokens": 4096,
                                "ood_data": "brown:eval", "eval_data": "shakespeare:eval"})
     ev = ls.finetune(q, tmp_path / "tuned", cfg).evaluation
     for key in ("out_of_domain", "held_out"):

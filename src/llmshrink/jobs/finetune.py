@@ -18,7 +18,7 @@ from ..exporters.hf import Extra, save_folder
 from ..models.load import LoadedModel
 from ..paths import claim_output
 from ..tune.config import FinetuneConfig
-from ..tune.finetune import load_like, train_tail
+from ..tune.finetune import check_tail, load_like, train_tail
 from ..tune.train import TrainStats
 
 PARTS = (Part("finetune", FinetuneConfig),)
@@ -46,13 +46,19 @@ def finetune(lm: LoadedModel, cfg: FinetuneConfig, out: Path, *, resume: bool = 
     out = claim_output(out, inputs=lm.sources, overwrite=overwrite, need_bytes=2 * lm.size_on_disk)
     check_resume(out, resume)
     ckpt_dir = checkpoint_dir(out)
+    check_tail(lm, cfg)  # before minutes of scoring
     corpora = eval_corpora(cfg, eval_cfg)
     reference = load_like(lm, cfg.distill_from) if cfg.distill_from and corpora else None
-    before = score(lm, corpora, reference, progress) if cfg.eval_before and not resume else {}
-    run = train_tail(lm, cfg, ckpt_dir, resume=resume, progress=progress)
+    before: dict = {}
+
+    def score_before() -> None:
+        if cfg.eval_before and not resume:
+            before.update(score(lm, corpora, reference, progress))
+
+    run = train_tail(lm, cfg, ckpt_dir, resume=resume, original=reference, before=score_before, progress=progress)
     evaluation = run.evaluation
     after = score(lm, corpora, reference, progress)
-    del reference
+    reference = None  # the original is not needed for saving
     for key, ecfg in corpora.items():
         evaluation[key] = {"data": ecfg.data, "tokens": after[key]["tokens"], "after": after[key]}
         if key in before:

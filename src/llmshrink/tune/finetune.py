@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,9 +126,9 @@ def cache_inputs(lm: LoadedModel, batches: Batches, through: int, *, final_norm:
     return inputs
 
 
-def select_trainable(lm: LoadedModel, cfg: FinetuneConfig) -> tuple[torch.nn.Module, int]:
-    """Freeze everything, then make the tail (its blocks, the final norm, and lm_head if asked) trainable; returns the module whose
-    named trainable parameters are checkpointed (a peft wrapper for LoRA) and the first tail block."""
+def check_tail(lm: LoadedModel, cfg: FinetuneConfig) -> int:
+    """Refuse a tail that reaches past the model or into packed blocks (or a packed lm_head with
+    ``lm_head``); returns the first tail block."""
     blocks = lm.arch.blocks(lm.model)
     n = len(blocks)
     if cfg.n_train > n:
@@ -137,9 +138,17 @@ def select_trainable(lm: LoadedModel, cfg: FinetuneConfig) -> tuple[torch.nn.Mod
         if _packed(blocks[i]):
             raise UserError(f"block {i} is quantized (packed) and cannot be trained: choose --train last:N "
                             "over full-precision blocks (quantize fewer blocks with --blocks 0:K)")
-    head = lm.model.get_submodule(lm.arch.lm_head)
-    if cfg.lm_head and _packed(head):
+    if cfg.lm_head and _packed(lm.model.get_submodule(lm.arch.lm_head)):
         raise UserError("lm_head is quantized (packed) and cannot be trained: leave --lm-head off")
+    return first
+
+
+def select_trainable(lm: LoadedModel, cfg: FinetuneConfig) -> tuple[torch.nn.Module, int]:
+    """Freeze everything, then make the tail (its blocks, the final norm, and lm_head if asked) trainable; returns the module whose
+    named trainable parameters are checkpointed (a peft wrapper for LoRA) and the first tail block."""
+    first = check_tail(lm, cfg)
+    blocks = lm.arch.blocks(lm.model)
+    n = len(blocks)
     for p in lm.model.parameters():
         p.requires_grad_(False)
     if cfg.lm_head and untie_lm_head(lm.model, lm.arch):
@@ -257,7 +266,10 @@ def load_like(lm: LoadedModel, spec: str) -> LoadedModel:
 
 
 def load_teacher(lm: LoadedModel, cfg: FinetuneConfig) -> LoadedModel:
-    teacher = load_like(lm, cfg.distill_from)
+    return check_vocabulary(lm, load_like(lm, cfg.distill_from), cfg)
+
+
+def check_vocabulary(lm: LoadedModel, teacher: LoadedModel, cfg: FinetuneConfig) -> LoadedModel:
     if teacher.tokenizer.get_vocab() != lm.tokenizer.get_vocab():
         raise UserError(f"--distill-from {cfg.distill_from} has another vocabulary than the model: distil from "
                         "the model this one was made from")
@@ -289,13 +301,22 @@ def training_batches(lm: LoadedModel, cfg: FinetuneConfig, teacher: LoadedModel 
 
 
 def train_tail(lm: LoadedModel, cfg: FinetuneConfig, ckpt_dir: Path, *, resume: bool = False,
+               original: LoadedModel | None = None, before: Callable[[], None] | None = None,
                progress=None) -> TailRun:
     """Train the tail of ``lm`` in place (see the module docstring), checkpointing into ``ckpt_dir``
-    every ``cfg.save_every`` steps and, with ``resume``, continuing from its checkpoint."""
+    every ``cfg.save_every`` steps and, with ``resume``, continuing from its checkpoint. ``original``:
+    the ``distill_from`` model already loaded by the caller (it is not loaded twice); ``before()``
+    runs once the data is read and before any weight changes (the caller's "before" scores: bad
+    data fails first, not after minutes of scoring)."""
     root, first = select_trainable(lm, cfg)
     params = {name: p for name, p in root.named_parameters() if p.requires_grad}
-    teacher_lm = load_teacher(lm, cfg) if cfg.loss != "task" else None
+    if cfg.loss == "task":
+        teacher_lm = None
+    else:  # the caller's copy of the original (the evaluation's reference), or a fresh load
+        teacher_lm = load_teacher(lm, cfg) if original is None else check_vocabulary(lm, original, cfg)
     batches, held_out = training_batches(lm, cfg, teacher_lm, progress)
+    if before is not None:
+        before()
     n_train = len(batches)
     if held_out is not None:  # cached alongside, scored before and after training
         batches = Batches(batches.ids + held_out.ids, batches.labels + held_out.labels, batches.real + held_out.real)
