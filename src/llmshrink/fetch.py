@@ -42,7 +42,8 @@ class PyPIArtifact:
 
     @property
     def key(self) -> str:
-        return f"{self.name}-{self.version}"
+        """The cache folder's name: one path component, also for scoped npm names (``@scope/name``)."""
+        return f"{self.name.lstrip('@').replace('/', '+')}-{self.version}"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -174,3 +174,23 @@ def test_brown_splits_cover_every_genre_and_read_as_prose():
     assert sorted(d.name[1] for d in evals.documents) == list("abcdefghjklmnpr")
     text = evals.documents[0].text
     assert "/at " not in text and "``" not in text and " ." not in text and text.count("\n") > 10
+
+
+@pytest.mark.e2e
+def test_moby_dick_is_the_book_in_order_and_its_splits_are_whole_chapters():
+    book = load_corpus("moby")
+    assert len(book.documents) == 136 and book.documents[0].name == "chapter_1"
+    assert book.documents[0].text.startswith("CHAPTER 1. Loomings.\n\nCall me Ishmael.")
+    assert [d.name for d in book.documents[-2:]] == ["chapter_135", "epilogue"]
+    calib, evals = load_corpus("moby:calib"), load_corpus("moby:eval")
+    assert {d.name for d in calib.documents} | {d.name for d in evals.documents} == {d.name for d in book.documents}
+    assert not {d.name for d in calib.documents} & {d.name for d in evals.documents}
+    assert 250_000 <= evals.chars < 300_000
+
+
+@pytest.mark.e2e
+def test_sotu_holds_one_address_a_document_from_washington_on():
+    sotu = load_corpus("sotu")
+    assert sotu.documents[0].name == "1790_george_washington_n" and len(sotu.documents) == 233
+    assert sotu.documents[0].text.startswith("Fellow-Citizens of the Senate")
+    assert len(load_corpus("sotu:eval").documents) + len(load_corpus("sotu:calib").documents) == 233

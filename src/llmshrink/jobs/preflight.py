@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..data.corpora import check_corpus
+from ..data.mix import check_data
 from ..models.arch import block_range
 from ..models.load import check_model
 
@@ -21,7 +21,7 @@ def preflight(model: str, *, corpora: Iterable[str | None] = (), blocks: str | N
             check_model(other)
     for corpus in corpora:
         if corpus:
-            check_corpus(corpus)
+            check_data(corpus)
     if blocks is not None and config is not None and isinstance(config.get("num_hidden_layers"), int):
         block_range(blocks, config["num_hidden_layers"])
     return config
