@@ -7,7 +7,7 @@ the uninterrupted run's): outputs appear atomically. Timings recorded in JSON fi
 (a recipe's stage ``hash``) are the only things masked.
 
 ``python -m tests.faults --kills 20`` prints the table for every command; the tests run a few
-kills per command by default and 20 in the slow tier.
+kills per command by default and 10 in the slow tier.
 """
 
 from __future__ import annotations

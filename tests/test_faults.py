@@ -18,7 +18,7 @@ def test_a_few_kills_resume_to_identical_outputs(name, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(COMMANDS))
-def test_twenty_kills_resume_to_identical_outputs(name, tmp_path):
-    row = kill_and_resume(COMMANDS[name], tmp_path, kills=20, seed=0)
-    _check(row, 20)
-    assert row["resumed"] >= 5, row  # the kills land in the work, not only before or after it
+def test_ten_kills_resume_to_identical_outputs(name, tmp_path):
+    row = kill_and_resume(COMMANDS[name], tmp_path, kills=10, seed=0)
+    _check(row, 10)
+    assert row["resumed"] >= 3, row  # the kills land in the work, not only before or after it

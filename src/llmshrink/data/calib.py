@@ -42,9 +42,9 @@ def corpus_windows(data: str, tokenizer, n: int, seqlen: int, *, seed: int = 0, 
     if len(parts) == 1:
         return _windows(parts[0].data, tokenizer, n, seqlen, seed, role, max_tokens)
     counts = share(n, parts)
-    log.info("%s mix: %s", role, ", ".join(f"{c} windows of {p.data}" for p, c in zip(parts, counts)))
+    log.info("%s mix: %s", role, ", ".join(f"{c} windows of {p.data}" for p, c in zip(parts, counts, strict=True)))
     rows = torch.cat([_windows(p.data, tokenizer, c, seqlen, seed, role, max_tokens)
-                      for p, c in zip(parts, counts) if c])
+                      for p, c in zip(parts, counts, strict=True) if c])
     return rows[torch.randperm(n, generator=torch.Generator().manual_seed(seed))]
 
 
