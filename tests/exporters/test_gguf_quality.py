@@ -1,7 +1,9 @@
-"""Slow tier: GPTQ-solved GGUF files of the default model, scored by llama.cpp itself, held to
-BENCHMARKS.md on all of shakespeare:eval, plus 0.5 % for other CPUs: Q4_0 ("GGUF: llmshrink's
-GPTQ Q4_0 ... scored by llama.cpp": 35.571, F16 33.997, llama.cpp's own Q4_0 41.920) and the
-Q4_K_M mix ("GGUF K-quant mixes": 34.565, llama.cpp's own 36.044, same bytes)."""
+"""Slow tier: a GPTQ-solved GGUF file of the default model, scored by llama.cpp itself, held to
+BENCHMARKS.md on all of shakespeare:eval, plus 0.5 % for other CPUs: the Q4_K_M mix ("GGUF
+K-quant mixes": 34.565, llama.cpp's own 36.044, same bytes), calibrated on shakespeare:calib as
+that row was. Its mix holds Q4_K, Q6_K, the Q5_0 fallback and Q8_0, so it also guards the
+solve on the legacy grids (the Q4_0 row, 35.571, was held here too until the tier had to fit
+CI's 90 minutes)."""
 
 from __future__ import annotations
 
@@ -13,20 +15,10 @@ from llmshrink.models.zoo import DEFAULT_MODEL
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
-def test_gptq_q4_0_through_llama_cpp_holds_the_benchmark(tmp_path):
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is in the test extras")
-    out = tmp_path / "q4_0.gguf"
-    ls.export(DEFAULT_MODEL, out, ls.GGUFConfig(type="q4_0"))
-    rec = ls.evaluate(out, ls.EvalConfig(data="shakespeare:eval"))
-    assert rec["backend"] == "llama.cpp" and rec["tokens"] == 82_782
-    print(f"\nGPTQ Q4_0 through llama.cpp: perplexity {rec['perplexity']:.3f} (benchmark 35.571)")
-    assert 33.997 < rec["perplexity"] <= 35.571 * 1.005
-
-
 def test_gptq_q4_k_m_through_llama_cpp_holds_the_benchmark(tmp_path):
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is in the test extras")
     out = tmp_path / "q4_k_m.gguf"
-    rep = ls.export(DEFAULT_MODEL, out, ls.GGUFConfig(type="q4_k_m"))
+    rep = ls.export(DEFAULT_MODEL, out, ls.GGUFConfig(type="q4_k_m"), calib=ls.CalibConfig(data="shakespeare:calib"))
     assert rep.size == 105_453_856  # llama.cpp's own Q4_K_M of this model, to the byte
     rec = ls.evaluate(out, ls.EvalConfig(data="shakespeare:eval"))
     assert rec["backend"] == "llama.cpp" and rec["tokens"] == 82_782

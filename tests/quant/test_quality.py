@@ -1,6 +1,7 @@
 """Slow tier: GPTQ quality on the real default model, held to the numbers in BENCHMARKS.md
 ("GPTQ on the default model": 128 x 512 calibration tokens of shakespeare:calib, symmetric,
-act-order, perplexity on all 82,782 tokens of shakespeare:eval, original 33.999).
+act-order), scored on the first 16,384 tokens of shakespeare:eval (original 35.087) so that the
+tier fits CI's time; the same checkpoints score 36.860 (4-bit) and 45.218 (3-bit) on all 82,782.
 
 A threshold is the benchmarked perplexity plus 0.5 %: the solve is deterministic on one machine,
 the slack is for other CPUs' float rounding; any real regression of the solve costs more."""
@@ -22,33 +23,33 @@ from .reference_gptq import fasterquant
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
-ORIGINAL = 33.999
+ORIGINAL = 35.087  # first 16,384 tokens of shakespeare:eval
+CALIB = ls.CalibConfig(data="shakespeare:calib")  # the benchmark's calibration, whatever the default
 PEER_PY = Path(__file__).resolve().parents[2] / "bench" / "peers" / ".venv" / "bin" / "python"
 
 
 @pytest.fixture(scope="module")
 def q4_g128(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("slow") / "q4-g128"
-    ls.quantize(DEFAULT_MODEL, out, ls.QuantConfig(bits=4, group_size=128))
+    ls.quantize(DEFAULT_MODEL, out, ls.QuantConfig(bits=4, group_size=128), calib=CALIB)
     return out
 
 
-def _ppl(model, **kw) -> float:
-    rec = ls.evaluate(model, ls.EvalConfig(data="shakespeare:eval", **kw))
-    if "max_tokens" not in kw:
-        assert rec["tokens"] == 82_782  # the benchmark's whole corpus
+def _ppl(model, max_tokens: int = 16_384) -> float:
+    rec = ls.evaluate(model, ls.EvalConfig(data="shakespeare:eval", max_tokens=max_tokens))
+    assert rec["tokens"] == max_tokens - max_tokens // 512  # windows of 512: each one's first token is context
     return rec["perplexity"]
 
 
-@pytest.mark.parametrize(("bits", "benchmark"), [(4, 36.860), (3, 45.218)])
+@pytest.mark.parametrize(("bits", "benchmark"), [(4, 37.641), (3, 45.098)])
 def test_gptq_g128_perplexity_holds_the_benchmark(bits, benchmark, request, tmp_path):
     out = request.getfixturevalue("q4_g128") if bits == 4 else tmp_path / "q3-g128"
     if bits != 4:
-        ls.quantize(DEFAULT_MODEL, out, ls.QuantConfig(bits=bits, group_size=128))
+        ls.quantize(DEFAULT_MODEL, out, ls.QuantConfig(bits=bits, group_size=128), calib=CALIB)
     cfg = json.loads((out / "config.json").read_text())["quantization_config"]
     assert (cfg["bits"], cfg["group_size"], cfg["sym"], cfg["desc_act"]) == (bits, 128, True, True)
     ppl = _ppl(out)
-    print(f"\n{bits}-bit g128: perplexity {ppl:.3f} (benchmark {benchmark}, original {ORIGINAL})")
+    print(f"\n{bits}-bit g128: perplexity {ppl:.3f} on 16,384 tokens (benchmark {benchmark}, original {ORIGINAL})")
     assert ORIGINAL < ppl <= benchmark * 1.005
 
 
