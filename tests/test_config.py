@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import pytest
 
-from llmshrink.config import Config, Part, add_arguments, from_args, from_mapping
+from llmshrink.config import Config, Part, add_arguments, from_args, from_mapping, to_flags
 from llmshrink.errors import UserError
 from llmshrink.eval.config import EvalConfig
 from llmshrink.generation import GenerateConfig
@@ -147,3 +147,25 @@ def test_a_field_added_to_a_config_reaches_help_and_recipes_with_no_other_edit(t
     assert "parsed 9" in proc.stdout
     assert "refused <dict>: stages[0].quantize.new_knob: must be below 100" in proc.stdout
     assert "--new-knob NEW_KNOB" in proc.stdout and "a brand-new knob (default: 7)" in proc.stdout
+
+
+@pytest.mark.parametrize("configs", [
+    {},  # all defaults: no flag at all
+    {"quant": QuantConfig(bits=3, group_size=64, sym=False, act_order=False, damp=0.05)},
+    {"quant": QuantConfig(method="rtn"), "calib": None},
+])
+def test_to_flags_gives_the_same_configs_back_through_the_parser(configs):
+    from llmshrink.data.calib import CalibConfig
+    from llmshrink.jobs.quantize import PARTS, QuantizeScope
+
+    full = {"quant": QuantConfig(), "scope": QuantizeScope(blocks="0:26", lm_head=True),
+            "calib": CalibConfig(data="a.txt:1,shakespeare:calib:2", nsamples=16), **configs}
+    flags = to_flags(PARTS, {k: v for k, v in full.items() if v is not None})
+    if not configs:
+        assert "--bits" not in flags and flags[:2] == ["--blocks", "0:26"]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, PARTS)
+    args = parser.parse_args(flags)
+    for part in PARTS:
+        if full[part.key] is not None:
+            assert from_args(args, part) == full[part.key], part.key

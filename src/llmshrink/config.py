@@ -26,6 +26,7 @@ import types
 import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Self
 
 from .errors import UserError
@@ -171,6 +172,35 @@ def add_arguments(parser: argparse.ArgumentParser, parts: Sequence[Part]) -> Non
             shown = ",".join(default) if isinstance(default, tuple) else "none" if default is None else default
             parser.add_argument(part.flag(f), help=f"{help_text} (default: {shown})" if help_text else
                                 f"(default: {shown})", **kw)
+
+
+def to_flags(parts: Sequence[Part], configs: dict[str, Config]) -> list[str]:
+    """The flags that give ``configs`` (by part key) on the command line: one for each field whose
+    value is not its default (fields that are not flags are left out)."""
+    out: list[str] = []
+    for part in parts:
+        cfg = configs.get(part.key)
+        if cfg is None:
+            continue
+        for f in part.fields():
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            value = getattr(cfg, f.name)
+            if not f.metadata.get("cli", True) or value == default:
+                continue
+            if isinstance(value, bool):
+                out.append(part.flag(f) if value else "--" + f.metadata.get("negative", "no-" + part.flag(f)[2:]))
+            else:
+                shown = ",".join(value) if isinstance(value, tuple) else "none" if value is None else str(value)
+                out += [part.flag(f), shown]
+    return out
+
+
+def command_line(command: str, model: str, out: Any, parts: Sequence[Part], configs: dict[str, Config]) -> str:
+    """The ``llmshrink`` command that runs a job with these ``configs``: what a record keeps so that
+    its model card can say how to make the folder again."""
+    import shlex
+
+    return shlex.join(["llmshrink", command, str(model), "--out", Path(out).name, *to_flags(parts, configs)])
 
 
 def from_args(args: argparse.Namespace, part: Part, **extra: Any) -> Config:

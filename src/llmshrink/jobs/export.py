@@ -19,6 +19,7 @@ from ..exporters.hf import save_folder
 from ..models.load import LoadedModel
 from ..paths import claim_output
 from ..quant.qlinear import QuantLinear
+from .card import CARD, card_file
 from .gguf_export import export_gguf, solve_blocks
 from .ladder import LadderConfig, run_ladder
 
@@ -36,8 +37,9 @@ def export_hf_gptq(lm: LoadedModel, cfg: Config | None, out: Path, *, calib: Cal
         raise UserError(f"{lm.name} has no quantized layers to write as GPTQ: quantize it with "
                         f"llmshrink quantize {lm.name} --out DIR")
     qc = json.loads((lm.path / "config.json").read_text()).get("quantization_config")
-    return save_folder(lm.model, lm.tokenizer, out, quantization_config=qc,
-                       copy_from=lm.path, copy=("llmshrink_quantize.json", "quantize_layers.jsonl"))
+    return save_folder(lm.model, lm.tokenizer, out, quantization_config=qc, files={CARD: card_file(out)},
+                       copy_from=lm.path, copy=("llmshrink_quantize.json", "quantize_layers.jsonl",
+                                                "llmshrink_finetune.json", "llmshrink_evals.json"))
 
 
 @dataclass(frozen=True)

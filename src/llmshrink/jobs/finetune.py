@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import Part
+from ..config import Part, command_line
 from ..data.corpora import NAMED
 from ..errors import UserError
 from ..eval.config import EvalConfig
@@ -20,6 +20,7 @@ from ..paths import claim_output
 from ..tune.config import FinetuneConfig
 from ..tune.finetune import check_tail, load_like, train_tail
 from ..tune.train import TrainStats
+from .card import CARD, card_file
 
 PARTS = (Part("finetune", FinetuneConfig),)
 
@@ -70,8 +71,9 @@ def finetune(lm: LoadedModel, cfg: FinetuneConfig, out: Path, *, resume: bool = 
     record = {"model": lm.name, "config": cfg.to_dict(), "blocks": [run.first, run.first + cfg.n_train],
               "steps": stats.steps, "tokens": stats.tokens, "train_seconds": stats.seconds,
               "loss_first": stats.mean_loss(True), "loss_last": stats.mean_loss(False), "losses": stats.losses,
-              "trainable_parameters": result.trainable, "evaluation": evaluation}
-    save_finetuned(lm, out, {"llmshrink_finetune.json": json.dumps(record, indent=2) + "\n"})
+              "trainable_parameters": result.trainable, "evaluation": evaluation,
+              "command": command_line("finetune", lm.name, out, PARTS, {"finetune": cfg})}
+    save_finetuned(lm, out, {"llmshrink_finetune.json": json.dumps(record, indent=2) + "\n", CARD: card_file(out)})
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     result.seconds = time.perf_counter() - t0
     return result

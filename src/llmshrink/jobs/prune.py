@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import Part
+from ..config import Part, command_line
 from ..data.calib import corpus_windows
 from ..exporters.hf import save_folder
 from ..models.load import LoadedModel
@@ -20,6 +20,7 @@ from ..pruning.config import HealConfig, PruneConfig
 from ..pruning.depth import remove_blocks
 from ..pruning.plot import plot_scores
 from ..pruning.scores import BlockScores, score_blocks
+from .card import CARD, card_file
 from .resume import RecordState
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,8 @@ def run_prune(lm: LoadedModel, cfg: PruneConfig, out: Path, *, heal: HealConfig 
     t0 = time.perf_counter()
     batches = scoring_batches(lm, cfg)
     record: dict = {"model": lm.name, "config": cfg.to_dict(), "blocks_before": n_blocks,
-                    "parameters_before": lm.num_parameters}
+                    "parameters_before": lm.num_parameters,
+                    "command": command_line("prune", lm.name, out, PARTS, {"prune": cfg, "heal": heal})}
     if score_only:
         s = score_blocks(lm.model, lm.arch, batches, cfg.criterion, progress=progress)
         record["scores"] = [dataclasses.asdict(s)]
@@ -116,4 +118,5 @@ def _heal_and_save(lm: LoadedModel, heal: HealConfig, teacher, out: Path, record
     save_folder(lm.model, lm.tokenizer, out, files={
         "llmshrink_prune.json": json.dumps(record, indent=2) + "\n",
         "block_scores.png": lambda p: plot_scores(history[0], p, removed=removed, title=f"{lm.name}: block importance"),
+        CARD: card_file(out),
     })

