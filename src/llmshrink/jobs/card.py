@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.corpora import NAMED
-from ..data.mix import parse_mix
 from ..models.zoo import ALIASES
 from ..paths import atomic_file
+from .card_text import Source, body, metadata
 
 log = logging.getLogger(__name__)
 
@@ -26,16 +24,6 @@ CARD = "README.md"
 EVALS = "llmshrink_evals.json"
 # The records a folder can hold, in the order their steps happen (a tuned folder keeps its quantize record).
 STEPS = ("prune", "quantize", "finetune")
-
-
-@dataclass
-class Source:
-    """What a card carries from the model the first step read."""
-
-    name: str
-    base_model: str | None = None
-    license: str | None = None
-    languages: list[str] = field(default_factory=list)
 
 
 def read_records(folder: Path) -> dict[str, dict]:
@@ -54,8 +42,10 @@ def source_of(model: str) -> Source:
     if alias is not None:
         return Source(model, alias.base_model, alias.license, list(alias.languages))
     path = Path(model)
-    meta = _card_metadata(path / CARD) if path.is_dir() else {}
-    if read_records(path) if path.is_dir() else False:  # one of ours: its base is ours too
+    if not path.is_dir():
+        return Source(model)
+    meta = _card_metadata(path / CARD)
+    if read_records(path):  # one of ours: its base is ours too
         return Source(model, meta.get("base_model"), meta.get("license"), _as_list(meta.get("language")))
     base = None
     if (path / "config.json").is_file():
@@ -100,8 +90,6 @@ def render_card(folder: Path, *, name: str | None = None) -> str:
     """The card of ``folder`` (called ``name`` in its text and commands, default its own name)."""
     from huggingface_hub import ModelCard
 
-    from .card_text import body, metadata
-
     records = read_records(folder)
     first = next(iter(records.values()), {})
     source = source_of(str(first.get("model", ""))) if first else Source("")
@@ -113,21 +101,6 @@ def render_card(folder: Path, *, name: str | None = None) -> str:
     text = f"---\n{data.to_yaml()}\n---\n\n{body(folder, name, records, source, evals, qc)}"
     ModelCard(text)  # parsed back as the hub parses it: raises on metadata it could not read
     return text
-
-
-def corpora_of(spec: str) -> list[str]:
-    """The corpora a data setting reads (each part of a mix)."""
-    try:
-        return [p.data for p in parse_mix(spec)]
-    except Exception:
-        return [spec]
-
-
-def corpus_line(spec: str) -> str:
-    named = NAMED.get(spec.partition(":")[0])
-    if named is None:
-        return f"`{spec}`: the user's own text"
-    return f"`{spec}`: {named.description}; licence: {named.licence}"
 
 
 def record_eval(folder: Path, rec: dict) -> Path | None:

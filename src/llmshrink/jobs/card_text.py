@@ -3,9 +3,23 @@ table, files, usage, data and the commands that reproduce the folder."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .card import Source, corpora_of, corpus_line
+from ..data.corpora import NAMED
+from ..data.mix import parse_mix
+from ..errors import UserError
+
+
+@dataclass
+class Source:
+    """What a card carries from the model the first step read."""
+
+    name: str
+    base_model: str | None = None
+    license: str | None = None
+    languages: list[str] = field(default_factory=list)
 
 RELATION = {"quantize": "quantized", "finetune": "finetune", "prune": "finetune"}
 
@@ -158,8 +172,6 @@ def usage(folder: Path, name: str, records: dict, qc: dict | None) -> list[str]:
 
 
 def _depth(folder: Path) -> int:
-    import json
-
     cfg = folder / "config.json"
     return json.loads(cfg.read_text()).get("num_hidden_layers", 0) if cfg.is_file() else 0
 
@@ -181,3 +193,18 @@ def data_of(records: dict) -> list[str]:
             if c and c not in seen:
                 seen.append(c)
     return seen
+
+
+def corpora_of(spec: str) -> list[str]:
+    """The corpora a data setting reads (each part of a mix)."""
+    try:
+        return [p.data for p in parse_mix(spec)]
+    except UserError:
+        return [spec]
+
+
+def corpus_line(spec: str) -> str:
+    named = NAMED.get(spec.partition(":")[0])
+    if named is None:
+        return f"`{spec}`: the user's own text"
+    return f"`{spec}`: {named.description}; licence: {named.licence}"
