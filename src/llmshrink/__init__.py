@@ -46,6 +46,7 @@ _API = {
     "EvalConfig": "llmshrink.eval.config",
     "BenchConfig": "llmshrink.eval.config",
     "GenerateConfig": "llmshrink.generation",
+    "write_card": "llmshrink.jobs.card",
     "UserError": "llmshrink.errors",
 }
 
