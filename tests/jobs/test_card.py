@@ -143,3 +143,17 @@ def test_write_card_replaces_the_file_whole(runs, tmp_path):
     write_card(q)
     assert (q / "README.md").read_text() == render_card(q)
     assert [p.name for p in q.iterdir() if p.name.startswith(".")] == []  # no temporary left
+
+
+def test_a_folder_that_cannot_keep_the_score_does_not_fail_eval(runs, tmp_path, monkeypatch):
+    from llmshrink.jobs import card
+
+    q = tmp_path / "q"
+    shutil.copytree(runs["q"], q)
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(card, "atomic_file", refuse)
+    assert main(["eval", str(q), "--data", str(runs["corpus"]), "--seqlen", "16", "--max-tokens", "64"]) == 0
+    assert not (q / "llmshrink_evals.json").exists()

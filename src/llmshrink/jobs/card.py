@@ -14,6 +14,7 @@ import json
 import logging
 from pathlib import Path
 
+from ..errors import UserError
 from ..models.zoo import ALIASES
 from ..paths import atomic_file
 from .card_text import Source, body, metadata
@@ -94,11 +95,11 @@ def render_card(folder: Path, *, name: str | None = None) -> str:
     first = next(iter(records.values()), {})
     source = source_of(str(first.get("model", ""))) if first else Source("")
     evals = json.loads((folder / EVALS).read_text()) if (folder / EVALS).is_file() else []
-    qc = json.loads((folder / "config.json").read_text()).get("quantization_config") \
-        if (folder / "config.json").is_file() else None
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    qc = config.get("quantization_config")
     name = name or folder.name
     data = metadata(name, records, source, evals, qc)
-    text = f"---\n{data.to_yaml()}\n---\n\n{body(folder, name, records, source, evals, qc)}"
+    text = f"---\n{data.to_yaml()}\n---\n\n{body(folder, name, records, source, evals, config)}"
     ModelCard(text)  # parsed back as the hub parses it: raises on metadata it could not read
     return text
 
@@ -115,6 +116,10 @@ def record_eval(folder: Path, rec: dict) -> Path | None:
     kept = json.loads(path.read_text()) if path.is_file() else []
     entry = {k: rec.get(k) for k in (*keys, "perplexity", "kl", "reference_perplexity", "backend")}
     kept = [e for e in kept if any(e.get(k) != entry[k] for k in keys)] + [entry]
-    with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(kept, indent=2) + "\n")
-    return write_card(folder)
+    try:
+        with atomic_file(path) as tmp:
+            tmp.write_text(json.dumps(kept, indent=2) + "\n")
+        return write_card(folder)
+    except (OSError, UserError) as exc:  # a read-only or full folder: the score was printed, keep going
+        log.warning("could not keep the score in %s (%s)", folder, exc)
+        return None

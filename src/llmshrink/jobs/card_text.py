@@ -3,7 +3,6 @@ table, files, usage, data and the commands that reproduce the folder."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,14 +59,15 @@ def measured(records: dict, evals: list) -> list[dict]:
     return out
 
 
-def body(folder: Path, name: str, records: dict, source: Source, evals: list, qc: dict | None) -> str:
+def body(folder: Path, name: str, records: dict, source: Source, evals: list, config: dict) -> str:
+    """The card's text below the metadata; ``config`` is the folder's ``config.json``."""
     base = f" ([{source.base_model}](https://huggingface.co/{source.base_model}))" if source.base_model else ""
     parts = [f"# {name}", "",
              f"`{source.name}`{base}, {summary(records)}, made with llmshrink.",
              "", "## What was done", ""]
     parts += [f"- {line}" for step, rec in records.items() for line in DONE[step](rec)]
     parts += ["", "## Measured", "", *table(records, evals), "", "## Files", "", *files(folder), "",
-              "## Use", "", *usage(folder, name, records, qc), "", "## Data", ""]
+              "## Use", "", *usage(name, records, config), "", "## Data", ""]
     parts += [f"- {corpus_line(c)}" for c in data_of(records)] or ["- none (no calibration or training data)"]
     commands = [rec["command"] for rec in records.values() if rec.get("command")]
     if commands:
@@ -153,7 +153,8 @@ def files(folder: Path) -> list[str]:
     return [f"{total / 1e6:,.1f} MB in {len(sizes)} files; weights (safetensors) {weights / 1e6:,.1f} MB."]
 
 
-def usage(folder: Path, name: str, records: dict, qc: dict | None) -> list[str]:
+def usage(name: str, records: dict, config: dict) -> list[str]:
+    qc = config.get("quantization_config")
     lines = ["With llmshrink, which loads every folder it writes:", "", "```bash",
              f"llmshrink generate {name} \"Write a haiku about the sea.\" --max-new-tokens 32",
              f"llmshrink eval {name} --data shakespeare:eval", "```"]
@@ -164,16 +165,11 @@ def usage(folder: Path, name: str, records: dict, qc: dict | None) -> list[str]:
                   f"tokenizer = AutoTokenizer.from_pretrained(\"{name}\")", "```"]
     else:
         q = records.get("quantize", {})
-        mixed = bool(q) and q["blocks"][1] - q["blocks"][0] < _depth(folder)
+        mixed = bool(q) and q["blocks"][1] - q["blocks"][0] < config.get("num_hidden_layers", 0)
         lines += ["", "Other GPTQ loaders (GPTQModel, transformers with gptqmodel, vLLM) are not verified for this "
                   "folder yet" + (": its full-precision blocks are not described by `dynamic` rules, so they "
                                   "would be read as packed layers." if mixed else ".")]
     return lines
-
-
-def _depth(folder: Path) -> int:
-    cfg = folder / "config.json"
-    return json.loads(cfg.read_text()).get("num_hidden_layers", 0) if cfg.is_file() else 0
 
 
 def data_of(records: dict) -> list[str]:
