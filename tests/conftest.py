@@ -27,13 +27,17 @@ CHAT_TEMPLATE = (
 )
 
 
-def make_tokenizer(add_bos: bool = False, chat_template: str | None = CHAT_TEMPLATE):
-    """A byte-level BPE tokenizer trained on TEXT, wrapped for transformers."""
+def make_tokenizer(add_bos: bool = False, chat_template: str | None = CHAT_TEMPLATE, digits: bool = False):
+    """A byte-level BPE tokenizer trained on TEXT, wrapped for transformers (``digits``: split
+    digits one by one first, as SmolLM's does: llama.cpp's "smollm" pre-tokenizer)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if digits:
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                     pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=300, special_tokens=["<unk>", "<s>", "</s>", "<|user|>", "<|assistant|>"],

@@ -15,6 +15,7 @@ from llmshrink.eval.run import evaluate_perplexity
 from llmshrink.exporters.config import GGUFConfig
 from llmshrink.jobs.export import export_gguf
 from llmshrink.models.load import load_model
+from llmshrink.models.zoo import get_alias
 from llmshrink.pruning.depth import remove_blocks
 from tests.conftest import TEXT, make_tiny_model, save_model_dir
 
@@ -133,6 +134,14 @@ def test_quantized_files_run_with_and_without_extra_buffers(tmp_path, tiny, type
         torch.testing.assert_close(other, logits[0], atol=1e-2, rtol=1e-2)
 
 
+MULTILINGUAL = (
+    "In 1776, 13 colonies declared independence; en el año 2024: ¿Qué tal? El niño comió 3.14159 pasteles. "
+    "Über 1000 Bäume wuchsen — naïve café, œuvre. Привет, мир! 12345 рублей.  你好，世界！今天是2026年12月3日。"
+    "こんにちは世界 123。 مرحبا بالعالم ١٢٣ . नमस्ते दुनिया ४२ 🤖🚀👍🏽 x=42; def f(n): return n**2  # 0xFF\n\n"
+    "\t  spaces   then  4   digits 2048 and $3,000,000.50 -- 'tis 'twas we're they'll I'd.\r\n"
+)
+
+
 @pytest.mark.e2e
 def test_default_model_f16_through_llama_cpp_continues_like_transformers(tmp_path):
     lm = load_model("smollm2-135m")
@@ -141,6 +150,18 @@ def test_default_model_f16_through_llama_cpp_continues_like_transformers(tmp_pat
     lc = load_llamacpp(out, n_ctx=256)
     text = "Shall I compare thee to a summer's day? Thou art more lovely and more temperate: 1609"
     assert lc.tokenizer(text)["input_ids"] == lm.tokenizer(text)["input_ids"]
+    # A long multilingual text (digits, runs of spaces, scripts, emoji, code): the tokenizer
+    # written into the file (pre-tokenizer "smollm") splits it exactly as transformers does.
+    long = MULTILINGUAL * 12
+    ids = lm.tokenizer(long, add_special_tokens=False)["input_ids"]
+    assert len(ids) > 2500 and lc.tokenizer(long, add_special_tokens=False)["input_ids"] == ids
+    import gguf
+
+    kv = {k: f.contents() for k, f in gguf.GGUFReader(str(out)).fields.items() if not k.startswith("tokenizer.ggml.t")}
+    src = {k: f.contents() for k, f in gguf.GGUFReader(str(get_alias("smollm2-135m").gguf_path())).fields.items()
+           if k.startswith("general.") and k not in ("general.file_type", "general.quantization_version")}
+    assert {k: kv.get(k) for k in src} == src  # the source's name, organization, licence, languages, ...
+    assert kv["tokenizer.ggml.pre"] == "smollm" and kv["general.license"] == "apache-2.0"
     prompt = lm.tokenizer("The king said to his son", add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         ref = lm.model.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=False)[0, len(prompt):]

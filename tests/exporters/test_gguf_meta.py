@@ -5,7 +5,7 @@ import pytest
 from transformers import LlamaConfig
 
 from llmshrink.errors import UserError
-from llmshrink.exporters.gguf_meta import add_hparams, add_tokenizer, gguf_arch, read_vocab
+from llmshrink.exporters.gguf_meta import add_general, add_hparams, add_tokenizer, gguf_arch, read_vocab
 
 
 def _read(tmp_path, fill):
@@ -31,8 +31,7 @@ def test_hparams_come_from_the_config(tmp_path, rope, head_dim):
     cfg = LlamaConfig(hidden_size=256, intermediate_size=640, num_attention_heads=8, num_key_value_heads=2,
                       num_hidden_layers=6, max_position_embeddings=4096, rms_norm_eps=1e-5, vocab_size=1000,
                       head_dim=head_dim, rope_scaling=rope, rope_theta=50000.0)
-    kv = _read(tmp_path, lambda w: add_hparams(w, cfg, n_blocks=4, name="pruned"))
-    assert kv["general.name"] == "pruned"
+    kv = _read(tmp_path, lambda w: add_hparams(w, cfg, n_blocks=4))
     assert kv["llama.block_count"] == 4  # the blocks actually written, not the config's 6
     assert (kv["llama.embedding_length"], kv["llama.feed_forward_length"]) == (256, 640)
     assert (kv["llama.attention.head_count"], kv["llama.attention.head_count_kv"]) == (8, 2)
@@ -43,10 +42,25 @@ def test_hparams_come_from_the_config(tmp_path, rope, head_dim):
     assert ("llama.rope.scaling.factor" in kv) == (rope is not None)
 
 
+def test_general_keys_carry_the_source_and_describe_the_file(tmp_path):
+    source = {"general.type": "model", "general.name": "Smollm2 135M", "general.organization": "HuggingFaceTB",
+              "general.basename": "smollm2", "general.size_label": "135M", "general.license": "apache-2.0",
+              "general.languages": ["en"], "general.base_model.count": 1, "general.file_type": 3}
+    kv = _read(tmp_path, lambda w: add_general(w, source, name="x", n_params=110_300_000, quantized=True))
+    assert kv["general.name"] == "Smollm2 135M" and kv["general.organization"] == "HuggingFaceTB"
+    assert kv["general.license"] == "apache-2.0" and kv["general.languages"] == ["en"]
+    assert kv["general.basename"] == "smollm2" and kv["general.base_model.count"] == 1
+    assert kv["general.size_label"] == "110M"  # what is written (a pruned model), not the source's
+    assert kv["general.quantized_by"] == "llmshrink" and "general.file_type" not in kv  # the writer's own
+    bare = _read(tmp_path, lambda w: add_general(w, {}, name="my-model", n_params=1_500_000, quantized=False))
+    assert (bare["general.name"], bare["general.type"], bare["general.size_label"]) == ("my-model", "model", "1.5M")
+    assert "general.quantized_by" not in bare
+
+
 def test_unsupported_rope_is_refused(tmp_path):
     cfg = LlamaConfig(rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 2048})
     with pytest.raises(UserError, match="RoPE scaling 'yarn' cannot be exported"):
-        _read(tmp_path, lambda w: add_hparams(w, cfg, n_blocks=2, name="x"))
+        _read(tmp_path, lambda w: add_hparams(w, cfg, n_blocks=2))
 
 
 def test_tokenizer_keys(tmp_path, tokenizer):

@@ -24,6 +24,7 @@ import torch
 
 from ..errors import UserError
 from ..models.load import LoadedModel
+from ..models.origin import source_general
 from ..paths import atomic_file, output_path
 from ..quant.config import QuantConfig
 from ..quant.gptq import QuantResult
@@ -31,7 +32,7 @@ from ..quant.grid import GRID_KINDS
 from ..quant.qlinear import QuantLinear
 from .config import GGUFConfig
 from .ggml import GGMLType, ggml_type, is_blockwise
-from .gguf_meta import add_hparams, add_tokenizer, gguf_arch, read_vocab
+from .gguf_meta import add_general, add_hparams, add_tokenizer, gguf_arch, read_vocab
 from .gguf_mix import fallback, plan_types
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,8 @@ def write_gguf(lm: LoadedModel, cfg: GGUFConfig, out: Path, results: dict[str, Q
 
     with atomic_file(out) as tmp:
         w = gguf.GGUFWriter(tmp, arch_name)
-        add_hparams(w, config, len(blocks), lm.name)
+        add_general(w, source_general(lm.path), name=Path(lm.name).name or lm.name, n_params=lm.num_parameters, quantized=quantized)
+        add_hparams(w, config, len(blocks))
         add_tokenizer(w, lm.tokenizer, config.vocab_size)
         w.add_file_type(int(plan.file_type))
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)

@@ -16,6 +16,7 @@ import gguf
 
 from ..data.windows import bos_id
 from ..errors import UserError
+from ..models.pretokenizers import PARTS, name_of
 
 # transformers model_type -> llama.cpp architecture (same tensors and graph).
 GGUF_ARCHES = {"llama": "llama", "mistral": "llama"}
@@ -52,12 +53,40 @@ def _rope(config) -> tuple[float, dict | None]:
                     "default or linear RoPE, or export a Hugging Face checkpoint")
 
 
-def add_hparams(w: gguf.GGUFWriter, config, n_blocks: int, name: str) -> None:
+def add_general(w: gguf.GGUFWriter, source: dict, *, name: str, n_params: int, quantized: bool) -> None:
+    """``general.*``: the source GGUF's own keys carried over (name, organization, finetune,
+    license, languages, ...: see :func:`llmshrink.models.origin.source_general`), the size label
+    of what is written (a pruned model is smaller than its source), and who quantized it.
+    Without a source, the name is the MODEL argument."""
+    carried = {k: v for k, v in source.items() if v is not None and k not in _WRITTEN}
+    w.add_type(str(source.get("general.type") or "model"))
+    w.add_name(str(source.get("general.name") or name))
+    w.add_size_label(gguf.utility.size_label(n_params, 0, 0, 0))
+    if quantized:
+        w.add_quantized_by("llmshrink")
+    for key, value in carried.items():
+        if isinstance(value, list):
+            w.add_array(key, value)
+        elif isinstance(value, bool):
+            w.add_bool(key, value)
+        elif isinstance(value, int):
+            w.add_uint32(key, value)
+        elif isinstance(value, float):
+            w.add_float32(key, value)
+        else:
+            w.add_string(key, str(value))
+
+
+# general.* keys add_general writes itself, or that describe the file rather than the model.
+_WRITTEN = {"general.type", "general.name", "general.size_label", "general.quantized_by", "general.architecture",
+            "general.file_type", "general.quantization_version", "general.alignment"}
+
+
+def add_hparams(w: gguf.GGUFWriter, config, n_blocks: int) -> None:
     heads = config.num_attention_heads
     kv = _get(config, "num_key_value_heads", default=heads)
     hidden = config.hidden_size
     head_dim = _get(config, "head_dim", default=hidden // heads)
-    w.add_name(name)
     w.add_context_length(config.max_position_embeddings)
     w.add_embedding_length(hidden)
     w.add_block_count(n_blocks)
@@ -85,41 +114,13 @@ class Vocab:
     pre: str
 
 
-# The split regexes of tokenizer.json files that llama.cpp knows by name (its llama-vocab.cpp).
-_LLAMA3_SPLIT = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
-                 "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
-_QWEN2_SPLIT = ("(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
-                "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+")
-
-
-def _describe(part: dict) -> tuple:
-    kind = part.get("type")
-    if kind == "ByteLevel":
-        return ("ByteLevel", bool(part.get("use_regex", True)), bool(part.get("add_prefix_space", False)))
-    if kind == "Digits":
-        return ("Digits", bool(part.get("individual_digits", False)))
-    if kind == "Split":
-        return ("Split", (part.get("pattern") or {}).get("Regex"), part.get("behavior"), bool(part.get("invert")))
-    return (kind,)
-
-
-# tokenizers pre_tokenizer (as a sequence of parts) -> llama.cpp pre-tokenizer name.
-PRE_TOKENIZERS: dict[tuple, str] = {
-    (("ByteLevel", True, False),): "gpt-2",
-    (("Digits", True), ("ByteLevel", True, False)): "smollm",
-    (("Split", _LLAMA3_SPLIT, "Isolated", False), ("ByteLevel", False, False)): "llama-bpe",
-    (("Split", _QWEN2_SPLIT, "Isolated", False), ("ByteLevel", False, False)): "qwen2",
-}
-
-
 def _pre_tokenizer(spec: dict | None) -> str:
     """llama.cpp's pre-tokenizer name for a tokenizers ``pre_tokenizer``, or an error."""
-    parts = [spec] if spec and spec.get("type") != "Sequence" else (spec or {}).get("pretokenizers", [])
-    name = PRE_TOKENIZERS.get(tuple(_describe(p) for p in parts))
+    name = name_of(spec)
     if name is None:
         desc = json.dumps(spec)[:200]
         raise UserError(f"this tokenizer's pre-tokenizer cannot be represented in GGUF by llmshrink yet ({desc}): "
-                        f"supported are byte-level BPE splits llama.cpp calls {', '.join(PRE_TOKENIZERS.values())}")
+                        f"supported are byte-level BPE splits llama.cpp calls {', '.join(PARTS)}")
     return name
 
 

@@ -19,6 +19,7 @@ import torch
 from ..errors import UserError
 from ..paths import atomic_dir
 from .arch import arch_for
+from .pretokenizers import restore, spec_for
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,11 @@ GGUF_MAGIC = b"GGUF"
 # general.architecture in a GGUF -> model_type in transformers, for the architectures we handle
 GGUF_ARCHES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3"}
 MARKER = "llmshrink.json"
+# Bumped when a conversion's output changes: cached folders of older versions are converted again.
+# 2: the tokenizer splits text as the GGUF's pre-tokenizer says; the source's general.* kept.
+CONVERT_VERSION = 2
+# general.* keys that describe the file rather than the model: not carried into the marker.
+_FILE_KEYS = {"general.architecture", "general.file_type", "general.quantization_version", "general.alignment"}
 
 
 def is_gguf(path: Path) -> bool:
@@ -51,6 +57,9 @@ def inspect_gguf(path: Path) -> dict:
             if t.data_offset + t.n_bytes > size:
                 raise ValueError(f"tensor {t.name} runs past the end of the file")
         n_tensors = len(reader.tensors)
+        general = {k: _field_value(f) for k, f in reader.fields.items()
+                   if k.startswith("general.") and k not in _FILE_KEYS}
+        pre = _field_str(reader, "tokenizer.ggml.pre")
     except UserError:
         raise
     except Exception as exc:  # the reader raises many kinds of errors on a damaged file
@@ -60,7 +69,22 @@ def inspect_gguf(path: Path) -> dict:
         ) from exc
     if arch not in GGUF_ARCHES:
         arch_for(arch)  # raises the standard unsupported-architecture error
-    return {"architecture": arch, "tensors": n_tensors}
+    return {"architecture": arch, "tensors": n_tensors, "general": general, "tokenizer_pre": pre}
+
+
+def _field_value(field):
+    try:
+        return field.contents()
+    except Exception:  # a field type gguf-py cannot decode: not worth failing a load for
+        return None
+
+
+def is_converted(folder: Path) -> bool:
+    """``folder`` holds a conversion of the current version."""
+    try:
+        return json.loads((folder / MARKER).read_text()).get("version", 1) >= CONVERT_VERSION
+    except (OSError, ValueError):
+        return False
 
 
 def _field_str(reader, key: str) -> str | None:
@@ -95,7 +119,22 @@ def convert_gguf(gguf_path: Path, out_dir: Path, *, source: dict | None = None) 
     with atomic_dir(out_dir) as tmp:
         plain.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        marker = {"converted_from": str(gguf_path), **info, **(source or {})}
-        (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        _restore_pre_tokenizer(tmp / "tokenizer.json", info["tokenizer_pre"])
+        marker = {"converted_from": str(gguf_path), "version": CONVERT_VERSION, **info, **(source or {})}
+        (tmp / MARKER).write_text(json.dumps(marker, indent=2, default=str) + "\n")
     log.info("converted in %.1f s -> %s", time.perf_counter() - t0, out_dir)
     return out_dir
+
+
+def _restore_pre_tokenizer(path: Path, name: str | None) -> None:
+    """Make the saved tokenizer split text as the GGUF's ``tokenizer.ggml.pre`` says (llama.cpp
+    and the model's own tokenizer do; transformers' GGUF reader writes GPT-2's split for all)."""
+    if name is None or not path.is_file():
+        return
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    if restore(spec, name):
+        path.write_text(json.dumps(spec, ensure_ascii=False, indent=2), encoding="utf-8")
+        log.info("tokenizer: pre-tokenizer set to llama.cpp's %r, as the GGUF says", name)
+    elif spec_for(name) is None:
+        log.warning("the GGUF's pre-tokenizer %r is unknown to llmshrink: its tokenizer may split text "
+                    "differently from llama.cpp's", name)

@@ -23,7 +23,7 @@ from ..config import Config
 from ..errors import UserError
 from ..paths import cache_dir, cache_subdir
 from .arch import ArchSpec, arch_for
-from .convert import MARKER, convert_gguf, inspect_gguf, is_gguf
+from .convert import convert_gguf, inspect_gguf, is_converted, is_gguf
 from .files import check_tensors, find_shards, fingerprint, list_shards
 from .gptq_checkpoint import load_gptq
 from .health import check_weights
@@ -105,7 +105,7 @@ def resolve_model_dir(spec: str) -> Path:
     if spec in ALIASES:
         alias = get_alias(spec)
         out = cache_subdir("models") / alias.name
-        if (out / MARKER).exists():
+        if is_converted(out):
             return out
         gguf = alias.gguf_path()
         alias.verify(gguf)
@@ -134,7 +134,7 @@ def check_model(spec: str) -> dict | None:
         if spec not in ALIASES:
             resolve_model_dir(spec)  # raises the missing-path or unknown-alias error
         path = cache_dir() / "models" / get_alias(spec).name
-        if not (path / MARKER).exists():
+        if not is_converted(path):
             return None
     config = read_config(path)
     arch_for(config.get("model_type"))
@@ -150,7 +150,7 @@ def _cached_conversion(gguf: Path) -> Path:
     key = f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     out = cache_subdir("models") / f"gguf-{gguf.stem}-{digest}"
-    if (out / MARKER).exists():
+    if is_converted(out):
         return out
     return convert_gguf(gguf, out, source={"size": st.st_size})
 
