@@ -28,7 +28,8 @@ def test_partially_quantized_checkpoint_saves_reloads_and_matches(tmp_path, toke
 
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
     assert (qc["quant_method"], qc["bits"], qc["group_size"], qc["desc_act"]) == ("gptq", bits, 16, act_order)
-    assert qc["checkpoint_format"] == "gptq" and len(qc["quantized_modules"]) == 14
+    assert qc["checkpoint_format"] == "gptq" and len(qc["modules_in_block_to_quantize"][0]) == 14
+    assert qc["dynamic"] == {"-:model\\.layers\\.(?:2)\\..*": {}}  # block 2 stays full precision, as GPTQModel reads
     with safe_open(out / "model.safetensors", "pt") as fh:
         keys = set(fh.keys())
         assert fh.get_tensor("model.layers.0.self_attn.q_proj.qweight").dtype == torch.int32
@@ -88,3 +89,16 @@ def test_unpackable_layers_are_refused_before_any_work():
         check_packable(model, arch, range(2), True, 4)
     with pytest.raises(UserError, match=r"k_proj is 16x32: 3-bit GPTQ packing .* multiples of 32; choose other bits"):
         check_packable(model, arch, range(1, 2), False, 3)
+
+
+def test_module_rules_that_contradict_the_weights_are_refused(tmp_path, tokenizer):
+    model = make_tiny_model(len(tokenizer), layers=3)
+    report = quantize_model(model, arch_of(model), torch.randint(0, 50, (4, 16)), QuantConfig(group_size=16),
+                            blocks=range(0, 2))
+    out = save_quantized(model, tokenizer, report, tmp_path / "q")
+    cfg = json.loads((out / "config.json").read_text())
+    del cfg["quantization_config"]["dynamic"]
+    cfg["quantization_config"]["modules_in_block_to_quantize"][0].append("model.layers.2.mlp.up_proj")
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UserError, match="model.layers.2.mlp.up_proj holds full-precision weights but .* say packed"):
+        load_model(str(out))

@@ -61,7 +61,7 @@ def test_prune_removes_the_lowest_scored_blocks_and_saves_a_plain_model(capsys, 
     rc, _, err = _run(capsys, "quantize", out, "--out", tmp_path / "q", "--method", "rtn", "--group-size", 16)
     assert rc == 0, err
     cfg = json.loads((tmp_path / "q" / "config.json").read_text())
-    assert cfg["num_hidden_layers"] == 2 and len(cfg["quantization_config"]["quantized_modules"]) == 14
+    assert cfg["num_hidden_layers"] == 2 and len(cfg["quantization_config"]["modules_in_block_to_quantize"][0]) == 14
 
 
 def test_iterative_removal_keeps_first_and_last(capsys, four_block_dir, text_file, tmp_path):

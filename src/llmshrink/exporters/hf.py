@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..models.arch import ArchSpec
+from ..models.arch import ArchSpec, arch_for
+from ..models.gptq_rules import skip_rules
 from ..paths import atomic_dir, output_path
 from ..quant.driver import QuantizeReport
 from ..quant.pack import packing_multiple
@@ -48,10 +49,15 @@ def pack_model(model: torch.nn.Module, report: QuantizeReport) -> None:
         model.set_submodule(name, QuantLinear.from_result(model.get_submodule(name), res, bits))
 
 
-def quantization_config(scheme: dict) -> dict:
+def quantization_config(scheme: dict, model: torch.nn.Module) -> dict:
     """``config.json``'s ``quantization_config`` for packed layers described by ``scheme``
-    (:attr:`QuantizeReport.scheme`)."""
-    return {"quant_method": "gptq", "checkpoint_format": "gptq", **scheme}
+    (:attr:`QuantizeReport.scheme`), with ``dynamic`` rules leaving ``model``'s other block
+    linears in full precision (see :mod:`llmshrink.models.gptq_rules`)."""
+    arch = arch_for(model.config.model_type)
+    linears = [f"{arch.layers}.{i}.{n}" for i in range(len(arch.blocks(model))) for n in arch.linear_names]
+    packed = scheme["modules_in_block_to_quantize"][0]
+    rules = skip_rules(packed, linears, arch.layers)
+    return {"quant_method": "gptq", "checkpoint_format": "gptq", **scheme, **({"dynamic": rules} if rules else {})}
 
 
 def save_folder(model: torch.nn.Module, tokenizer, out: Path, *, quantization_config: dict | None = None,
@@ -88,5 +94,5 @@ def save_quantized(model: torch.nn.Module, tokenizer, report: QuantizeReport, ou
                         "quantize with grid=zero, or export to GGUF")
     output_path(out_dir)
     pack_model(model, report)
-    return save_folder(model, tokenizer, out_dir, quantization_config=quantization_config(report.scheme),
+    return save_folder(model, tokenizer, out_dir, quantization_config=quantization_config(report.scheme, model),
                        files=extra_files)

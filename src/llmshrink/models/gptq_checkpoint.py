@@ -12,7 +12,9 @@ import torch
 
 from ..errors import UserError
 from ..quant.qlinear import QuantLinear
+from .arch import arch_for
 from .files import check_safetensors, check_tensors
+from .gptq_rules import packed_per_config
 
 
 def load_gptq(folder: Path, config: dict, dtype: torch.dtype, trust_remote_code: bool) -> torch.nn.Module:
@@ -39,7 +41,9 @@ def load_gptq(folder: Path, config: dict, dtype: torch.dtype, trust_remote_code:
     if hasattr(hf_cfg, "quantization_config"):
         del hf_cfg.quantization_config
     model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype, trust_remote_code=trust_remote_code)
-    for name in sorted(k.removesuffix(".qweight") for k in state if k.endswith(".qweight")):
+    packed = sorted(k.removesuffix(".qweight") for k in state if k.endswith(".qweight"))
+    _check_rules(folder, qc, model, set(packed))
+    for name in packed:
         lacking = [p for p in ("qzeros", "scales", "g_idx") if f"{name}.{p}" not in state]
         if lacking:
             raise UserError(f"{folder}: {name} has packed weights but no {', '.join(lacking)}: "
@@ -59,3 +63,19 @@ def load_gptq(folder: Path, config: dict, dtype: torch.dtype, trust_remote_code:
                         f"unexpected {sorted(unexpected)[:3]}): the checkpoint is incomplete")
     model.tie_weights()
     return model
+
+
+def _check_rules(folder: Path, qc: dict, model: torch.nn.Module, packed: set[str]) -> None:
+    """The config's module rules (``dynamic``, ``modules_in_block_to_quantize``) must say what the
+    safetensors hold, or other loaders would read this checkpoint wrongly."""
+    layers = arch_for(model.config.model_type).layers + "."
+    for name, mod in model.named_modules():
+        if not (isinstance(mod, torch.nn.Linear) and name.startswith(layers)):
+            continue
+        said = packed_per_config(qc, name)
+        if said is None or said == (name in packed):
+            continue
+        held = "packed" if name in packed else "full-precision"
+        raise UserError(f"{folder}: {name} holds {held} weights but quantization_config's module rules say "
+                        f"{'packed' if said else 'full precision'}: other loaders would misread it; "
+                        "fix `dynamic`/`modules_in_block_to_quantize` in config.json")

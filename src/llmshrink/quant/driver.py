@@ -62,7 +62,7 @@ class QuantizeReport:
         return {"bits": cfg.bits, "group_size": cfg.group_size, "desc_act": cfg.act_order, "sym": cfg.sym,
                 "static_groups": cfg.static_groups, "true_sequential": self.true_sequential,
                 "damp_percent": cfg.damp, "method": cfg.method, "lm_head": self.lm_head,
-                "quantized_modules": sorted(r.name for r in self.layers)}
+                "modules_in_block_to_quantize": [sorted(r.name for r in self.layers)]}
 
 
 class _Stop(Exception):
