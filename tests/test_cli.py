@@ -124,7 +124,7 @@ def test_quantize_then_eval_and_generate(capsys, tiny_model_dir, text_file, tmp_
     ("extra", "match"),
     [
         (["--bits", "5"], "--bits: must be 2, 3, 4 or 8, got 5"),
-        (["--group-size", "0"], "--group-size: must be -1 (one group per row) or >= 1, got 0"),
+        (["--group-size", "0"], "--group-size: must be -1 (one group per row), auto or >= 1, got 0"),
         (["--method", "awq"], "argument --method: invalid choice: 'awq'"),
         (["--blocks", "0:9"], "outside the model's 2 blocks"),
         (["--blocks", "x:y"], "bad block range"),

@@ -105,7 +105,7 @@ def test_the_quantize_command_and_recipe_stage_share_one_validation(capsys):
     from llmshrink.jobs.recipe import parse_recipe
 
     assert main(["quantize", "m", "--out", "o", "--group-size", "0"]) == 2
-    assert "llmshrink: error: --group-size: must be -1 (one group per row) or >= 1, got 0" in capsys.readouterr().err
+    assert "llmshrink: error: --group-size: must be -1 (one group per row), auto or >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(UserError, match=r"stages\[0\]\.quantize\.group_size: must be -1 \(one group per row\)"):
         parse_recipe({"model": "m", "out": "o", "stages": [{"quantize": {"group_size": 0}}]})
     assert QuantConfig(group_size=-1).group_columns(576) == 576 and QuantConfig().group_columns(576) == 128

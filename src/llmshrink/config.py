@@ -162,7 +162,7 @@ def add_arguments(parser: argparse.ArgumentParser, parts: Sequence[Part]) -> Non
                 parser.add_argument(part.flag(f), action=argparse.BooleanOptionalAction, **kw,
                                     help=f"{help_text} (default: {'on' if default else 'off'})")
                 continue
-            parse = {int: int, float: float, tuple: _tuple}.get(tp, str)
+            parse = f.metadata.get("parse") or {int: int, float: float, tuple: _tuple}.get(tp, str)
             # "none" means None for numbers; a string keeps it (``--eval-data none`` is a value)
             kw["type"] = _none_or(parse) if optional and parse in (int, float) else parse
             kw["metavar"] = f.name.upper()

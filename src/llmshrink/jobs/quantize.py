@@ -14,6 +14,7 @@ from typing import ClassVar
 
 from ..config import Config, Part, command_line
 from ..data.calib import CalibConfig, calibration_windows
+from ..exporters.gptq_compat import compatibility_notes, resolve_group_size
 from ..exporters.hf import check_packable, save_quantized
 from ..models.arch import block_range, check_range_syntax
 from ..models.load import LoadedModel
@@ -51,6 +52,7 @@ def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Pat
     out = claim_output(out, inputs=lm.sources, overwrite=overwrite, need_bytes=lm.size_on_disk)
     n_layers = len(lm.arch.blocks(lm.model))
     todo = block_range(blocks, n_layers)
+    cfg = _settle_group_size(lm, cfg, todo, lm_head)
     check_packable(lm.model, lm.arch, todo, lm_head, cfg.bits)
     # RTN rounds weights alone; no calibration pass
     windows = calibration_windows(lm.tokenizer, calib) if cfg.method != "rtn" else None
@@ -72,6 +74,21 @@ def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Pat
                                             CARD: card_file(out)})
     log.info("quantized and saved in %.1f s -> %s", time.perf_counter() - t0, saved)
     return report, saved
+
+
+def _settle_group_size(lm: LoadedModel, cfg: QuantConfig, todo: range, lm_head: bool) -> QuantConfig:
+    """``group_size: auto`` made concrete, and what the settings rule out said up front."""
+    layers = lm.arch.blocks(lm.model)
+    widths = {f"{lm.arch.layers}.{i}.{n}": layers[i].get_submodule(n).in_features
+              for i in todo for n in lm.arch.linear_names}
+    if lm_head:
+        widths[lm.arch.lm_head] = lm.model.get_submodule(lm.arch.lm_head).in_features
+    resolved = resolve_group_size(cfg, widths)
+    if resolved is not cfg:
+        log.info("group size auto: %d (divides every quantized layer's width)", resolved.group_size)
+    for note in compatibility_notes(resolved, widths):
+        log.warning("%s", note)
+    return resolved
 
 
 def _quantize_blocks(lm: LoadedModel, cfg: QuantConfig, windows, calib: CalibConfig, todo: range, lm_head: bool,

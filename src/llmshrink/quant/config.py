@@ -9,6 +9,11 @@ from ..config import Config
 from .grid import GRID_KINDS
 
 QUANT_METHODS = ("gptq", "rtn")
+AUTO_GROUP = "auto"  # ``group_size: auto``: the job picks the largest standard size dividing every width
+
+
+def _group_size(text: str) -> int | str:
+    return AUTO_GROUP if text.strip().lower() == AUTO_GROUP else int(text)
 
 
 @dataclass
@@ -20,8 +25,10 @@ class QuantConfig(Config):
                                                           "(round to nearest, no calibration)",
                                                   "choices": QUANT_METHODS})
     bits: int = field(default=4, metadata={"help": "bits per weight: 2, 3, 4 or 8"})
-    group_size: int = field(default=128, metadata={"help": "input columns per scale/zero group; -1 for one "
-                                                           "group per row"})
+    group_size: int | str = field(default=128, metadata={"help": "input columns per scale/zero group; -1 for one "
+                                                           "group per row; auto: the largest of 128, 64, 32 that "
+                                                           "divides every quantized layer's width (what GPTQ "
+                                                           "kernels need)", "parse": _group_size})
     sym: bool = field(default=True, metadata={"help": "symmetric grid (zero point fixed mid-range); --asym: "
                                                       "fitted zero point", "negative": "asym"})
     act_order: bool = field(default=True, metadata={"help": "quantize columns in order of decreasing Hessian "
@@ -46,8 +53,8 @@ class QuantConfig(Config):
         else:
             self.check(self.bits in range(2, 9), "bits", f"must be 2 to 8 on a {self.grid} grid, got {self.bits!r}")
         gs = self.group_size
-        self.check(isinstance(gs, int) and not isinstance(gs, bool) and (gs == -1 or gs >= 1), "group_size",
-                   f"must be -1 (one group per row) or >= 1, got {gs!r}")
+        self.check(gs == AUTO_GROUP or (isinstance(gs, int) and not isinstance(gs, bool) and (gs == -1 or gs >= 1)),
+                   "group_size", f"must be -1 (one group per row), auto or >= 1, got {gs!r}")
         self.check(0 < self.damp < 1, "damp", f"must be in (0, 1), got {self.damp!r}")
         self.positive("block_size")
         base = GRID_KINDS[self.grid].base
@@ -55,7 +62,7 @@ class QuantConfig(Config):
         self.check(not ((symmetric and not self.sym) or (base == "min" and self.sym)), "sym",
                    f"must be {symmetric} on a {self.grid} grid ({'symmetric' if symmetric else 'asymmetric'})")
         sup = GRID_KINDS[self.grid].super_cols
-        self.check(not sup or (not self.per_row and sup % self.group_size == 0), "group_size",
+        self.check(not sup or (not self.per_row and gs != AUTO_GROUP and sup % gs == 0), "group_size",
                    f"must divide {sup} on a {self.grid} grid, got {self.group_size}")
         self.check(self.grid == "zero" or not self.act_order or self.static_groups or self.per_row, "static_groups",
                    f"must be on with act_order: a {self.grid} grid stores one scale per block of consecutive columns")
@@ -71,4 +78,7 @@ class QuantConfig(Config):
 
     def group_columns(self, cols: int) -> int:
         """Columns per group in a layer of ``cols`` input columns (the one place -1 is read)."""
+        if self.group_size == AUTO_GROUP:
+            raise ValueError("group_size auto is settled per model before quantizing: "
+                             "llmshrink.exporters.gptq_compat.resolve_group_size")
         return cols if self.per_row or self.group_size >= cols else self.group_size
