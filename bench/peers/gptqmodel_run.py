@@ -9,7 +9,8 @@ installed so that both tools see the very same token windows:
 Each prints one JSON line. ``quantize`` reports its wall time (model load excluded, save
 included, like ``llmshrink quantize``'s) and the process's peak RSS; ``eval`` loads a GPTQ
 checkpoint, ours or GPTQModel's, with GPTQModel's ``gptq_torch`` backend (the one that reloads
-widths the group size does not divide) and scores it on llmshrink's evaluation windows.
+widths the group size does not divide; ``--backend auto``: the one GPTQModel picks itself, as a
+user's load does) and scores it on llmshrink's evaluation windows.
 """
 
 from __future__ import annotations
@@ -61,13 +62,14 @@ def evaluate(args) -> dict:
     from llmshrink.eval.perplexity import perplexity
 
     t0 = time.perf_counter()
-    model = GPTQModel.load(args.dir, backend=BACKEND.TORCH, device="cpu")
+    backend = BACKEND.TORCH if args.backend == "torch" else BACKEND.AUTO
+    model = GPTQModel.load(args.dir, backend=backend, device="cpu")
     load_s = time.perf_counter() - t0
     tok = model.tokenizer
     tok = getattr(tok, "tokenizer", tok)
     stream = tokenize_corpus(load_corpus(args.data), tok, max_tokens=args.max_tokens)
     res = perplexity(model.model, stream, seqlen=args.seqlen, bos=bos_id(tok))
-    return {"tool": "gptqmodel", "dir": args.dir, "perplexity": res.perplexity, "tokens": res.tokens,
+    return {"tool": "gptqmodel", "dir": args.dir, "backend": args.backend, "perplexity": res.perplexity, "tokens": res.tokens,
             "load_seconds": load_s, "eval_seconds": time.perf_counter() - t0 - load_s}
 
 
@@ -92,6 +94,8 @@ def main() -> None:
     e.add_argument("--data", default="shakespeare:eval")
     e.add_argument("--seqlen", type=int, default=512)
     e.add_argument("--max-tokens", type=int, default=None)
+    e.add_argument("--backend", choices=["torch", "auto"], default="torch",
+                   help="torch: gptq_torch (reads any group size); auto: GPTQModel's own choice, as a user's")
     args = ap.parse_args()
     print(json.dumps(quantize(args) if args.cmd == "quantize" else evaluate(args)), flush=True)
 

@@ -54,7 +54,7 @@ def test_a_quantized_folder_describes_itself(runs):
     assert f"Calibration: 4 windows of 16 tokens of `{runs['corpus']}:1` (seed 0)." in text
     assert f"`{runs['corpus']}`: the user's own text" in text  # the mix's one part, named in Data
     assert "Not measured yet" in text and "model-index" not in str(card)
-    assert "not described by `dynamic` rules" in text  # blocks 2:4 stay in full precision
+    assert "are not verified for this folder yet: `llmshrink check q`" in text
 
 
 def test_the_reproduce_command_gives_the_same_settings(runs):
@@ -157,3 +157,19 @@ def test_a_folder_that_cannot_keep_the_score_does_not_fail_eval(runs, tmp_path, 
     monkeypatch.setattr(card, "atomic_file", refuse)
     assert main(["eval", str(q), "--data", str(runs["corpus"]), "--seqlen", "16", "--max-tokens", "64"]) == 0
     assert not (q / "llmshrink_evals.json").exists()
+
+
+def test_a_check_puts_verified_usage_on_the_card(runs):
+    from llmshrink.jobs.card import record_check
+
+    report = {"path": str(runs["q"]), "kind": "gptq", "results": [
+        {"consumer": "gptqmodel", "status": "ok", "max_logit_diff": 0.0123, "same_greedy": True, "why": ""},
+        {"consumer": "transformers", "status": "failed", "max_logit_diff": None, "same_greedy": None,
+         "why": "RuntimeError: expect K to be divisible by qGroupSize"},
+        {"consumer": "llama.cpp", "status": "not applicable", "why": ""}]}
+    card = ModelCard.load(record_check(runs["q"], report))
+    text = card.text
+    assert "In gptqmodel: verified by `llmshrink check` (max |logit difference| from llmshrink's 0.0123" in text
+    assert 'GPTQModel.load("q")' in text and "not verified" not in text
+    assert "In transformers: does not run this folder (`llmshrink check`: RuntimeError: expect K" in text
+    assert json.loads((runs["q"] / "llmshrink_check.json").read_text())["kind"] == "gptq"

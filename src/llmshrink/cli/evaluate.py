@@ -185,6 +185,32 @@ def cmd_card(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_args(p: argparse.ArgumentParser) -> None:
+    from ..eval.consumers import CONSUMERS
+
+    p.add_argument("path", help="an output folder (plain or GPTQ) or a .gguf file")
+    p.add_argument("--consumer", action="append", choices=list(CONSUMERS), default=None,
+                   help="only this consumer (repeatable; default: every one)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--record", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep the result in a folder llmshrink wrote (llmshrink_check.json) and write its model "
+                        "card again, with usage for each consumer that ran it (default: on)")
+
+
+@command("check", "load an output in each tool installed here (transformers, GPTQModel, llama.cpp), "
+                  "run it, compare its logits with llmshrink's", _check_args)
+def cmd_check(args: argparse.Namespace) -> int:
+    from ..eval.check import check_output, format_report
+
+    report = check_output(args.path, args.consumer)
+    print(json.dumps(report.to_dict()) if args.json else format_report(report))
+    if args.record:
+        from ..jobs.card import record_check
+
+        record_check(Path(args.path), report.to_dict())
+    return 1 if report.failed else 0
+
+
 # ---------------------------------------------------------------- generate
 
 

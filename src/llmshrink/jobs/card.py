@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 CARD = "README.md"
 EVALS = "llmshrink_evals.json"
+CHECKS = "llmshrink_check.json"
 # The records a folder can hold, in the order their steps happen (a tuned folder keeps its quantize record).
 STEPS = ("prune", "quantize", "finetune")
 
@@ -97,11 +98,29 @@ def render_card(folder: Path, *, name: str | None = None) -> str:
     evals = json.loads((folder / EVALS).read_text()) if (folder / EVALS).is_file() else []
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
     qc = config.get("quantization_config")
+    checks = json.loads((folder / CHECKS).read_text()) if (folder / CHECKS).is_file() else None
     name = name or folder.name
     data = metadata(name, records, source, evals, qc)
-    text = f"---\n{data.to_yaml()}\n---\n\n{body(folder, name, records, source, evals, config)}"
+    text = f"---\n{data.to_yaml()}\n---\n\n{body(folder, name, records, source, evals, config, checks)}"
     ModelCard(text)  # parsed back as the hub parses it: raises on metadata it could not read
     return text
+
+
+def record_check(folder: Path, report: dict) -> Path | None:
+    """Keep the last ``llmshrink check`` of a folder llmshrink wrote (``llmshrink_check.json``) and
+    write its card again, with the usage of each consumer that ran it; returns the card, or None."""
+    folder = Path(folder)
+    return _keep(folder, CHECKS, report) if folder.is_dir() and read_records(folder) else None
+
+
+def _keep(folder: Path, name: str, data) -> Path | None:
+    try:
+        with atomic_file(folder / name) as tmp:
+            tmp.write_text(json.dumps(data, indent=2) + "\n")
+        return write_card(folder)
+    except (OSError, UserError) as exc:  # a read-only or full folder: the result was printed, keep going
+        log.warning("could not keep the result in %s (%s)", folder, exc)
+        return None
 
 
 def record_eval(folder: Path, rec: dict) -> Path | None:
@@ -116,10 +135,4 @@ def record_eval(folder: Path, rec: dict) -> Path | None:
     kept = json.loads(path.read_text()) if path.is_file() else []
     entry = {k: rec.get(k) for k in (*keys, "perplexity", "kl", "reference_perplexity", "backend")}
     kept = [e for e in kept if any(e.get(k) != entry[k] for k in keys)] + [entry]
-    try:
-        with atomic_file(path) as tmp:
-            tmp.write_text(json.dumps(kept, indent=2) + "\n")
-        return write_card(folder)
-    except (OSError, UserError) as exc:  # a read-only or full folder: the score was printed, keep going
-        log.warning("could not keep the score in %s (%s)", folder, exc)
-        return None
+    return _keep(folder, EVALS, kept)

@@ -59,15 +59,17 @@ def measured(records: dict, evals: list) -> list[dict]:
     return out
 
 
-def body(folder: Path, name: str, records: dict, source: Source, evals: list, config: dict) -> str:
-    """The card's text below the metadata; ``config`` is the folder's ``config.json``."""
+def body(folder: Path, name: str, records: dict, source: Source, evals: list, config: dict,
+         checks: dict | None = None) -> str:
+    """The card's text below the metadata; ``config`` is the folder's ``config.json``, ``checks``
+    the last ``llmshrink check`` of the folder."""
     base = f" ([{source.base_model}](https://huggingface.co/{source.base_model}))" if source.base_model else ""
     parts = [f"# {name}", "",
              f"`{source.name}`{base}, {summary(records)}, made with llmshrink.",
              "", "## What was done", ""]
     parts += [f"- {line}" for step, rec in records.items() for line in DONE[step](rec)]
     parts += ["", "## Measured", "", *table(records, evals), "", "## Files", "", *files(folder), "",
-              "## Use", "", *usage(name, records, config), "", "## Data", ""]
+              "## Use", "", *usage(name, config, checks), "", "## Data", ""]
     parts += [f"- {corpus_line(c)}" for c in data_of(records)] or ["- none (no calibration or training data)"]
     commands = [rec["command"] for rec in records.values() if rec.get("command")]
     if commands:
@@ -153,22 +155,33 @@ def files(folder: Path) -> list[str]:
     return [f"{total / 1e6:,.1f} MB in {len(sizes)} files; weights (safetensors) {weights / 1e6:,.1f} MB."]
 
 
-def usage(name: str, records: dict, config: dict) -> list[str]:
-    qc = config.get("quantization_config")
+def usage(name: str, config: dict, checks: dict | None) -> list[str]:
+    """llmshrink's own commands, then a snippet for each consumer ``llmshrink check`` ran the folder
+    in, and what it found where one failed; without a check, the tools are named, not promised."""
+    from ..eval.consumers import CONSUMERS
+
+    kind = "gptq" if (config.get("quantization_config") or {}).get("quant_method") == "gptq" else "plain"
     lines = ["With llmshrink, which loads every folder it writes:", "", "```bash",
              f"llmshrink generate {name} \"Write a haiku about the sea.\" --max-new-tokens 32",
              f"llmshrink eval {name} --data shakespeare:eval", "```"]
-    if qc is None:
-        lines += ["", "A plain transformers checkpoint:", "", "```python",
-                  "from transformers import AutoModelForCausalLM, AutoTokenizer",
-                  f"model = AutoModelForCausalLM.from_pretrained(\"{name}\")",
-                  f"tokenizer = AutoTokenizer.from_pretrained(\"{name}\")", "```"]
-    else:
-        q = records.get("quantize", {})
-        mixed = bool(q) and q["blocks"][1] - q["blocks"][0] < config.get("num_hidden_layers", 0)
-        lines += ["", "Other GPTQ loaders (GPTQModel, transformers with gptqmodel, vLLM) are not verified for this "
-                  "folder yet" + (": its full-precision blocks are not described by `dynamic` rules, so they "
-                                  "would be read as packed layers." if mixed else ".")]
+    results = (checks or {}).get("results", [])
+    for r in results:
+        consumer = CONSUMERS.get(r["consumer"])
+        if r["status"] == "ok" and consumer is not None:
+            same = "the same" if r.get("same_greedy") else "a different"
+            lines += ["", f"In {r['consumer']}: verified by `llmshrink check` (max |logit difference| from "
+                          f"llmshrink's {r['max_logit_diff']:.3g}, {same} greedy continuation):", "",
+                      "```python" if r["consumer"] != "llama.cpp" else "```bash",
+                      consumer.snippet(name, kind), "```"]
+        elif r["status"] == "failed":
+            lines += ["", f"In {r['consumer']}: does not run this folder (`llmshrink check`: {r['why']})."]
+    if kind == "plain" and not any(r["consumer"] == "transformers" for r in results):
+        lines += ["", "A plain transformers checkpoint (llmshrink loads it with transformers too):", "",
+                  "```python", CONSUMERS["transformers"].snippet(name, kind), "```"]
+    elif not any(r["status"] in ("ok", "failed") for r in results):
+        lines += ["", "Other loaders (GPTQModel, transformers with gptqmodel, vLLM) are not verified for this folder "
+                      f"yet: `llmshrink check {name}` runs it in each one installed and compares the logits with "
+                      "llmshrink's."]
     return lines
 
 

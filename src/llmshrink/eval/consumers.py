@@ -1,0 +1,90 @@
+"""The tools people run our outputs in, as a registry: each loads a folder or a GGUF file the way
+its own documentation says, and gives logits for token ids.
+
+:mod:`llmshrink.eval.check` drives them (``llmshrink check``); a consumer that is not installed
+in the current environment is reported as such, never faked. Each consumer also knows the usage
+snippet a model card shows for it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+# What an output is, for the consumers: a plain transformers folder, a GPTQ checkpoint, a GGUF file.
+KINDS = ("plain", "gptq", "gguf")
+
+Logits = Callable[[torch.Tensor], torch.Tensor]  # ids [1, n] -> logits [1, n, vocab]
+
+
+def kind_of(path: Path) -> str:
+    if path.is_file():
+        return "gguf"
+    qc = json.loads((path / "config.json").read_text()).get("quantization_config") or {}
+    return "gptq" if qc.get("quant_method") == "gptq" else "plain"
+
+
+@dataclass(frozen=True)
+class Consumer:
+    name: str
+    kinds: tuple[str, ...]  # what it loads
+    needs: tuple[str, ...]  # import names it needs (for a kind: see ``needs_for``)
+    load: Callable[[Path, str], Logits]
+    snippet: Callable[[str, str], str]  # (folder or file as the user names it, kind) -> code
+    gptq_needs: tuple[str, ...] = ()
+
+    def missing(self, kind: str) -> list[str]:
+        needs = self.needs + (self.gptq_needs if kind == "gptq" else ())
+        return [m for m in needs if importlib.util.find_spec(m) is None]
+
+
+def _transformers(path: Path, kind: str) -> Logits:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, device_map="cpu").eval()
+    return lambda ids: model(ids).logits.float()
+
+
+def _gptqmodel(path: Path, kind: str) -> Logits:
+    from gptqmodel import GPTQModel
+
+    model = GPTQModel.load(str(path), device="cpu")
+    return lambda ids: model.model(input_ids=ids).logits.float()
+
+
+def _llama_cpp(path: Path, kind: str) -> Logits:
+    from .llamacpp import load_llamacpp
+
+    model = load_llamacpp(path, n_ctx=256)
+    return lambda ids: model.model(ids).logits
+
+
+def _snippet_transformers(name: str, kind: str) -> str:
+    extra = "# pip install gptqmodel optimum  (GPTQ kernels)\n" if kind == "gptq" else ""
+    return (f"{extra}from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            f"model = AutoModelForCausalLM.from_pretrained(\"{name}\", device_map=\"auto\")\n"
+            f"tokenizer = AutoTokenizer.from_pretrained(\"{name}\")")
+
+
+def _snippet_gptqmodel(name: str, kind: str) -> str:
+    return ("from gptqmodel import GPTQModel\n"
+            f"model = GPTQModel.load(\"{name}\")\n"
+            "print(model.tokenizer.decode(model.generate(\"The king said\")[0]))")
+
+
+def _snippet_llama_cpp(name: str, kind: str) -> str:
+    return (f"llama-cli -m {name} -p \"The king said\" -n 32\n"
+            f"# or in Python: llama_cpp.Llama(\"{name}\")")
+
+
+CONSUMERS: dict[str, Consumer] = {c.name: c for c in (
+    Consumer("transformers", ("plain", "gptq"), ("transformers",), _transformers, _snippet_transformers,
+             gptq_needs=("gptqmodel", "optimum")),
+    Consumer("gptqmodel", ("gptq",), ("gptqmodel",), _gptqmodel, _snippet_gptqmodel),
+    Consumer("llama.cpp", ("gguf",), ("llama_cpp",), _llama_cpp, _snippet_llama_cpp),
+)}
