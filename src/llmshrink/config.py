@@ -250,3 +250,14 @@ def settings_difference(old: Any, new: Any, *, limit: int = 3) -> str:
     keys = [k for k in sorted(set(a) | set(b)) if a.get(k, "(none)") != b.get(k, "(none)")]
     text = "; ".join(f"{k or 'settings'}: {a.get(k, '(none)')!r} -> {b.get(k, '(none)')!r}" for k in keys[:limit])
     return text + (f"; and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+SAVE_DTYPES = ("auto", "float16", "bfloat16", "float32")
+
+
+def save_dtype_field():
+    """The ``save_dtype`` setting of every job that writes a model folder."""
+    return dataclasses.field(default="auto", metadata={
+        "help": "dtype of the weights written in full precision: auto (the source's if 16-bit, else float16 "
+                "beside packed GPTQ layers and bfloat16 in plain models), float16, bfloat16 or float32",
+        "choices": SAVE_DTYPES})

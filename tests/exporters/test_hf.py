@@ -102,3 +102,30 @@ def test_module_rules_that_contradict_the_weights_are_refused(tmp_path, tokenize
     (out / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(UserError, match="model.layers.2.mlp.up_proj holds full-precision weights but .* say packed"):
         load_model(str(out))
+
+
+def test_release_files_are_16_bit_where_not_packed(tmp_path, tokenizer):
+    from llmshrink.exporters.hf import release_dtype
+
+    model = make_tiny_model(len(tokenizer), layers=3)
+    report = quantize_model(model, arch_of(model), torch.randint(0, 50, (4, 16)), QuantConfig(group_size=16),
+                            blocks=range(0, 2))
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "config.json").write_text(json.dumps({"dtype": "float32"}))
+    dtype = release_dtype("auto", src, packed=True)
+    assert dtype == torch.float16 and release_dtype("auto", src, packed=False) == torch.bfloat16
+    (src / "config.json").write_text(json.dumps({"torch_dtype": "bfloat16"}))
+    assert release_dtype("auto", src, packed=True) == torch.bfloat16  # the source's own 16-bit dtype
+    assert release_dtype("float32", src, packed=True) == torch.float32  # as asked
+    before = model.model.layers[2].mlp.up_proj.weight.detach().clone()
+    out = save_quantized(model, tokenizer, report, tmp_path / "q", dtype=dtype)
+    assert json.loads((out / "config.json").read_text())["dtype"] == "float16"
+    with safe_open(out / "model.safetensors", "pt") as fh:
+        assert fh.get_tensor("model.layers.2.mlp.up_proj.weight").dtype == torch.float16
+        assert fh.get_tensor("model.embed_tokens.weight").dtype == torch.float16
+        assert fh.get_tensor("model.layers.0.mlp.up_proj.qweight").dtype == torch.int32
+        assert fh.get_tensor("model.layers.0.mlp.up_proj.scales").dtype == torch.float16
+    assert torch.equal(model.model.layers[2].mlp.up_proj.weight, before)  # the model in memory is untouched
+    lm = load_model(str(out))
+    assert torch.equal(lm.model.model.layers[2].mlp.up_proj.weight, before.half().float())

@@ -43,7 +43,7 @@ def _files(out):
     command and the model card with the output's own name masked (runs into two folders compared)."""
     files = {p.name: p.read_bytes() for p in out.iterdir()}
     files["README.md"] = files["README.md"].decode().replace(f"# {out.name}\n", "# OUT\n").replace(
-        f"--out {out.name} ", "--out OUT ").replace(f" {out.name} ", " OUT ")
+        f"--out {out.name} ", "--out OUT ").replace(f" {out.name} ", " OUT ").replace(f" {out.name}`", " OUT`")
     layers = [json.loads(line) for line in files.pop("quantize_layers.jsonl").decode().splitlines()]
     files["layers"] = [{k: v for k, v in r.items() if k != "seconds"} for r in layers]
     run = json.loads(files.pop("llmshrink_quantize.json"))

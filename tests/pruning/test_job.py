@@ -51,9 +51,10 @@ def test_prune_removes_the_lowest_scored_blocks_and_saves_a_plain_model(capsys, 
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.num_hidden_layers == 2
     original = AutoModelForCausalLM.from_pretrained(four_block_dir)
+    assert model.config.dtype == torch.bfloat16  # a release folder: 16-bit (the float32 source's range)
     for new, old in enumerate(rec["kept"]):
         torch.testing.assert_close(model.model.layers[new].mlp.down_proj.weight,
-                                   original.model.layers[old].mlp.down_proj.weight, rtol=0, atol=0)
+                                   original.model.layers[old].mlp.down_proj.weight.bfloat16(), rtol=0, atol=0)
     # The pruned folder is a model like any other: evaluate it, quantize it.
     rc, stdout, _ = _run(capsys, "eval", out, "--data", text_file, "--seqlen", 16, "--json")
     assert rc == 0 and json.loads(stdout)["perplexity"] == pytest.approx(library_perplexity(out, text_file, 16)[0],

@@ -60,21 +60,58 @@ def quantization_config(scheme: dict, model: torch.nn.Module) -> dict:
     return {"quant_method": "gptq", "checkpoint_format": "gptq", **scheme, **({"dynamic": rules} if rules else {})}
 
 
+_TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def release_dtype(choice: str, source: Path | None, packed: bool) -> torch.dtype:
+    """The dtype of a folder's full-precision weights: ``choice``, or for ``auto`` the source
+    folder's own 16-bit dtype, else (a float32 source: a GGUF conversion) float16 beside packed GPTQ
+    layers (what GPTQ kernels compute in) and bfloat16 in a plain model (the range of float32)."""
+    if choice != "auto":
+        return _TORCH_DTYPES[choice]
+    config = json.loads((source / "config.json").read_text()) if source and (source / "config.json").is_file() else {}
+    own = config.get("dtype") or config.get("torch_dtype")
+    if own in ("float16", "bfloat16"):
+        return _TORCH_DTYPES[own]
+    return torch.float16 if packed else torch.bfloat16
+
+
+def _state_in(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """``model``'s state with its float tensors in ``dtype``; packed layers' tensors as they are
+    (GPTQ scales stay float16)."""
+    packed = {name for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+    return {k: v.to(dtype) if v.is_floating_point() and k.rpartition(".")[0] not in packed else v
+            for k, v in model.state_dict().items()}
+
+
+def round_to(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Round ``model``'s full-precision float parameters to ``dtype`` in place (keeping their own
+    dtype): scored now, the model is the one :func:`save_folder` will write in ``dtype``."""
+    packed = {name for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.is_floating_point() and name.rpartition(".")[0] not in packed:
+                p.copy_(p.to(dtype))
+
+
 def save_folder(model: torch.nn.Module, tokenizer, out: Path, *, quantization_config: dict | None = None,
                 files: dict[str, Extra] | None = None, copy_from: Path | None = None,
-                copy: tuple[str, ...] = ()) -> Path:
-    """Write ``model`` (safetensors) and ``tokenizer`` into the folder ``out``, atomically, with
-    ``quantization_config`` in its ``config.json``, the extra ``files``, and the files named in
-    ``copy`` that ``copy_from`` holds."""
+                copy: tuple[str, ...] = (), dtype: torch.dtype | None = None) -> Path:
+    """Write ``model`` (safetensors, float tensors in ``dtype`` if given) and ``tokenizer`` into the
+    folder ``out``, atomically, with ``quantization_config`` in its ``config.json``, the extra
+    ``files``, and the files named in ``copy`` that ``copy_from`` holds."""
     out = output_path(out)
     with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        state = _state_in(model, dtype) if dtype is not None else None
+        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        cfg_path = tmp / "config.json"
+        cfg = json.loads(cfg_path.read_text())
         if quantization_config is not None:
-            cfg_path = tmp / "config.json"
-            cfg = json.loads(cfg_path.read_text())
             cfg["quantization_config"] = quantization_config
-            cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+        if dtype is not None:
+            cfg["dtype"] = str(dtype).removeprefix("torch.")
+        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
         for name in copy:
             if copy_from is not None and (copy_from / name).is_file():
                 shutil.copy(copy_from / name, tmp / name)
@@ -87,7 +124,7 @@ def save_folder(model: torch.nn.Module, tokenizer, out: Path, *, quantization_co
 
 
 def save_quantized(model: torch.nn.Module, tokenizer, report: QuantizeReport, out_dir: Path, *,
-                   extra_files: dict[str, Extra] | None = None) -> Path:
+                   extra_files: dict[str, Extra] | None = None, dtype: torch.dtype | None = None) -> Path:
     """The ``hf-gptq`` exporter: pack the driver's result into the model and write the checkpoint."""
     if report.config.grid != "zero":
         raise UserError(f"HF GPTQ checkpoints store scale/zero-point grids, not {report.config.grid!r} grids: "
@@ -95,4 +132,4 @@ def save_quantized(model: torch.nn.Module, tokenizer, report: QuantizeReport, ou
     output_path(out_dir)
     pack_model(model, report)
     return save_folder(model, tokenizer, out_dir, quantization_config=quantization_config(report.scheme, model),
-                       files=extra_files)
+                       files=extra_files, dtype=dtype)

@@ -15,7 +15,7 @@ from ..config import Config, Part
 from ..data.calib import CalibConfig
 from ..errors import UserError
 from ..exporters.config import GGUFConfig
-from ..exporters.hf import save_folder
+from ..exporters.hf import release_dtype, save_folder
 from ..models.load import LoadedModel
 from ..paths import claim_output
 from ..quant.qlinear import QuantLinear
@@ -38,6 +38,7 @@ def export_hf_gptq(lm: LoadedModel, cfg: Config | None, out: Path, *, calib: Cal
                         f"llmshrink quantize {lm.name} --out DIR")
     qc = json.loads((lm.path / "config.json").read_text()).get("quantization_config")
     return save_folder(lm.model, lm.tokenizer, out, quantization_config=qc, files={CARD: card_file(out)},
+                       dtype=release_dtype("auto", lm.path, packed=True),
                        copy_from=lm.path, copy=("llmshrink_quantize.json", "quantize_layers.jsonl",
                                                 "llmshrink_finetune.json", "llmshrink_evals.json"))
 

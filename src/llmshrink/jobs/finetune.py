@@ -9,12 +9,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from ..config import Part, command_line
 from ..data.corpora import NAMED
 from ..errors import UserError
 from ..eval.config import EvalConfig
 from ..eval.run import evaluate_perplexity
-from ..exporters.hf import Extra, save_folder
+from ..exporters.hf import Extra, release_dtype, round_to, save_folder
 from ..models.load import LoadedModel
 from ..paths import claim_output
 from ..tune.config import FinetuneConfig
@@ -58,6 +60,7 @@ def finetune(lm: LoadedModel, cfg: FinetuneConfig, out: Path, *, resume: bool = 
 
     run = train_tail(lm, cfg, ckpt_dir, resume=resume, original=reference, before=score_before, progress=progress)
     evaluation = run.evaluation
+    round_to(lm.model, _release_dtype(lm, cfg.save_dtype))  # the scores below are the saved model's
     after = score(lm, corpora, reference, progress)
     reference = None  # the original is not needed for saving
     for key, ecfg in corpora.items():
@@ -73,7 +76,8 @@ def finetune(lm: LoadedModel, cfg: FinetuneConfig, out: Path, *, resume: bool = 
               "loss_first": stats.mean_loss(True), "loss_last": stats.mean_loss(False), "losses": stats.losses,
               "trainable_parameters": result.trainable, "evaluation": evaluation,
               "command": command_line("finetune", lm.name, out, PARTS, {"finetune": cfg})}
-    save_finetuned(lm, out, {"llmshrink_finetune.json": json.dumps(record, indent=2) + "\n", CARD: card_file(out)})
+    save_finetuned(lm, out, {"llmshrink_finetune.json": json.dumps(record, indent=2) + "\n", CARD: card_file(out)},
+                   save_dtype=cfg.save_dtype)
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     result.seconds = time.perf_counter() - t0
     return result
@@ -135,10 +139,16 @@ def eval_split(cfg: FinetuneConfig) -> str | None:
     return f"{name}:eval"
 
 
-def save_finetuned(lm: LoadedModel, out: Path, extra_files: dict[str, Extra]) -> Path:
+def _release_dtype(lm: LoadedModel, save_dtype: str) -> torch.dtype:
+    packed = "quantization_config" in json.loads((lm.path / "config.json").read_text())
+    return release_dtype(save_dtype, lm.path, packed=packed)
+
+
+def save_finetuned(lm: LoadedModel, out: Path, extra_files: dict[str, Extra], save_dtype: str = "auto") -> Path:
     """Save the model (packed layers stay packed) with its source's ``quantization_config`` and
     quantization records."""
     src = json.loads((lm.path / "config.json").read_text())
     return save_folder(lm.model, lm.tokenizer, out, quantization_config=src.get("quantization_config"),
+                       dtype=_release_dtype(lm, save_dtype),
                        files=extra_files, copy_from=lm.path,
                        copy=("llmshrink_quantize.json", "quantize_layers.jsonl"))

@@ -13,7 +13,7 @@ import torch
 
 from ..config import Part, command_line
 from ..data.calib import corpus_windows
-from ..exporters.hf import save_folder
+from ..exporters.hf import release_dtype, save_folder
 from ..models.load import LoadedModel
 from ..paths import atomic_dir, claim_output
 from ..pruning.config import HealConfig, PruneConfig
@@ -94,12 +94,13 @@ def run_prune(lm: LoadedModel, cfg: PruneConfig, out: Path, *, heal: HealConfig 
     # each round of scores is kept beside the output: a killed run does not score it again
     with RecordState(out, {**lm.identity, "prune": cfg.to_dict()}, discard_other=overwrite, what="pruning") as state:
         removed, history = remove_least_important(lm, cfg, batches, progress=progress, state=state)
-        _heal_and_save(lm, heal, teacher, out, record, removed, history, n_blocks, t0, progress)
+        _heal_and_save(lm, heal, teacher, out, record, removed, history, n_blocks, t0, progress,
+                       dtype=release_dtype(cfg.save_dtype, lm.path, packed=False))
     return record
 
 
 def _heal_and_save(lm: LoadedModel, heal: HealConfig, teacher, out: Path, record: dict, removed: list[int],
-                   history: list, n_blocks: int, t0: float, progress) -> None:
+                   history: list, n_blocks: int, t0: float, progress, dtype: torch.dtype | None = None) -> None:
     """Heal the pruned model if asked, complete ``record``, write the output folder."""
     kept = [i for i in range(n_blocks) if i not in removed]
     log.info("removed blocks %s by %s; %d of %d blocks left", removed, record["config"]["criterion"], len(kept),
@@ -115,7 +116,7 @@ def _heal_and_save(lm: LoadedModel, heal: HealConfig, teacher, out: Path, record
                           "loss_last": stats.mean_loss(False)}
     record["parameters_after"] = lm.num_parameters
     record["seconds"] = time.perf_counter() - t0
-    save_folder(lm.model, lm.tokenizer, out, files={
+    save_folder(lm.model, lm.tokenizer, out, dtype=dtype, files={
         "llmshrink_prune.json": json.dumps(record, indent=2) + "\n",
         "block_scores.png": lambda p: plot_scores(history[0], p, removed=removed, title=f"{lm.name}: block importance"),
         CARD: card_file(out),

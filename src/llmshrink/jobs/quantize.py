@@ -12,10 +12,10 @@ from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
-from ..config import Config, Part, command_line
+from ..config import Config, Part, command_line, save_dtype_field
 from ..data.calib import CalibConfig, calibration_windows
 from ..exporters.gptq_compat import compatibility_notes, resolve_group_size
-from ..exporters.hf import check_packable, save_quantized
+from ..exporters.hf import check_packable, release_dtype, save_quantized
 from ..models.arch import block_range, check_range_syntax
 from ..models.load import LoadedModel
 from ..paths import claim_output
@@ -36,6 +36,7 @@ class QuantizeScope(Config):
                                                                "0:-4; default all)"})
     lm_head: bool = field(default=False, metadata={"help": "quantize the lm_head too (untied from the "
                                                            "embeddings; default: keep it full precision)"})
+    save_dtype: str = save_dtype_field()
 
     def __post_init__(self) -> None:
         self.check(self.blocks is None or isinstance(self.blocks, str), "blocks",
@@ -48,7 +49,8 @@ PARTS = (Part("quant", QuantConfig), Part("scope", QuantizeScope), Part("calib",
 
 
 def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Path, *, blocks: str | None = None,
-                 lm_head: bool = False, overwrite: bool = False, progress=None) -> tuple[QuantizeReport, Path]:
+                 lm_head: bool = False, save_dtype: str = "auto", overwrite: bool = False,
+                 progress=None) -> tuple[QuantizeReport, Path]:
     out = claim_output(out, inputs=lm.sources, overwrite=overwrite, need_bytes=lm.size_on_disk)
     n_layers = len(lm.arch.blocks(lm.model))
     todo = block_range(blocks, n_layers)
@@ -65,10 +67,10 @@ def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Pat
         report = _quantize_blocks(lm, cfg, windows, calib, todo, lm_head, state, progress)
         layers = "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in report.layers)
         command = command_line("quantize", lm.name, out, PARTS, {
-            "quant": cfg, "scope": QuantizeScope(blocks=blocks, lm_head=lm_head),
+            "quant": cfg, "scope": QuantizeScope(blocks=blocks, lm_head=lm_head, save_dtype=save_dtype),
             "calib": calib if windows is not None else None})
         run = {"model": lm.name, **done, "quantize_seconds": report.seconds, "command": command}
-        saved = save_quantized(lm.model, lm.tokenizer, report, out,
+        saved = save_quantized(lm.model, lm.tokenizer, report, out, dtype=release_dtype(save_dtype, lm.path, True),
                                extra_files={"quantize_layers.jsonl": layers,
                                             "llmshrink_quantize.json": json.dumps(run, indent=2) + "\n",
                                             CARD: card_file(out)})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from ..config import Config
+from ..config import Config, save_dtype_field
 from ..errors import UserError
 
 PRUNE_CRITERIA = ("ppl", "taylor", "magnitude", "angular")
@@ -31,6 +31,7 @@ class PruneConfig(Config):
     seqlen: int = field(default=256, metadata={"help": "tokens per scoring window"})
     seed: int = field(default=0, metadata={"help": "seed of the scoring windows"})
     batch_size: int = field(default=4, metadata={"help": "scoring windows per forward pass"})
+    save_dtype: str = save_dtype_field()
 
     def __post_init__(self) -> None:
         self.one_of("criterion", PRUNE_CRITERIA, "criterion")

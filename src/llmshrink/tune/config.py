@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from ..config import Config, FieldError
+from ..config import Config, FieldError, save_dtype_field
 from ..data.instruct import FORMATS
 from ..data.templates import TEMPLATES, get_template
 
@@ -78,6 +78,7 @@ class FinetuneConfig(Config):
                                                                 "and after"})
     save_every: int = field(default=50, metadata={"help": "checkpoint every N optimizer steps"})
     seed: int = field(default=0, metadata={"help": "seed of the data order and LoRA init"})
+    save_dtype: str = save_dtype_field()
 
     def __post_init__(self) -> None:
         parse_train(self.train)
