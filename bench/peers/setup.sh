@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the peers' virtual environment, separate from llmshrink's own:
-#   bash bench/peers/setup.sh            -> bench/peers/.venv with GPTQModel (CPU) and llmshrink
+#   bash bench/peers/setup.sh            -> bench/peers/.venv with GPTQModel (CPU), optimum and llmshrink
 # GPTQModel 7.6.0 is the newest release that accepts torch 2.13.0; torch is pinned with a
 # constraints file so pip never swaps in a CUDA build. AutoGPTQ 0.7.1 refuses to quantize
 # without CUDA, so it is not installed on CPU-only machines.
@@ -18,5 +18,7 @@ pip=("$py" -m pip install --quiet --disable-pip-version-check -c "$constraints")
 "$py" -c 'import torch' 2>/dev/null || "${pip[@]}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch==2.13.0
 # No CUDA toolkit here: GPTQModel's setup builds no extension when BUILD_CUDA_EXT=0.
 BUILD_CUDA_EXT=0 "${pip[@]}" --no-build-isolation gptqmodel==7.6.0 || BUILD_CUDA_EXT=0 "${pip[@]}" gptqmodel==7.6.0
+# transformers loads GPTQ checkpoints through optimum's GPTQ quantizer and gptqmodel's kernels.
+"${pip[@]}" optimum
 "${pip[@]}" -e .
 "$py" -c 'import gptqmodel, torch; print("gptqmodel", gptqmodel.__version__, "torch", torch.__version__)'
