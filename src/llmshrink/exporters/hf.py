@@ -78,10 +78,16 @@ def release_dtype(choice: str, source: Path | None, packed: bool) -> torch.dtype
 
 def _state_in(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """``model``'s state with its float tensors in ``dtype``; packed layers' tensors as they are
-    (GPTQ scales stay float16)."""
+    (GPTQ scales stay float16); a tied tensor once, under its first name (the cast copies would
+    otherwise be written twice: a tied lm_head is the embedding)."""
     packed = {name for name, m in model.named_modules() if isinstance(m, QuantLinear)}
-    return {k: v.to(dtype) if v.is_floating_point() and k.rpartition(".")[0] not in packed else v
-            for k, v in model.state_dict().items()}
+    state, seen = {}, set()
+    for k, v in model.state_dict().items():
+        if v.numel() and (v.data_ptr(), v.shape) in seen:
+            continue
+        seen.add((v.data_ptr(), v.shape))
+        state[k] = v.to(dtype) if v.is_floating_point() and k.rpartition(".")[0] not in packed else v
+    return state
 
 
 def round_to(model: torch.nn.Module, dtype: torch.dtype) -> None:
