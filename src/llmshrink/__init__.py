@@ -47,6 +47,7 @@ _API = {
     "BenchConfig": "llmshrink.eval.config",
     "GenerateConfig": "llmshrink.generation",
     "write_card": "llmshrink.jobs.card",
+    "check_output": "llmshrink.eval.check",
     "UserError": "llmshrink.errors",
 }
 
