@@ -1,7 +1,9 @@
 """Slow tier: GPTQ quality on the real default model, held to the numbers in BENCHMARKS.md
 ("GPTQ on the default model": 128 x 512 calibration tokens of shakespeare:calib, symmetric,
 act-order), scored on the first 16,384 tokens of shakespeare:eval (original 35.087) so that the
-tier fits CI's time; the same checkpoints score 36.860 (4-bit) and 45.218 (3-bit) on all 82,782.
+tier fits CI's time; the same checkpoints score 36.682 (4-bit) and 45.007 (3-bit) on all 82,271
+(re-measured 2026-12-03 with the tokenizer's SmolLM split restored, which moves calibration
+windows, and 16-bit release files).
 
 A threshold is the benchmarked perplexity plus 0.5 %: the solve is deterministic on one machine,
 the slack is for other CPUs' float rounding; any real regression of the solve costs more."""
@@ -41,7 +43,7 @@ def _ppl(model, max_tokens: int = 16_384) -> float:
     return rec["perplexity"]
 
 
-@pytest.mark.parametrize(("bits", "benchmark"), [(4, 37.641), (3, 45.098)])
+@pytest.mark.parametrize(("bits", "benchmark"), [(4, 37.551), (3, 45.494)])
 def test_gptq_g128_perplexity_holds_the_benchmark(bits, benchmark, request, tmp_path):
     out = request.getfixturevalue("q4_g128") if bits == 4 else tmp_path / "q3-g128"
     if bits != 4:
