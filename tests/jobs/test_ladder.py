@@ -60,6 +60,13 @@ def test_ladder_writes_every_file_and_its_table(tmp_path, model256, text_file):
     assert ladder_job.read_imatrix(out / "imatrix.gguf").keys() >= {"blk.0.attn_q.weight", "blk.1.ffn_down.weight"}
     md = (out / "ladder.md").read_text()
     assert "| Q4_K_M | llmshrink gptq |" in md and "| F16 | llmshrink (float) |" in md and "+0.000" in md
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "README.md")  # the release's card: metadata, the table, usage
+    d = card.data.to_dict()
+    assert d["library_name"] == "gguf" and d["quantized_by"] == "llmshrink" and "gguf" in d["tags"]
+    assert len(d["model-index"][0]["results"][0]["metrics"]) == 4  # one perplexity per file
+    assert md.strip() in card.text and f"llama-cli -m {rep.rows['q4_0']['file']}" in card.text
     # the ladder's file is the one a lone export writes (one set of windows made from the same settings)
     lone = tmp_path / "lone.gguf"
     export_gguf(load_model(str(model256)), GGUFConfig(type="q4_k_m", mse=False), lone, calib=_calib(text_file))
@@ -123,6 +130,9 @@ def test_cli_ladder(capsys, tmp_path, tiny_model_dir, text_file):
     printed, _ = capsys.readouterr()
     assert rc == 0 and "| Q4_0 | llmshrink gptq |" in printed
     assert sorted(p.name for p in out.glob("*.gguf")) == [f"{tiny_model_dir.name}-{t}.gguf" for t in ("F16", "Q4_0", "Q8_0")]
+    card = (out / "README.md").read_text()  # the reproduce line gives the same ladder
+    assert f"llmshrink export {tiny_model_dir} --out ladder " in card and "--ladder q8_0,q4_0" in card
+    assert f"--calib {text_file} --nsamples 4 --seqlen 32" in card and "--no-mse" in card
     rc = main(["export", str(tiny_model_dir), "--ladder", "q4_k_x", "--out", str(tmp_path / "x")])
     _, err = capsys.readouterr()
     assert rc == 2 and "unknown GGUF type 'q4_k_x'" in err and "Traceback" not in err

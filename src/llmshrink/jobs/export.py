@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from ..config import Config, Part
+from ..config import Config, Part, command_line
 from ..data.calib import CalibConfig
 from ..errors import UserError
 from ..exporters.config import GGUFConfig
@@ -89,6 +89,9 @@ def run_export(lm: LoadedModel, fmt: str, cfg: Config | None, out: Path, *, cali
         if load is None:  # no way to read the model again: solve on copies of it as given
             pristine = copy.deepcopy(lm)
             load = lambda: copy.deepcopy(pristine)  # noqa: E731
-        return run_ladder(lm, load, cfg or GGUFConfig(), ladder, Path(out), calib or CalibConfig(), progress=progress)
+        command = command_line("export", lm.name, out, PARTS, {"format": ExportFormat(format=fmt), "gguf": cfg,
+                                                              "ladder": ladder, "calib": calib})
+        return run_ladder(lm, load, cfg or GGUFConfig(), ladder, Path(out), calib or CalibConfig(), progress=progress,
+                          command=command)
     exporter = EXPORTERS[fmt]
     return exporter.write(lm, cfg, out, calib=calib, overwrite=overwrite, progress=progress)

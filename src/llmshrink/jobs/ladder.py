@@ -34,6 +34,7 @@ from ..models.load import LoadedModel
 from ..paths import atomic_file, claim_output, read_record
 from ..quant.importance import input_importance
 from .gguf_export import export_gguf
+from .ladder_card import ladder_table, render_ladder_card
 
 log = logging.getLogger(__name__)
 
@@ -121,28 +122,10 @@ def _open_folder(out: Path, settings: dict, sources: tuple[Path, ...]) -> dict:
 
 
 def _save(out: Path, rec: dict, table: str) -> None:
-    for name, text in (("ladder.json", json.dumps(rec, indent=2) + "\n"), ("ladder.md", table + "\n")):
+    for name, text in (("ladder.json", json.dumps(rec, indent=2) + "\n"), ("ladder.md", table + "\n"),
+                       ("README.md", render_ladder_card(rec, out.name))):
         with atomic_file(out / name) as tmp:
             tmp.write_text(text)
-
-
-def ladder_table(rec: dict) -> str:
-    """The Markdown table of a ladder record."""
-    rows = rec["rows"]
-    base = rows.get("f16", {}).get("perplexity")
-    s = rec["settings"]
-    lines = [f"GGUF ladder of {s['model']}: calibration {s['calib']['nsamples']} x {s['calib']['seqlen']} tokens of "
-             f"{s['calib']['data']}" + (f"; perplexity through llama.cpp on {s['eval']['data']}"
-                                        + (f" (first {s['eval']['max_tokens']} tokens)" if s['eval']['max_tokens']
-                                           else "") if s["eval"] else ""),
-             "", "| type | made by | size MB | bits/weight | perplexity | increase over F16 |",
-             "|---|---|---:|---:|---:|---:|"]
-    for t, r in rows.items():
-        ppl = r.get("perplexity")
-        inc = f"{ppl - base:+.3f}" if ppl is not None and base is not None else ""
-        lines.append(f"| {t.upper()} | {r['made_by']} | {r['size'] / 1e6:.1f} | {r['bits_per_weight']:.2f} | "
-                     f"{'' if ppl is None else f'{ppl:.3f}'} | {inc} |")
-    return "\n".join(lines)
 
 
 def _file_name(lm: LoadedModel, t: str) -> str:
@@ -183,7 +166,7 @@ class _Fresh:
 
 
 def run_ladder(lm: LoadedModel, load: Callable[[], LoadedModel], gcfg: GGUFConfig, ladder: LadderConfig,
-               out: Path, calib: CalibConfig, *, progress=None) -> LadderReport:
+               out: Path, calib: CalibConfig, *, progress=None, command: str | None = None) -> LadderReport:
     """Write every file of ``ladder`` into the folder ``out`` (resuming one made with the same
     settings), each scored through llama.cpp on ``ladder.eval_data``, starting from ``lm``;
     ``load`` gives a fresh copy of the model (a GPTQ solve rewrites the weights it solves)."""
@@ -191,6 +174,8 @@ def run_ladder(lm: LoadedModel, load: Callable[[], LoadedModel], gcfg: GGUFConfi
     model = _Fresh(lm, load)
     ecfg = ladder.eval_config()
     rec = _open_folder(out, _settings(lm, gcfg, calib, ecfg), lm.sources)
+    if command:
+        rec["command"] = command  # the card's reproduce line (not part of the settings' hash)
     for stale in out.glob(".*.part"):  # what a killed run was writing: never a finished file
         stale.unlink()
     params, windows, imatrix, types = lm.num_parameters, None, None, ladder.types
