@@ -8,7 +8,9 @@ reported with what to install; a consumer that fails says why (the exception's f
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -84,9 +86,10 @@ def _try(name: str, path: Path, kind: str, ids: torch.Tensor, ref_logits: torch.
     res = CheckResult(name, "failed")
     t0 = time.perf_counter()
     try:
-        logits_of = consumer.load(path, kind)
-        res.loads = True
-        logits, res.tokens = _greedy(logits_of, ids, NEW_TOKENS)
+        with contextlib.redirect_stdout(sys.stderr):  # a tool's banners must not mix into --json
+            logits_of = consumer.load(path, kind)
+            res.loads = True
+            logits, res.tokens = _greedy(logits_of, ids, NEW_TOKENS)
         res.runs = True
         if logits.shape != ref_logits.shape:
             res.why = f"logits of shape {tuple(logits.shape)}, llmshrink's {tuple(ref_logits.shape)}"
