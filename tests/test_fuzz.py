@@ -81,7 +81,7 @@ def test_gguf_header_and_tensor_table(gguf_bytes, edits, cut):
     path = _tmp(_mutate(gguf_bytes, edits, cut), ".gguf")
     try:
         info = _one_line_or_result(inspect_gguf, path)
-        assert info is None or set(info) == {"architecture", "tensors"}
+        assert info is None or set(info) == {"architecture", "tensors", "general", "tokenizer_pre"}
     finally:
         path.unlink()
 
