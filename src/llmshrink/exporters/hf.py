@@ -18,6 +18,7 @@ import torch
 from ..errors import UserError
 from ..models.arch import ArchSpec, arch_for
 from ..models.gptq_rules import skip_rules
+from ..models.load import DTYPES
 from ..paths import atomic_dir, output_path
 from ..quant.driver import QuantizeReport
 from ..quant.pack import packing_multiple
@@ -60,27 +61,28 @@ def quantization_config(scheme: dict, model: torch.nn.Module) -> dict:
     return {"quant_method": "gptq", "checkpoint_format": "gptq", **scheme, **({"dynamic": rules} if rules else {})}
 
 
-_TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-
-
 def release_dtype(choice: str, source: Path | None, packed: bool) -> torch.dtype:
     """The dtype of a folder's full-precision weights: ``choice``, or for ``auto`` the source
     folder's own 16-bit dtype, else (a float32 source: a GGUF conversion) float16 beside packed GPTQ
     layers (what GPTQ kernels compute in) and bfloat16 in a plain model (the range of float32)."""
     if choice != "auto":
-        return _TORCH_DTYPES[choice]
+        return DTYPES[choice]
     config = json.loads((source / "config.json").read_text()) if source and (source / "config.json").is_file() else {}
     own = config.get("dtype") or config.get("torch_dtype")
     if own in ("float16", "bfloat16"):
-        return _TORCH_DTYPES[own]
+        return DTYPES[own]
     return torch.float16 if packed else torch.bfloat16
+
+
+def _packed_names(model: torch.nn.Module) -> set[str]:
+    return {name for name, m in model.named_modules() if isinstance(m, QuantLinear)}
 
 
 def _state_in(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """``model``'s state with its float tensors in ``dtype``; packed layers' tensors as they are
     (GPTQ scales stay float16); a tied tensor once, under its first name (the cast copies would
     otherwise be written twice: a tied lm_head is the embedding)."""
-    packed = {name for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+    packed = _packed_names(model)
     state, seen = {}, set()
     for k, v in model.state_dict().items():
         if v.numel() and (v.data_ptr(), v.shape) in seen:
@@ -93,7 +95,7 @@ def _state_in(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Ten
 def round_to(model: torch.nn.Module, dtype: torch.dtype) -> None:
     """Round ``model``'s full-precision float parameters to ``dtype`` in place (keeping their own
     dtype): scored now, the model is the one :func:`save_folder` will write in ``dtype``."""
-    packed = {name for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+    packed = _packed_names(model)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.is_floating_point() and name.rpartition(".")[0] not in packed:

@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 
 from ..errors import UserError
+from ..models.origin import STEPS
 from ..models.zoo import ALIASES
 from ..paths import atomic_file
 from .card_text import Source, body, metadata
@@ -25,7 +26,6 @@ CARD = "README.md"
 EVALS = "llmshrink_evals.json"
 CHECKS = "llmshrink_check.json"
 # The records a folder can hold, in the order their steps happen (a tuned folder keeps its quantize record).
-STEPS = ("prune", "quantize", "finetune")
 
 
 def read_records(folder: Path) -> dict[str, dict]:

@@ -17,7 +17,7 @@ from .zoo import ALIASES
 
 log = logging.getLogger(__name__)
 
-STEP_RECORDS = ("llmshrink_prune.json", "llmshrink_quantize.json", "llmshrink_finetune.json")
+STEPS = ("prune", "quantize", "finetune")  # each writes llmshrink_<step>.json into its output folder
 
 
 def _read(path: Path) -> dict:
@@ -29,8 +29,8 @@ def _read(path: Path) -> dict:
 
 def _input_of(folder: Path) -> str | None:
     """The MODEL the first step that wrote ``folder`` read (None if llmshrink did not write it)."""
-    for name in STEP_RECORDS:
-        model = _read(folder / name).get("model")
+    for step in STEPS:
+        model = _read(folder / f"llmshrink_{step}.json").get("model")
         if model:
             return str(model)
     return None
