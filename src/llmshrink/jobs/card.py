@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 CARD = "README.md"
 EVALS = "llmshrink_evals.json"
 CHECKS = "llmshrink_check.json"
+RELEASE = "llmshrink_release.json"  # a release folder's name (its card's and files')
+GGUF_DIR = "gguf"  # a release folder's GGUF files, with their own ladder record and card
 # The records a folder can hold, in the order their steps happen (a tuned folder keeps its quantize record).
 
 
@@ -99,9 +101,15 @@ def render_card(folder: Path, *, name: str | None = None) -> str:
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
     qc = config.get("quantization_config")
     checks = json.loads((folder / CHECKS).read_text()) if (folder / CHECKS).is_file() else None
-    name = name or folder.name
+    release = json.loads((folder / RELEASE).read_text()) if (folder / RELEASE).is_file() else {}
+    ladder = folder / GGUF_DIR / "ladder.json"
+    if ladder.is_file():
+        release["ladder"] = json.loads(ladder.read_text())
+    name = name or release.get("name") or folder.name
     data = metadata(name, records, source, evals, qc)
-    text = f"---\n{data.to_yaml()}\n---\n\n{body(folder, name, records, source, evals, config, checks)}"
+    if release.get("ladder"):
+        data.tags = [*data.tags, "gguf"]
+    text = f"---\n{data.to_yaml()}\n---\n\n{body(folder, name, records, source, evals, config, checks, release)}"
     ModelCard(text)  # parsed back as the hub parses it: raises on metadata it could not read
     return text
 

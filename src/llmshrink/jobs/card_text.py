@@ -60,18 +60,24 @@ def measured(records: dict, evals: list) -> list[dict]:
 
 
 def body(folder: Path, name: str, records: dict, source: Source, evals: list, config: dict,
-         checks: dict | None = None) -> str:
+         checks: dict | None = None, release: dict | None = None) -> str:
     """The card's text below the metadata; ``config`` is the folder's ``config.json``, ``checks``
-    the last ``llmshrink check`` of the folder."""
+    the last ``llmshrink check`` of the folder, ``release`` a release folder's record (its
+    ``recipe`` file, and the ``ladder`` record of its GGUF files)."""
+    release = release or {}
     base = f" ([{source.base_model}](https://huggingface.co/{source.base_model}))" if source.base_model else ""
     parts = [f"# {name}", "",
              f"`{source.name}`{base}, {summary(records)}, made with llmshrink.",
              "", "## What was done", ""]
     parts += [f"- {line}" for step, rec in records.items() for line in DONE[step](rec)]
     parts += ["", "## Measured", "", *table(records, evals), "", "## Files", "", *files(folder), "",
-              "## Use", "", *usage(name, config, checks), "", "## Data", ""]
+              "## Use", "", *usage(name, config, checks), ""]
+    parts += [*gguf_files(release["ladder"]), ""] if release.get("ladder") else []
+    parts += ["## Data", ""]
     parts += [f"- {corpus_line(c)}" for c in data_of(records)] or ["- none (no calibration or training data)"]
     commands = [rec["command"] for rec in records.values() if rec.get("command")]
+    if release.get("recipe"):
+        commands = [f"llmshrink run {release['recipe']}  # the whole release, from the recipe in this folder"]
     if commands:
         parts += ["", "## Reproduce", "", "```bash", *commands, "```"]
     return "\n".join(parts) + "\n"
@@ -185,6 +191,18 @@ def usage(name: str, config: dict, checks: dict | None) -> list[str]:
     return lines
 
 
+def gguf_files(ladder: dict) -> list[str]:
+    """A release's GGUF section: its files (in ``gguf/``) with their measured rows, and how to run one."""
+    rows = ladder["rows"]
+    pick = next((r["file"] for t, r in rows.items() if t == "q4_k_m"), None) or next(
+        (r["file"] for t, r in rows.items() if t != "f16"), next(iter(rows.values()), {}).get("file", "FILE"))
+    return ["## GGUF files", "", "For llama.cpp, Ollama, LM Studio and llama-cpp-python, in `gguf/` (made from "
+            "this checkpoint: its packed layers carried exactly where their grid is the file type's and rounded again "
+            "to it otherwise, its full-precision layers solved by GPTQ on the type's grid). Perplexity is "
+            "llama.cpp's own.", "", ladder_table(ladder), "",
+            "```bash", f"llama-cli -m gguf/{pick} -p \"The king said\" -n 32", "```"]
+
+
 def data_of(records: dict) -> list[str]:
     specs = []
     q, f, p = records.get("quantize", {}), records.get("finetune", {}), records.get("prune", {})
@@ -217,3 +235,22 @@ def corpus_line(spec: str) -> str:
     if named is None:
         return f"`{spec}`: the user's own text"
     return f"`{spec}`: {named.description}; licence: {named.licence}"
+
+
+def ladder_table(rec: dict) -> str:
+    """The Markdown table of a ladder record."""
+    rows = rec["rows"]
+    base = rows.get("f16", {}).get("perplexity")
+    s = rec["settings"]
+    lines = [f"GGUF ladder of {s['model']}: calibration {s['calib']['nsamples']} x {s['calib']['seqlen']} tokens of "
+             f"{s['calib']['data']}" + (f"; perplexity through llama.cpp on {s['eval']['data']}"
+                                        + (f" (first {s['eval']['max_tokens']} tokens)" if s['eval']['max_tokens']
+                                           else "") if s["eval"] else ""),
+             "", "| type | made by | size MB | bits/weight | perplexity | increase over F16 |",
+             "|---|---|---:|---:|---:|---:|"]
+    for t, r in rows.items():
+        ppl = r.get("perplexity")
+        inc = f"{ppl - base:+.3f}" if ppl is not None and base is not None else ""
+        lines.append(f"| {t.upper()} | {r['made_by']} | {r['size'] / 1e6:.1f} | {r['bits_per_weight']:.2f} | "
+                     f"{'' if ppl is None else f'{ppl:.3f}'} | {inc} |")
+    return "\n".join(lines)

@@ -123,13 +123,13 @@ def _open_folder(out: Path, settings: dict, sources: tuple[Path, ...]) -> dict:
 
 def _save(out: Path, rec: dict, table: str) -> None:
     for name, text in (("ladder.json", json.dumps(rec, indent=2) + "\n"), ("ladder.md", table + "\n"),
-                       ("README.md", render_ladder_card(rec, out.name))):
+                       ("README.md", render_ladder_card(rec, rec.get("name") or out.name))):
         with atomic_file(out / name) as tmp:
             tmp.write_text(text)
 
 
-def _file_name(lm: LoadedModel, t: str) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(lm.name)).name.removesuffix(".gguf")).strip("-") or "model"
+def _file_name(name: str, t: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(name)).name.removesuffix(".gguf")).strip("-") or "model"
     return f"{stem}-{t.upper()}.gguf"
 
 
@@ -166,21 +166,26 @@ class _Fresh:
 
 
 def run_ladder(lm: LoadedModel, load: Callable[[], LoadedModel], gcfg: GGUFConfig, ladder: LadderConfig,
-               out: Path, calib: CalibConfig, *, progress=None, command: str | None = None) -> LadderReport:
+               out: Path, calib: CalibConfig, *, progress=None, command: str | None = None,
+               name: str | None = None) -> LadderReport:
     """Write every file of ``ladder`` into the folder ``out`` (resuming one made with the same
     settings), each scored through llama.cpp on ``ladder.eval_data``, starting from ``lm``;
-    ``load`` gives a fresh copy of the model (a GPTQ solve rewrites the weights it solves)."""
+    ``load`` gives a fresh copy of the model (a GPTQ solve rewrites the weights it solves).
+    Files are called ``NAME-TYPE.gguf`` (``name`` default: the model's)."""
     out = Path(out)
     model = _Fresh(lm, load)
     ecfg = ladder.eval_config()
     rec = _open_folder(out, _settings(lm, gcfg, calib, ecfg), lm.sources)
     if command:
         rec["command"] = command  # the card's reproduce line (not part of the settings' hash)
+    if name:
+        rec["name"] = name  # the release's name: its files' and card's (not part of the hash either)
+    stem = rec.get("name") or lm.name
     for stale in out.glob(".*.part"):  # what a killed run was writing: never a finished file
         stale.unlink()
     params, windows, imatrix, types = lm.num_parameters, None, None, ladder.types
     for t in progress(types, desc="ladder", unit="file") if progress else types:
-        path = out / _file_name(lm, t)
+        path = out / _file_name(stem, t)
         if t in rec["rows"] and path.is_file():
             continue
         t0 = time.perf_counter()
@@ -190,7 +195,7 @@ def run_ladder(lm: LoadedModel, load: Callable[[], LoadedModel], gcfg: GGUFConfi
             if t in LLAMACPP_TYPES:
                 if imatrix is None:  # one matrix for every llama.cpp-made file
                     imatrix = _imatrix(model.get(), windows, calib, out / "imatrix.gguf", progress)
-                llama_quantize(out / _file_name(lm, "f16"), path, t, imatrix)
+                llama_quantize(out / _file_name(stem, "f16"), path, t, imatrix)
             else:
                 cfg = GGUFConfig(**{**gcfg.to_dict(), "type": t})
                 export_gguf(model.get(), cfg, path, calib=calib, progress=progress, windows=windows,

@@ -4,7 +4,7 @@ the files with their sizes and measured perplexity, how to run them, the calibra
 from __future__ import annotations
 
 from .card import source_of
-from .card_text import corpora_of, corpus_line
+from .card_text import corpora_of, corpus_line, ladder_table
 
 
 def render_ladder_card(rec: dict, name: str) -> str:
@@ -41,22 +41,3 @@ def render_ladder_card(rec: dict, name: str) -> str:
     text = f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines) + "\n"
     ModelCard(text)  # parsed back as the hub parses it
     return text
-
-
-def ladder_table(rec: dict) -> str:
-    """The Markdown table of a ladder record."""
-    rows = rec["rows"]
-    base = rows.get("f16", {}).get("perplexity")
-    s = rec["settings"]
-    lines = [f"GGUF ladder of {s['model']}: calibration {s['calib']['nsamples']} x {s['calib']['seqlen']} tokens of "
-             f"{s['calib']['data']}" + (f"; perplexity through llama.cpp on {s['eval']['data']}"
-                                        + (f" (first {s['eval']['max_tokens']} tokens)" if s['eval']['max_tokens']
-                                           else "") if s["eval"] else ""),
-             "", "| type | made by | size MB | bits/weight | perplexity | increase over F16 |",
-             "|---|---|---:|---:|---:|---:|"]
-    for t, r in rows.items():
-        ppl = r.get("perplexity")
-        inc = f"{ppl - base:+.3f}" if ppl is not None and base is not None else ""
-        lines.append(f"| {t.upper()} | {r['made_by']} | {r['size'] / 1e6:.1f} | {r['bits_per_weight']:.2f} | "
-                     f"{'' if ppl is None else f'{ppl:.3f}'} | {inc} |")
-    return "\n".join(lines)

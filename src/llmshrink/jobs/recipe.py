@@ -1,5 +1,5 @@
-"""Recipes: an ordered list of stages (prune, quantize, finetune, export, eval), each stage's model
-feeding the next.
+"""Recipes: an ordered list of stages (prune, quantize, finetune, export, eval, release), each
+stage's model feeding the next.
 
 .. code-block:: yaml
 
@@ -10,13 +10,15 @@ feeding the next.
       - finetune: {train: "last:4", lm_head: true, distill_from: original, steps: 150}
       - eval: {data: "shakespeare:eval"}
       - export: {type: q4_0}
+      - release: {name: SmolLM2-135M-partial-3bit, ladder: [q4_k_m, q8_0]}
 
 Every stage's settings are the fields of its dataclass config (validated the same way as on the
 command line; an unknown stage or field is reported with its YAML path). Stage ``k`` writes to
 ``OUT/<k>-<stage>/``; a stage whose output exists and whose hash (its settings and every earlier
 stage's) matches is skipped on a re-run, so a killed run resumes at the stage it was in, and a
 fine-tune inside it resumes from its last checkpoint. ``distill_from: original`` is the recipe's
-input model.
+input model. ``release`` writes the folder one publishes (:mod:`.release`): the last model's
+checkpoint, its GGUF files, one card.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from . import export as export_job
 from . import finetune as finetune_job
 from . import prune as prune_job
 from . import quantize as quantize_job
+from . import release as release_job
+from .card import record_eval
 from .preflight import preflight
 
 log = logging.getLogger(__name__)
@@ -110,6 +114,11 @@ def _run_export(model: str, out: Path, c: dict, ctx: dict, progress) -> dict:
             "requantized": len(rep.requantized)}
 
 
+def _run_release(model: str, out: Path, c: dict, ctx: dict, progress) -> dict:
+    return release_job.run_release(model, out, c["release"], c["ladder"], c["gguf"], c["calib"], name=ctx["name"],
+                                   recipe=ctx["yaml"], progress=progress)
+
+
 def _run_eval(model: str, out: Path, c: dict, ctx: dict, progress) -> dict:
     from ..eval.run import evaluate_perplexity
     from ..models.load import load_model
@@ -118,6 +127,7 @@ def _run_eval(model: str, out: Path, c: dict, ctx: dict, progress) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     with atomic_file(out / "eval.json") as tmp:
         tmp.write_text(json.dumps(rec, indent=2) + "\n")
+    record_eval(Path(model), rec)  # a model a stage made keeps the score on its card (as llmshrink eval DIR does)
     return {"perplexity": rec["perplexity"], "data": rec["data"], "tokens": rec["tokens"]}
 
 
@@ -138,6 +148,7 @@ STAGES: dict[str, StageKind] = {
     "finetune": StageKind(finetune_job.PARTS, _run_finetune, True, _finetune_settings),
     "export": StageKind(export_job.PARTS, _run_export, False),
     "eval": StageKind((Part("eval", EvalConfig),), _run_eval, False),
+    "release": StageKind(release_job.PARTS, _run_release, False),
 }
 
 
@@ -177,8 +188,19 @@ def parse_recipe(data: Any, source: str = "<dict>") -> Recipe:
             configs = kind.parse(settings, f"{where}.{name}")
         except UserError as exc:
             raise UserError(f"{source}: {exc}") from None
+        if name == "release" and not any(STAGES[s.name].makes_model for s in stages):
+            raise UserError(f"{source}: {where}.release publishes a model a stage made: put a quantize, prune or "
+                            "finetune stage before it")
         stages.append(Stage(name, settings or {}, f"{where}.{name}", configs))
     return Recipe(data["model"], data["out"], stages, source)
+
+
+def recipe_yaml(recipe: Recipe) -> str:
+    """The recipe as YAML that :func:`load_recipe` reads back to the same stages."""
+    import yaml
+
+    data = {"model": recipe.model, "out": recipe.out, "stages": [{s.name: s.settings} for s in recipe.stages]}
+    return f"# {recipe.source}\n" + yaml.safe_dump(data, sort_keys=False)
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -210,12 +232,14 @@ def _done(out: Path, digest: str) -> dict | None:
     return rec if rec.get("hash") == digest else None
 
 
-def _forget_stale_checkpoint(root: Path, stage_out: Path, digest: str) -> None:
-    """A checkpoint left by an interrupted stage resumes only the same stage on the same input:
-    when the stage or anything before it changed, it is removed (its hash is kept beside it)."""
+def _forget_stale_output(root: Path, stage_out: Path, digest: str) -> None:
+    """What an interrupted stage left (a fine-tune's checkpoint beside its folder, a release's
+    GGUF files) resumes only the same stage on the same input: when the stage or anything before
+    it changed, both are removed (the hash it was started with is kept beside them)."""
     started = root / f".{stage_out.name}.hash"
     if not started.is_file() or started.read_text() != digest:
         shutil.rmtree(finetune_job.checkpoint_dir(stage_out), ignore_errors=True)
+        shutil.rmtree(stage_out, ignore_errors=True)
         started.write_text(digest)
 
 
@@ -261,7 +285,7 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, progress=None) 
     _preflight(recipe)
     root = _open_root(root, recipe)
     model, digest = recipe.model, hashlib.sha256(recipe.model.encode()).hexdigest()[:16]
-    ctx = {"original": recipe.model}
+    ctx = {"original": recipe.model, "name": root.name, "yaml": recipe_yaml(recipe)}
     summary: dict = {"recipe": recipe.source, "out": str(root), "stages": []}
     for k, stage in enumerate(recipe.stages):
         kind = STAGES[stage.name]
@@ -273,7 +297,7 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, progress=None) 
             log.info("stage %d (%s): done before with the same settings, skipped", k, stage.name)
             entry.update(status="skipped (done)", seconds=0.0, result=prior.get("result"))
         else:
-            _forget_stale_checkpoint(root, stage_out, digest)
+            _forget_stale_output(root, stage_out, digest)
             log.info("stage %d (%s) of %s -> %s", k, stage.name, model, stage_out)
             t0 = time.perf_counter()
             result = kind.run(model, stage_out, stage.configs, ctx, progress)
