@@ -30,13 +30,15 @@ def test_a_gptq_folder_without_gptqmodel_says_what_to_install(tmp_path, tiny_mod
     assert main(["-q", "quantize", str(tiny_model_dir), "--out", str(out), "--method", "rtn",
                  "--group-size", "32"]) == 0
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n in ("gptqmodel", "optimum") else real(n, *a))
+    gone = ("gptqmodel", "optimum", "vllm")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n in gone else real(n, *a))
     capsys.readouterr()
     assert main(["-q", "check", str(out), "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     by = {r["consumer"]: r for r in rep["results"]}
     assert by["transformers"]["status"] == "not installed" and by["transformers"]["why"] == "pip install gptqmodel optimum"
     assert by["gptqmodel"]["why"] == "pip install gptqmodel"
+    assert by["vllm"]["status"] == "not installed" and "bash bench/peers/vllm_setup.sh" in by["vllm"]["why"]
     assert json.loads((out / "llmshrink_check.json").read_text()) == rep  # kept beside the card
 
 
@@ -68,3 +70,42 @@ def test_bad_paths_and_consumers(tmp_path):
         check_output(tmp_path / "missing")
     with pytest.raises(UserError, match="has no config.json"):
         check_output(tmp_path)
+
+
+def test_vllm_rows_line_up_with_the_positions(tiny_model_dir, monkeypatch):
+    """vLLM gives the scores of prompt token i (after tokens < i) as prompt_logprobs[i] and those
+    after the last token as the sample's logprobs[0]; the consumer stacks them into logits. A
+    stand-in engine serving a transformers model's raw logits that way must check out exactly."""
+    import sys
+    import types
+    from dataclasses import dataclass
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    seen = {}
+
+    @dataclass
+    class Logprob:
+        logprob: float
+
+    class LLM:
+        def __init__(self, **kw):
+            seen.update(kw)
+
+        def generate(self, prompts, params, use_tqdm=True):
+            ids = torch.tensor([prompts[0]["prompt_token_ids"]])
+            with torch.no_grad():
+                logits = model(ids).logits[0]
+            rows = [{t: Logprob(float(v)) for t, v in enumerate(row)} for row in logits]
+            sample = types.SimpleNamespace(logprobs=[rows[-1]])
+            return [types.SimpleNamespace(prompt_logprobs=[None, *rows[:-1]], outputs=[sample])]
+
+    fake = types.ModuleType("vllm")
+    fake.LLM, fake.SamplingParams = LLM, lambda **kw: kw
+    fake.__spec__ = types.SimpleNamespace(name="vllm")
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    r = {x.consumer: x for x in check_output(tiny_model_dir, ["vllm"]).results}["vllm"]
+    assert r.status == "ok" and r.same_greedy and r.max_logit_diff < 1e-4, r
+    assert seen["logprobs_mode"] == "raw_logits" and seen["model"] == str(tiny_model_dir)

@@ -80,9 +80,8 @@ def _try(name: str, path: Path, kind: str, ids: torch.Tensor, ref_logits: torch.
     consumer = CONSUMERS[name]
     if kind not in consumer.kinds:
         return CheckResult(name, "not applicable", why=f"{name} does not load {kind} outputs")
-    missing = consumer.missing(kind)
-    if missing:
-        return CheckResult(name, "not installed", why=f"pip install {' '.join(missing)}")
+    if consumer.missing(kind):
+        return CheckResult(name, "not installed", why=consumer.how_to_install(kind))
     res = CheckResult(name, "failed")
     t0 = time.perf_counter()
     try:

@@ -37,10 +37,14 @@ class Consumer:
     load: Callable[[Path, str], Logits]
     snippet: Callable[[str, str], str]  # (folder or file as the user names it, kind) -> code
     gptq_needs: tuple[str, ...] = ()
+    install: str = ""  # how to get it, where ``pip install <import names>`` is not the way
 
     def missing(self, kind: str) -> list[str]:
         needs = self.needs + (self.gptq_needs if kind == "gptq" else ())
         return [m for m in needs if importlib.util.find_spec(m) is None]
+
+    def how_to_install(self, kind: str) -> str:
+        return self.install or f"pip install {' '.join(self.missing(kind))}"
 
 
 def _transformers(path: Path, kind: str) -> Logits:
@@ -64,6 +68,26 @@ def _llama_cpp(path: Path, kind: str) -> Logits:
     return lambda ids: model.model(ids).logits
 
 
+def _vllm(path: Path, kind: str) -> Logits:
+    """vLLM's offline engine as its docs start it (``LLM(model=...)``, its own dtype and kernels),
+    asked for the raw logits of every vocabulary entry at every position (prompt logprobs)."""
+    from vllm import LLM, SamplingParams
+
+    vocab = int(json.loads((path / "config.json").read_text())["vocab_size"])
+    llm = LLM(model=str(path), max_model_len=256, max_logprobs=-1, logprobs_mode="raw_logits", enforce_eager=True)
+    params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=vocab, logprobs=vocab)
+
+    def logits_of(ids: torch.Tensor) -> torch.Tensor:
+        out = llm.generate([{"prompt_token_ids": ids[0].tolist()}], params, use_tqdm=False)[0]
+        rows = [*out.prompt_logprobs[1:], out.outputs[0].logprobs[0]]  # row i: the scores after token i
+        logits = torch.full((1, len(rows), vocab), float("-inf"))
+        for i, row in enumerate(rows):
+            logits[0, i, list(row)] = torch.tensor([lp.logprob for lp in row.values()])
+        return logits
+
+    return logits_of
+
+
 def _snippet_transformers(name: str, kind: str) -> str:
     extra = "# pip install gptqmodel optimum  (GPTQ kernels)\n" if kind == "gptq" else ""
     return (f"{extra}from transformers import AutoModelForCausalLM, AutoTokenizer\n"
@@ -77,6 +101,12 @@ def _snippet_gptqmodel(name: str, kind: str) -> str:
             "print(model.tokenizer.decode(model.generate(\"The king said\")[0]))")
 
 
+def _snippet_vllm(name: str, kind: str) -> str:
+    return ("from vllm import LLM, SamplingParams\n"
+            f"llm = LLM(model=\"{name}\")\n"
+            "print(llm.generate(\"The king said\", SamplingParams(max_tokens=32))[0].outputs[0].text)")
+
+
 def _snippet_llama_cpp(name: str, kind: str) -> str:
     return (f"llama-cli -m {name} -p \"The king said\" -n 32\n"
             f"# or in Python: llama_cpp.Llama(\"{name}\")")
@@ -86,5 +116,7 @@ CONSUMERS: dict[str, Consumer] = {c.name: c for c in (
     Consumer("transformers", ("plain", "gptq"), ("transformers",), _transformers, _snippet_transformers,
              gptq_needs=("gptqmodel", "optimum")),
     Consumer("gptqmodel", ("gptq",), ("gptqmodel",), _gptqmodel, _snippet_gptqmodel),
+    Consumer("vllm", ("plain", "gptq"), ("vllm",), _vllm, _snippet_vllm,
+             install="pip install vllm (GPU), or vLLM's CPU build in its own environment: bash bench/peers/vllm_setup.sh"),
     Consumer("llama.cpp", ("gguf",), ("llama_cpp",), _llama_cpp, _snippet_llama_cpp),
 )}
