@@ -23,12 +23,19 @@ def test_auto_picks_the_largest_standard_size_that_divides_every_width():
 
 
 def test_notes_name_what_is_ruled_out_and_the_fix():
-    notes = compatibility_notes(QuantConfig(bits=4, group_size=128), SMOLLM2)
+    notes = compatibility_notes(QuantConfig(bits=4, group_size=128, static_groups=True), SMOLLM2)
     assert len(notes) == 1 and "does not divide the input width 576 of model.layers.0.self_attn.q_proj" in notes[0]
     assert "vLLM" in notes[0] and "64, 32 (--group-size auto picks 64)" in notes[0]
-    assert compatibility_notes(QuantConfig(bits=4, group_size=64), SMOLLM2) == []
-    three = compatibility_notes(QuantConfig(bits=3, group_size=64), SMOLLM2)
+    assert compatibility_notes(QuantConfig(bits=4, group_size=64, static_groups=True), SMOLLM2) == []
+    three = compatibility_notes(QuantConfig(bits=3, group_size=64, static_groups=True), SMOLLM2)
     assert three == ["vLLM on CPU runs 4- and 8-bit symmetric GPTQ checkpoints only, not 3-bit symmetric"]
+    # act-order with groups in solve order (desc_act): vLLM refuses it; static groups, RTN and
+    # per-row groups write the trivial g_idx
+    dynamic = compatibility_notes(QuantConfig(bits=4, group_size=64), SMOLLM2)
+    assert len(dynamic) == 1 and "refused by vLLM" in dynamic[0] and "--static-groups" in dynamic[0]
+    for plain in (QuantConfig(method="rtn", group_size=64), QuantConfig(group_size=-1),
+                  QuantConfig(group_size=64, act_order=False)):
+        assert compatibility_notes(plain, SMOLLM2) == [] and not plain.permuted_groups
 
 
 def test_quantize_says_so_up_front_and_auto_is_recorded_as_chosen(tmp_path, tiny_model_dir, capsys):

@@ -50,6 +50,24 @@ def test_partially_quantized_checkpoint_saves_reloads_and_matches(tmp_path, toke
     assert a == pytest.approx(b, rel=1e-6)
 
 
+def test_static_groups_make_a_plain_checkpoint_with_the_act_order_solve(tmp_path, tokenizer):
+    """Act-order with static groups: the solve goes by decreasing Hessian diagonal, the groups stay
+    contiguous, so g_idx is the trivial one and the config says desc_act false (what vLLM needs)."""
+    model = make_tiny_model(len(tokenizer), layers=2)
+    calib = torch.randint(0, len(tokenizer), (16, 32), generator=torch.Generator().manual_seed(0))
+    report = quantize_model(model, arch_of(model), calib, QuantConfig(group_size=16, act_order=True,
+                                                                      static_groups=True), blocks=range(0, 2))
+    out = save_quantized(model, tokenizer, report, tmp_path / "q")
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc["desc_act"] is False and qc["static_groups"] is True
+    with safe_open(out / "model.safetensors", "pt") as fh:
+        names = set(fh.keys())
+        g_idx = {k: fh.get_tensor(k) for k in names if k.endswith(".g_idx")}
+    assert len(g_idx) == 14
+    for name, g in g_idx.items():
+        assert torch.equal(g, torch.arange(len(g), dtype=g.dtype) // 16), name
+
+
 def test_save_into_missing_folder(tmp_path, tokenizer):
     model = make_tiny_model(len(tokenizer))
     report = quantize_model(model, arch_of(model), torch.randint(0, 50, (4, 16)), QuantConfig(group_size=16),

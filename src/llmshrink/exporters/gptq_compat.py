@@ -3,8 +3,8 @@
 The kernels people load GPTQ checkpoints with have shape rules of their own: transformers and
 GPTQModel on CPU pick torch's int4 kernel (``_weight_int4pack_mm_cpu``), vLLM's GPTQ and Marlin
 kernels split the input width into whole groups; each refuses a layer whose width the group size
-does not divide (SmolLM2's 576: any of 128). vLLM's CPU build packs only 4- and 8-bit symmetric
-checkpoints. llmshrink itself, GPTQModel's ``gptq_torch`` backend and the GGUF exporter take any.
+does not divide (SmolLM2's 576: any of 128). vLLM refuses act-order checkpoints whose groups follow
+the solve order (``desc_act``), and its CPU build packs only 4- and 8-bit symmetric ones. llmshrink itself, GPTQModel's ``gptq_torch`` backend and the GGUF exporter take any.
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ def compatibility_notes(cfg: QuantConfig, widths: Mapping[str, int]) -> list[str
                      f"{ragged[0]}{more}: transformers and GPTQModel (CPU int4 kernel), vLLM and Marlin refuse "
                      f"such layers; only llmshrink, GPTQModel's gptq_torch backend and GGUF export read them; "
                      f"{hint}")
+    if cfg.permuted_groups:
+        notes.append("act-order with groups in solve order (desc_act) is refused by vLLM (0.2x and later); "
+                     "--static-groups keeps act-order's solve with consecutive groups, a checkpoint every loader reads")
     if cfg.bits not in (4, 8) or not cfg.sym:
         notes.append(f"vLLM on CPU runs 4- and 8-bit symmetric GPTQ checkpoints only, not "
                      f"{cfg.bits}-bit {'symmetric' if cfg.sym else 'asymmetric'}")

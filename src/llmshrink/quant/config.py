@@ -72,6 +72,12 @@ class QuantConfig(Config):
         return (1 << self.bits) - 1
 
     @property
+    def permuted_groups(self) -> bool:
+        """Groups follow the act-order solve (a non-trivial ``g_idx``: GPTQ's ``desc_act``), rather
+        than consecutive columns (static groups, per-row, RTN)."""
+        return self.method == "gptq" and self.act_order and not self.static_groups and not self.per_row
+
+    @property
     def per_row(self) -> bool:
         """One group spans each whole row (``group_size = -1``)."""
         return self.group_size == -1

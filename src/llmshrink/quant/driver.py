@@ -59,7 +59,9 @@ class QuantizeReport:
     def scheme(self) -> dict:
         """What the quantized layers are, in the terms of the GPTQ checkpoint format."""
         cfg = self.config
-        return {"bits": cfg.bits, "group_size": cfg.group_size, "desc_act": cfg.act_order, "sym": cfg.sym,
+        # desc_act means permuted groups (a g_idx loaders must follow); static groups stay consecutive
+        # whatever the solve order, so such a checkpoint is a plain one (vLLM refuses desc_act).
+        return {"bits": cfg.bits, "group_size": cfg.group_size, "desc_act": cfg.permuted_groups, "sym": cfg.sym,
                 "static_groups": cfg.static_groups, "true_sequential": self.true_sequential,
                 "damp_percent": cfg.damp, "method": cfg.method, "lm_head": self.lm_head,
                 "modules_in_block_to_quantize": [sorted(r.name for r in self.layers)]}
