@@ -173,3 +173,14 @@ def test_a_check_puts_verified_usage_on_the_card(runs):
     assert 'GPTQModel.load("q")' in text and "not verified" not in text
     assert "In transformers: does not run this folder (`llmshrink check`: RuntimeError: expect K" in text
     assert json.loads((runs["q"] / "llmshrink_check.json").read_text())["kind"] == "gptq"
+    # a check in another environment (vLLM's, without GPTQModel) adds its consumer and keeps the
+    # results of those it could not try
+    other = {"path": str(runs["q"]), "kind": "gptq", "results": [
+        {"consumer": "gptqmodel", "status": "not installed", "why": "pip install gptqmodel"},
+        {"consumer": "transformers", "status": "not installed", "why": "pip install gptqmodel optimum"},
+        {"consumer": "vllm", "status": "ok", "max_logit_diff": 0.5, "same_greedy": True, "why": ""}]}
+    text = ModelCard.load(record_check(runs["q"], other)).text
+    assert "In gptqmodel: verified" in text and "In vllm: verified" in text and 'LLM(model="q")' in text
+    assert "In transformers: does not run this folder" in text
+    kept = {r["consumer"]: r["status"] for r in json.loads((runs["q"] / "llmshrink_check.json").read_text())["results"]}
+    assert kept == {"gptqmodel": "ok", "transformers": "failed", "vllm": "ok"}

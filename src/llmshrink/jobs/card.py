@@ -115,10 +115,18 @@ def render_card(folder: Path, *, name: str | None = None) -> str:
 
 
 def record_check(folder: Path, report: dict) -> Path | None:
-    """Keep the last ``llmshrink check`` of a folder llmshrink wrote (``llmshrink_check.json``) and
-    write its card again, with the usage of each consumer that ran it; returns the card, or None."""
+    """Keep ``llmshrink check``'s result in a folder llmshrink wrote (``llmshrink_check.json``) and
+    write its card again, with the usage of each consumer that ran it; returns the card, or None.
+    Consumers live in different environments (GPTQModel's, vLLM's), so a consumer this run could
+    not try keeps the result an earlier run in another environment got."""
     folder = Path(folder)
-    return _keep(folder, CHECKS, report) if folder.is_dir() and read_records(folder) else None
+    if not (folder.is_dir() and read_records(folder)):
+        return None
+    before = json.loads((folder / CHECKS).read_text()) if (folder / CHECKS).is_file() else {}
+    tried = {r["consumer"]: r for r in before.get("results", []) if r.get("status") in ("ok", "failed")}
+    results = [r if r.get("status") in ("ok", "failed") else tried.get(r["consumer"], r) for r in report["results"]]
+    results += [r for name, r in tried.items() if name not in {x["consumer"] for x in results}]
+    return _keep(folder, CHECKS, {**report, "results": results})
 
 
 def _keep(folder: Path, name: str, data) -> Path | None:
