@@ -83,10 +83,24 @@ def _no_check(path, consumers=None):
 
 
 @pytest.mark.parametrize("stages, message", [
-    ([{"release": {}}], r"stages\[0\]\.release publishes a model a stage made"),
+    ([{"release": {}}], r"stages\[0\]\.release publishes a model llmshrink made"),
     ([{"eval": {}}, {"release": {"ladder": ["q9_9"]}}], r"stages\[1\]\.release\.ladder: unknown GGUF type"),
     ([{"quantize": {}}, {"release": {"name": "a/b"}}], r"stages\[1\]\.release\.name: give a name without '/'"),
 ])
 def test_release_settings_are_checked_before_anything_runs(tmp_path, stages, message):
     with pytest.raises(UserError, match=message):
         parse_recipe({"model": "smollm2-135m", "out": str(tmp_path / "o"), "stages": stages})
+
+
+def test_a_folder_llmshrink_made_is_released_as_it_is(src, tmp_path, text_file, monkeypatch):
+    monkeypatch.setattr("llmshrink.eval.check.check_output", _no_check)
+    q = tmp_path / "q"
+    from llmshrink.cli import main
+
+    assert main(["-q", "quantize", str(src), "--out", str(q), "--method", "rtn", "--group-size", "16"]) == 0
+    summary = run_recipe(parse_recipe({"model": str(q), "out": str(tmp_path / "out"), "stages": [
+        {"release": {"name": "tiny-rtn"}}]}))
+    rel = tmp_path / "out" / "0-release"
+    assert summary["stages"][0]["result"]["name"] == "tiny-rtn" and not (rel / "gguf").exists()
+    assert (rel / "model.safetensors").read_bytes() == (q / "model.safetensors").read_bytes()
+    assert ModelCard.load(rel / "README.md").data.quantized_by == "llmshrink"

@@ -43,7 +43,7 @@ from . import finetune as finetune_job
 from . import prune as prune_job
 from . import quantize as quantize_job
 from . import release as release_job
-from .card import record_eval
+from .card import read_records, record_eval
 from .preflight import preflight
 
 log = logging.getLogger(__name__)
@@ -188,9 +188,10 @@ def parse_recipe(data: Any, source: str = "<dict>") -> Recipe:
             configs = kind.parse(settings, f"{where}.{name}")
         except UserError as exc:
             raise UserError(f"{source}: {exc}") from None
-        if name == "release" and not any(STAGES[s.name].makes_model for s in stages):
-            raise UserError(f"{source}: {where}.release publishes a model a stage made: put a quantize, prune or "
-                            "finetune stage before it")
+        if name == "release" and not any(STAGES[s.name].makes_model for s in stages) \
+                and not read_records(Path(data["model"]).expanduser()):
+            raise UserError(f"{source}: {where}.release publishes a model llmshrink made: put a quantize, prune or "
+                            "finetune stage before it, or give such a folder as the recipe's model")
         stages.append(Stage(name, settings or {}, f"{where}.{name}", configs))
     return Recipe(data["model"], data["out"], stages, source)
 
