@@ -99,7 +99,8 @@ def test_vllm_rows_line_up_with_the_positions(tiny_model_dir, monkeypatch):
             with torch.no_grad():
                 logits = model(ids).logits[0]
             rows = [{t: Logprob(float(v)) for t, v in enumerate(row)} for row in logits]
-            sample = types.SimpleNamespace(logprobs=[rows[-1]])
+            sample = types.SimpleNamespace(logprobs=[rows[-1]] if params.get("logprobs") else None,
+                                           token_ids=[int(logits[-1].argmax())])
             return [types.SimpleNamespace(prompt_logprobs=[None, *rows[:-1]], outputs=[sample])]
 
     fake = types.ModuleType("vllm")
