@@ -110,3 +110,23 @@ def test_vllm_rows_line_up_with_the_positions(tiny_model_dir, monkeypatch):
     r = {x.consumer: x for x in check_output(tiny_model_dir, ["vllm"]).results}["vllm"]
     assert r.status == "ok" and r.same_greedy and r.max_logit_diff < 1e-4, r
     assert seen["logprobs_mode"] == "raw_logits" and seen["model"] == str(tiny_model_dir)
+
+
+def test_what_a_tool_and_its_processes_print_stays_out_of_json(tiny_model_dir, monkeypatch, capfd):
+    import os
+    import subprocess
+
+    from llmshrink.eval import consumers
+
+    def noisy(path, kind):
+        os.write(1, b"banner from the tool\n")
+        subprocess.run(["echo", "banner from its engine process"], check=True)
+        return consumers._transformers(path, kind)
+
+    real = consumers.CONSUMERS["transformers"]
+    monkeypatch.setitem(consumers.CONSUMERS, "transformers",
+                        real.__class__("transformers", ("plain",), (), noisy, real.snippet))
+    assert main(["-q", "check", str(tiny_model_dir), "--consumer", "transformers", "--json", "--no-record"]) == 0
+    out, err = capfd.readouterr()
+    assert json.loads(out)["results"][0]["status"] == "ok"
+    assert "banner from the tool" in err and "banner from its engine process" in err

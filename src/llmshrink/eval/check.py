@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -70,6 +71,22 @@ def _greedy(logits_of, ids: torch.Tensor, n: int) -> tuple[torch.Tensor, list[in
     return first, out
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Everything written to stdout meanwhile goes to stderr, at the file-descriptor level, so the
+    processes a tool starts (vLLM's engine) print there too, for as long as they live."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
@@ -85,7 +102,7 @@ def _try(name: str, path: Path, kind: str, ids: torch.Tensor, ref_logits: torch.
     res = CheckResult(name, "failed")
     t0 = time.perf_counter()
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # a tool's banners must not mix into --json
+        with _stdout_to_stderr():  # a tool's banners must not mix into --json
             logits_of = consumer.load(path, kind)
             res.loads = True
             logits, res.tokens = _greedy(logits_of, ids, NEW_TOKENS)
