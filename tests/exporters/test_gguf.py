@@ -100,7 +100,7 @@ def test_transformers_reads_our_f16_file_back(tmp_path, tiny):
     assert back.tokenizer("To be, or not")["input_ids"] == lm.tokenizer("To be, or not")["input_ids"]
 
 
-def test_untied_pruned_and_partially_quantized_models_export(tmp_path, tokenizer, text_file):
+def test_untied_pruned_and_partially_quantized_models_export(tmp_path, tokenizer, text_file, caplog):
     model = make_tiny_model(len(tokenizer), layers=3, tie=False)
     calib = torch.randint(0, len(tokenizer), (8, 32), generator=torch.Generator().manual_seed(0))
     # Block 0 on Q4_0's own grid (4-bit, sym, groups of 32 in order): carried over exactly;
@@ -115,6 +115,9 @@ def test_untied_pruned_and_partially_quantized_models_export(tmp_path, tokenizer
     rep = export_gguf(lm, GGUFConfig(type="q4_0"), tmp_path / "m.gguf", calib=_calib(text_file))
     assert len(rep.carried) == 7 and all(".0." in n for n in rep.carried)
     assert len(rep.requantized) == 7 and len(rep.solved) == 7
+    said = [r.getMessage() for r in caplog.records if "rounded again" in r.getMessage()]
+    assert said == ["7 packed layers (model.layers.1.self_attn.q_proj, ...) are not on their file type's grid: "
+                    "dequantized and rounded again"]  # one line for the file, not one per layer
     _, w = _reader_weights(tmp_path / "m.gguf")
     assert w["output.weight"][0] == "Q8_0"
     packed = lm.model.model.layers[0].mlp.up_proj.dequantized_weight()

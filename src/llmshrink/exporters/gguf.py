@@ -88,8 +88,7 @@ def _linear_bytes(name: str, mod: torch.nn.Module, t: GGMLType, qcfg: QuantConfi
             report.carried.append(name)
             return t.pack(res)
         report.requantized.append(name)
-        log.warning("%s: its %d-bit GPTQ grid is not %s's; dequantized and rounded again to %s", name, mod.bits,
-                    t.name, t.name)
+        log.debug("%s: its %d-bit GPTQ grid is not %s's; dequantized and rounded again", name, mod.bits, t.name)
         return t.encode(mod.dequantized_weight(), qcfg)
     if t.quantized:
         report.solved.append(name)
@@ -233,5 +232,8 @@ def write_gguf(lm: LoadedModel, cfg: GGUFConfig, out: Path, results: dict[str, Q
         w.close()
     report.size = out.stat().st_size
     report.seconds = time.perf_counter() - t0
+    if report.requantized:
+        log.warning("%d packed layers (%s, ...) are not on their file type's grid: dequantized and rounded again",
+                    len(report.requantized), report.requantized[0])
     log.info("wrote %s (%s, %.1f MB) in %.1f s", out, cfg.type, report.size / 1e6, report.seconds)
     return report
