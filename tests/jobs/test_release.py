@@ -99,8 +99,14 @@ def test_a_folder_llmshrink_made_is_released_as_it_is(src, tmp_path, text_file, 
 
     assert main(["-q", "quantize", str(src), "--out", str(q), "--method", "rtn", "--group-size", "16"]) == 0
     summary = run_recipe(parse_recipe({"model": str(q), "out": str(tmp_path / "out"), "stages": [
-        {"release": {"name": "tiny-rtn"}}]}))
+        {"release": {"name": "tiny-rtn", "ladder": ["q8_0"], "eval_data": "none"}}]}))
     rel = tmp_path / "out" / "0-release"
-    assert summary["stages"][0]["result"]["name"] == "tiny-rtn" and not (rel / "gguf").exists()
+    assert summary["stages"][0]["result"]["name"] == "tiny-rtn"
     assert (rel / "model.safetensors").read_bytes() == (q / "model.safetensors").read_bytes()
-    assert ModelCard.load(rel / "README.md").data.quantized_by == "llmshrink"
+    card = ModelCard.load(rel / "README.md")
+    assert card.data.quantized_by == "llmshrink"
+    # the GGUF rows say how a packed model's file was made; the card reproduces both steps
+    rows = json.loads((rel / "gguf" / "ladder.json").read_text())["rows"]
+    assert rows["q8_0"]["made_by"] == "llmshrink: 28 packed layers rounded again"
+    assert "| Q8_0 | llmshrink: 28 packed layers rounded again |" in card.text
+    assert f"llmshrink quantize {src}" in card.text and "llmshrink run recipe.yaml" in card.text

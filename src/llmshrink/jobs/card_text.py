@@ -77,7 +77,7 @@ def body(folder: Path, name: str, records: dict, source: Source, evals: list, co
     parts += [f"- {corpus_line(c)}" for c in data_of(records)] or ["- none (no calibration or training data)"]
     commands = [rec["command"] for rec in records.values() if rec.get("command")]
     if release.get("recipe"):
-        commands = [f"llmshrink run {release['recipe']}  # the whole release, from the recipe in this folder"]
+        commands.append(f"llmshrink run {release['recipe']}  # the release, from the recipe in this folder")
     if commands:
         parts += ["", "## Reproduce", "", "```bash", *commands, "```"]
     return "\n".join(parts) + "\n"

@@ -97,6 +97,16 @@ def _made_by(t: str, gcfg: GGUFConfig) -> str:
     return f"llmshrink {gcfg.method}"
 
 
+def _made_from_packed(rep) -> str | None:
+    """How a file of a model with packed layers was made (None for a plain model's)."""
+    if not (rep.carried or rep.requantized):
+        return None
+    parts = [f"{len(rep.carried)} packed layers carried exactly"] if rep.carried else []
+    parts += [f"{len(rep.requantized)} packed layers rounded again"] if rep.requantized else []
+    parts += [f"{len(rep.solved)} float layers solved"] if rep.solved else []
+    return "llmshrink: " + ", ".join(parts)
+
+
 def _settings(lm: LoadedModel, gcfg: GGUFConfig, calib: CalibConfig, ecfg: EvalConfig | None) -> dict:
     solve = {k: v for k, v in gcfg.to_dict().items() if k != "type"}
     return {"model": lm.name, "gguf": solve, "calib": calib.to_dict(), "eval": ecfg.to_dict() if ecfg else None}
@@ -189,6 +199,7 @@ def run_ladder(lm: LoadedModel, load: Callable[[], LoadedModel], gcfg: GGUFConfi
         if t in rec["rows"] and path.is_file():
             continue
         t0 = time.perf_counter()
+        made_by = _made_by(t, gcfg)
         if not path.is_file():
             if windows is None and t != "f16" and (t in LLAMACPP_TYPES or gcfg.method == "gptq"):
                 windows = calibration_windows(lm.tokenizer, calib)  # one set for every solve and the imatrix
@@ -198,11 +209,12 @@ def run_ladder(lm: LoadedModel, load: Callable[[], LoadedModel], gcfg: GGUFConfi
                 llama_quantize(out / _file_name(stem, "f16"), path, t, imatrix)
             else:
                 cfg = GGUFConfig(**{**gcfg.to_dict(), "type": t})
-                export_gguf(model.get(), cfg, path, calib=calib, progress=progress, windows=windows,
-                            overwrite=True)
+                rep = export_gguf(model.get(), cfg, path, calib=calib, progress=progress, windows=windows,
+                                  overwrite=True)
                 model.dirty |= cfg.quant_config() is not None  # the solve rewrote the weights
+                made_by = _made_from_packed(rep) or made_by
         size = path.stat().st_size
-        row = {"file": path.name, "made_by": _made_by(t, gcfg), "size": size, "bits_per_weight": 8 * size / params,
+        row = {"file": path.name, "made_by": made_by, "size": size, "bits_per_weight": 8 * size / params,
                "seconds": time.perf_counter() - t0}
         if ecfg is not None:
             row.update(_score(path, ecfg))
