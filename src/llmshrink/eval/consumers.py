@@ -81,18 +81,19 @@ def _vllm(path: Path, kind: str) -> Logits:
               **memory)
     full = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=vocab, logprobs=vocab)
     greedy = SamplingParams(max_tokens=1, temperature=0.0)
-    calls = [0]
+    first = True
 
     def logits_of(ids: torch.Tensor) -> torch.Tensor:
         """Every score on the first call (the one compared); then vLLM's own greedy token, as
         the only finite entry of the last row (all the continuation needs, at 1/8 the cost)."""
-        calls[0] += 1
+        nonlocal first
         prompt = [{"prompt_token_ids": ids[0].tolist()}]
-        if calls[0] > 1:
+        if not first:
             token = llm.generate(prompt, greedy, use_tqdm=False)[0].outputs[0].token_ids[0]
             logits = torch.full((1, ids.shape[1], vocab), float("-inf"))
             logits[0, -1, token] = 0.0
             return logits
+        first = False
         out = llm.generate(prompt, full, use_tqdm=False)[0]
         rows = [*out.prompt_logprobs[1:], out.outputs[0].logprobs[0]]  # row i: the scores after token i
         logits = torch.full((1, len(rows), vocab), float("-inf"))

@@ -4,7 +4,8 @@ The kernels people load GPTQ checkpoints with have shape rules of their own: tra
 GPTQModel on CPU pick torch's int4 kernel (``_weight_int4pack_mm_cpu``), vLLM's GPTQ and Marlin
 kernels split the input width into whole groups; each refuses a layer whose width the group size
 does not divide (SmolLM2's 576: any of 128). vLLM refuses act-order checkpoints whose groups follow
-the solve order (``desc_act``), and its CPU build packs only 4- and 8-bit symmetric ones. llmshrink itself, GPTQModel's ``gptq_torch`` backend and the GGUF exporter take any.
+the solve order (``desc_act``), and its CPU build packs only 4- and 8-bit symmetric ones.
+llmshrink itself, GPTQModel's ``gptq_torch`` backend and the GGUF exporter take any.
 """
 
 from __future__ import annotations

@@ -27,10 +27,11 @@ EVALS = "llmshrink_evals.json"
 CHECKS = "llmshrink_check.json"
 RELEASE = "llmshrink_release.json"  # a release folder's name (its card's and files')
 GGUF_DIR = "gguf"  # a release folder's GGUF files, with their own ladder record and card
-# The records a folder can hold, in the order their steps happen (a tuned folder keeps its quantize record).
 
 
 def read_records(folder: Path) -> dict[str, dict]:
+    """The ``llmshrink_<step>.json`` records ``folder`` holds, in the order their steps happen (a
+    tuned folder keeps its quantize record)."""
     out = {}
     for step in STEPS:
         path = folder / f"llmshrink_{step}.json"
@@ -124,8 +125,9 @@ def record_check(folder: Path, report: dict) -> Path | None:
         return None
     before = json.loads((folder / CHECKS).read_text()) if (folder / CHECKS).is_file() else {}
     tried = {r["consumer"]: r for r in before.get("results", []) if r.get("status") in ("ok", "failed")}
+    now = {r["consumer"] for r in report["results"]}
     results = [r if r.get("status") in ("ok", "failed") else tried.get(r["consumer"], r) for r in report["results"]]
-    results += [r for name, r in tried.items() if name not in {x["consumer"] for x in results}]
+    results += [r for name, r in tried.items() if name not in now]
     return _keep(folder, CHECKS, {**report, "results": results})
 
 

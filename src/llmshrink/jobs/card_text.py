@@ -193,14 +193,20 @@ def usage(name: str, config: dict, checks: dict | None) -> list[str]:
 
 def gguf_files(ladder: dict) -> list[str]:
     """A release's GGUF section: its files (in ``gguf/``) with their measured rows, and how to run one."""
-    rows = ladder["rows"]
-    pick = next((r["file"] for t, r in rows.items() if t == "q4_k_m"), None) or next(
-        (r["file"] for t, r in rows.items() if t != "f16"), next(iter(rows.values()), {}).get("file", "FILE"))
+    pick = example_file(ladder["rows"], prefer="q4_k_m")
     return ["## GGUF files", "", "For llama.cpp, Ollama, LM Studio and llama-cpp-python, in `gguf/` (made from "
             "this checkpoint: its packed layers carried exactly where their grid is the file type's and rounded again "
             "to it otherwise, its full-precision layers solved by GPTQ on the type's grid). Perplexity is "
             "llama.cpp's own.", "", ladder_table(ladder), "",
             "```bash", f"llama-cli -m gguf/{pick} -p \"The king said\" -n 32", "```"]
+
+
+def example_file(rows: dict, prefer: str | None = None) -> str:
+    """The GGUF file a usage line names: ``prefer``'s if the ladder has it, else the first that is
+    not F16 (F16 itself in a ladder of F16 alone)."""
+    if prefer in rows:
+        return rows[prefer]["file"]
+    return next((r["file"] for t, r in rows.items() if t != "f16"), next(iter(rows.values()), {}).get("file", "FILE"))
 
 
 def data_of(records: dict) -> list[str]:

@@ -4,7 +4,7 @@ the files with their sizes and measured perplexity, how to run them, the calibra
 from __future__ import annotations
 
 from .card import source_of
-from .card_text import corpora_of, corpus_line, ladder_table
+from .card_text import corpora_of, corpus_line, example_file, ladder_table
 
 
 def render_ladder_card(rec: dict, name: str) -> str:
@@ -24,7 +24,7 @@ def render_ladder_card(rec: dict, name: str) -> str:
         pipeline_tag="text-generation", tags=["llmshrink", "gguf", "gptq"], quantized_by="llmshrink",
         model_name=name if results else None, eval_results=results or None)
     base = f" ([{source.base_model}](https://huggingface.co/{source.base_model}))" if source.base_model else ""
-    first = next((r["file"] for t, r in rows.items() if t != "f16"), next(iter(rows.values()), {}).get("file", "FILE"))
+    first = example_file(rows)
     lines = [f"# {name}", "", f"GGUF files of `{s['model']}`{base} for llama.cpp (and Ollama, LM Studio, "
              "llama-cpp-python), made with llmshrink: each type GPTQ can target solved by GPTQ on the type's "
              "own grid and written into its blocks with no second rounding; the others made by llama.cpp's "
