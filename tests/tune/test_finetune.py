@@ -9,6 +9,7 @@ from llmshrink.jobs import finetune as finetune_job
 from llmshrink.models.load import load_model
 from llmshrink.tune import finetune as ft
 from llmshrink.tune.config import FinetuneConfig
+from llmshrink.tune.front import CachedFront
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def test_the_loss_is_taken_on_a_fresh_reproducible_fraction_of_positions(dirs):
     cfg = _cfg(dirs, loss_tokens=0.25)
     _root, first = ft.select_trainable(lm, cfg)
     batches = ft.text_batches(lm, cfg, 2)
-    loss = ft.TailLoss(lm, first, cfg, batches, ft.cache_inputs(lm, batches, first), None)
+    loss = ft.TailLoss(lm, first, cfg, batches, CachedFront(lm, batches.ids, first), None)
     real = batches.real[0][:, 1:]
     draws = [loss.positions(0) for _ in range(400)]
     assert all(d.shape == real.shape and not (d & ~real).any() and d.any() for d in draws)
@@ -103,7 +104,7 @@ def test_the_loss_is_taken_on_a_fresh_reproducible_fraction_of_positions(dirs):
     assert 0.2 < torch.stack(draws).float().mean() < 0.3
     loss.calls = 0  # what a resumed run sets: the same draws again
     assert torch.equal(loss.positions(0), draws[0])
-    full = ft.TailLoss(lm, first, _cfg(dirs), batches, loss.inputs, None)
+    full = ft.TailLoss(lm, first, _cfg(dirs), batches, loss.front, None)
     assert torch.equal(full.positions(0), real)
     with torch.no_grad():  # on every position, the task loss is the cross-entropy of the whole logits
         logits = full.logits(0)[:, :-1].float()
@@ -120,7 +121,7 @@ def test_head_lr_and_the_hidden_state_loss(dirs, tmp_path):
     cfg = _cfg(dirs, distill_from=str(dirs["plain"]), hidden_loss=2.0)
     _root, first = ft.select_trainable(lm, cfg)
     batches = ft.text_batches(lm, cfg, 2)
-    loss = ft.TailLoss(lm, first, cfg, batches, ft.cache_inputs(lm, batches, first),
+    loss = ft.TailLoss(lm, first, cfg, batches, CachedFront(lm, batches.ids, first),
                        ft.teacher_outputs(ft.load_teacher(lm, cfg), batches))
     with torch.no_grad():
         parts = loss.parts(0)
@@ -293,3 +294,38 @@ def test_bad_data_or_tail_fails_before_any_scoring(dirs, tmp_path, monkeypatch):
     with pytest.raises(UserError, match="last:9"):
         finetune_job.finetune(load_model(dirs["plain"]), _cfg(dirs, train="last:9", ood_data=str(dirs["other"])),
                               tmp_path / "b")
+
+
+@pytest.mark.parametrize("loss", ["task", "task+kd"])
+def test_a_streamed_front_trains_as_the_cached_one(dirs, tmp_path, loss):
+    """--front stream computes the packed front (and the teacher) per batch instead of caching
+    them: the same losses step by step, the same weights at the end (float tolerance: the packed
+    layers run through their own kernels instead of dequantized once)."""
+    runs = {}
+    for front in ("cache", "stream"):
+        lm = load_model(dirs["q"])
+        kw = dict(distill_from=str(dirs["plain"]), loss=loss) if loss != "task" else {}
+        run = ft.train_tail(lm, _cfg(dirs, front=front, grad_accum=2, **kw), tmp_path / front)
+        runs[front] = (run.stats.losses, _snapshot(lm.model))
+    (lc, wc), (ls, ws) = runs["cache"], runs["stream"]
+    assert len(lc) == 6 and lc != pytest.approx([lc[0]] * 6)  # it trained
+    assert ls == pytest.approx(lc, rel=1e-4)
+    assert all(torch.allclose(wc[k], ws[k], atol=1e-4) for k in wc)
+
+
+def test_auto_streams_when_the_cache_would_not_fit(dirs, monkeypatch, caplog):
+    from llmshrink.tune import front
+
+    lm = load_model(dirs["q"])
+    ids = ft.text_batches(lm, _cfg(dirs), 4).ids
+    need = front.cache_bytes(lm, ids, 2)
+    assert need == 2 * sum(x.numel() for x in ids) * lm.model.config.hidden_size * 4
+    monkeypatch.setattr(front, "available_memory", lambda device: 4 * need)
+    assert front.choose_front("auto", lm, ids, 2) is False
+    monkeypatch.setattr(front, "available_memory", lambda device: need)
+    with caplog.at_level("WARNING"):
+        assert front.choose_front("auto", lm, ids, 2) is True
+    assert "computing them per batch instead" in caplog.text
+    assert front.choose_front("cache", lm, ids, 2) is False and front.choose_front("stream", lm, ids, 2) is True
+    with pytest.raises(UserError, match="front"):
+        _cfg(dirs, front="disk")

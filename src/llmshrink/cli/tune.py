@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import add_out, claim, command, config, config_args, load, mb, print_table, progress
+from .common import add_out, claim, command, config, config_args, load, load_part, mb, print_table, progress
 
 
 def _finetune_args(p: argparse.ArgumentParser) -> None:
@@ -30,7 +30,16 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     preflight(args.model, corpora=[cfg.data, *(e.data for e in eval_corpora(cfg).values())],
               models=[cfg.distill_from])
     check_resume(claim(args), args.resume)
-    res = finetune(load(args), cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=progress())
+    from ..tune.parallel import Parallel
+
+    parallel = Parallel.from_env()
+    parallel.check(cfg.grad_accum)
+    lcfg = config(args, load_part())
+    if parallel.world > 1 and lcfg.device.startswith("cuda"):
+        lcfg.device = parallel.device  # one GPU per process
+    res = finetune(lcfg.load(args.model), cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=progress())
+    if not res.saved:  # another data-parallel process; the main one reports
+        return 0
     rows = [("saved", str(res.out)), ("steps", str(res.stats.steps)), ("tokens", f"{res.stats.tokens:,}"),
             ("trainable parameters", f"{res.trainable:,}"),
             ("loss", f"{res.stats.mean_loss(True):.4f} -> {res.stats.mean_loss(False):.4f} ({cfg.loss})"),

@@ -21,6 +21,7 @@ from ..models.load import LoadedModel
 from ..paths import claim_output
 from ..tune.config import FinetuneConfig
 from ..tune.finetune import check_tail, load_like, train_tail
+from ..tune.parallel import Parallel
 from ..tune.train import TrainStats
 from .card import CARD, card_file
 
@@ -34,6 +35,7 @@ class FinetuneResult:
     trainable: int
     evaluation: dict = field(default_factory=dict)
     seconds: float = 0.0
+    saved: bool = True  # False in the data-parallel processes other than the main one
 
 
 def checkpoint_dir(out: Path) -> Path:
@@ -44,13 +46,16 @@ def checkpoint_dir(out: Path) -> Path:
 def finetune(lm: LoadedModel, cfg: FinetuneConfig, out: Path, *, resume: bool = False,
              eval_cfg: EvalConfig | None = None, overwrite: bool = False, progress=None) -> FinetuneResult:
     """Train the tail of ``lm`` in place, evaluate it, and save it to ``out`` (an existing ``out``
-    only with ``overwrite``)."""
+    only with ``overwrite``). Started by ``accelerate launch`` (several processes), each process
+    trains on its share of every step and only the main one scores and saves."""
     t0 = time.perf_counter()
+    parallel = Parallel.from_env()
+    parallel.check(cfg.grad_accum)
     out = claim_output(out, inputs=lm.sources, overwrite=overwrite, need_bytes=2 * lm.size_on_disk)
     check_resume(out, resume)
     ckpt_dir = checkpoint_dir(out)
     check_tail(lm, cfg)  # before minutes of scoring
-    corpora = eval_corpora(cfg, eval_cfg)
+    corpora = eval_corpora(cfg, eval_cfg) if parallel.is_main else {}
     reference = load_like(lm, cfg.distill_from) if cfg.distill_from and corpora else None
     before: dict = {}
 
@@ -58,7 +63,10 @@ def finetune(lm: LoadedModel, cfg: FinetuneConfig, out: Path, *, resume: bool = 
         if cfg.eval_before and not resume:
             before.update(score(lm, corpora, reference, progress))
 
-    run = train_tail(lm, cfg, ckpt_dir, resume=resume, original=reference, before=score_before, progress=progress)
+    run = train_tail(lm, cfg, ckpt_dir, resume=resume, original=reference, before=score_before, parallel=parallel,
+                     progress=progress)
+    if not parallel.is_main:  # the main process holds the same weights, and saves them
+        return FinetuneResult(out, run.stats, run.trainable, run.evaluation, time.perf_counter() - t0, saved=False)
     evaluation = run.evaluation
     round_to(lm.model, _release_dtype(lm, cfg.save_dtype))  # the scores below are the saved model's
     after = score(lm, corpora, reference, progress)

@@ -9,6 +9,8 @@ from ..config import Config, FieldError, save_dtype_field
 from ..data.instruct import FORMATS
 from ..data.templates import TEMPLATES, get_template
 
+FRONTS = ("auto", "cache", "stream")
+
 FINETUNE_METHODS = ("full", "lora")
 FINETUNE_LOSSES = ("task", "kd", "task+kd")
 
@@ -76,6 +78,10 @@ class FinetuneConfig(Config):
                                                               "before/after table)"})
     eval_fraction: float = field(default=0.1, metadata={"help": "instruction examples held out and scored before "
                                                                 "and after"})
+    front: str = field(default="auto", metadata={
+        "help": "the frozen front's outputs per training batch (and the teacher's): cache them once, or stream "
+                "(compute them per batch: for data whose cache would not fit in memory); auto streams when the "
+                "cache would take more than half the free memory", "choices": FRONTS})
     save_every: int = field(default=50, metadata={"help": "checkpoint every N optimizer steps"})
     seed: int = field(default=0, metadata={"help": "seed of the data order and LoRA init"})
     save_dtype: str = save_dtype_field()
@@ -84,6 +90,7 @@ class FinetuneConfig(Config):
         parse_train(self.train)
         self.one_of("format", FORMATS, "data format")
         self.one_of("method", FINETUNE_METHODS, "method")
+        self.one_of("front", FRONTS, "front")
         if self.loss is None:
             self.loss = "kd" if self.distill_from else "task"
         self.one_of("loss", FINETUNE_LOSSES, "loss")

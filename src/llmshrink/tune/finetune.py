@@ -14,6 +14,7 @@ tokens for instruction data), ``kd`` (KL from the original model on every real t
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -25,16 +26,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..blockwise import BlockInputs, walk_blocks
 from ..data.corpora import load_corpus
 from ..data.instruct import IGNORE, collate, read_conversations, tokenize_dataset
 from ..data.windows import bos_id, sample_windows, tokenize_corpus
 from ..errors import UserError
 from ..models.arch import untie_lm_head
 from ..models.load import LoadedModel
-from ..quant.qlinear import dequantized
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import FinetuneConfig
+from .front import CachedFront, StreamedFront, choose_front
+from .parallel import SINGLE, Parallel
 from .train import TrainStats, train_loop
 
 log = logging.getLogger(__name__)
@@ -112,20 +113,6 @@ def _packed(module: torch.nn.Module) -> bool:
     return any(hasattr(m, "qweight") for m in module.modules())
 
 
-@torch.no_grad()
-def cache_inputs(lm: LoadedModel, batches: Batches, through: int, *, final_norm: bool = False,
-                 progress=None) -> BlockInputs:
-    """What enters block ``through`` for every batch (with ``final_norm``: the normed output of
-    the last block), computed once by the block-wise driver."""
-    with dequantized(lm.model):  # each frozen packed layer dequantized once, not once per batch
-        inputs = walk_blocks(lm.model, lm.arch, batches.ids, lambda *a: None, blocks=range(0), through=through,
-                             progress=progress)
-    if final_norm:
-        norm = lm.model.get_submodule(lm.arch.norm)
-        inputs = BlockInputs([norm(h) for h in inputs.hidden], inputs.kwargs)
-    return inputs
-
-
 def check_tail(lm: LoadedModel, cfg: FinetuneConfig) -> int:
     """Refuse a tail that reaches past the model or into packed blocks (or a packed lm_head with
     ``lm_head``); returns the first tail block."""
@@ -174,21 +161,23 @@ def select_trainable(lm: LoadedModel, cfg: FinetuneConfig) -> tuple[torch.nn.Mod
 
 
 class TailLoss:
-    """Loss of one cached batch: the tail, the final norm and lm_head, against labels and/or the teacher."""
+    """Loss of one batch: the tail, the final norm and lm_head, against labels and/or the teacher.
+    ``front(j)`` gives what enters the tail for batch ``j`` (cached or computed, see ``tune.front``);
+    ``teacher`` is ``(teacher_front, lm_head weight)``, ``teacher_front(j)`` the teacher's final
+    normed hidden states."""
 
-    def __init__(self, lm: LoadedModel, first: int, cfg: FinetuneConfig, batches: Batches, inputs: BlockInputs,
-                 teacher: tuple[list[torch.Tensor], torch.Tensor] | None):
+    def __init__(self, lm: LoadedModel, first: int, cfg: FinetuneConfig, batches: Batches, front, teacher):
         self.tail = list(lm.arch.blocks(lm.model))[first:]
         self.norm = lm.model.get_submodule(lm.arch.norm)
         self.head = lm.model.get_submodule(lm.arch.lm_head)
-        self.cfg, self.batches, self.inputs, self.teacher = cfg, batches, inputs, teacher
+        self.cfg, self.batches, self.front, self.teacher = cfg, batches, front, teacher
         self.calls = 0  # loss evaluations so far: seeds the positions of the next one
 
     def hidden(self, j: int) -> torch.Tensor:
         """The final normed hidden states of batch ``j`` (what lm_head reads)."""
-        h = self.inputs.hidden[j]
+        h, kwargs = self.front(j)
         for block in self.tail:
-            out = block(h, **self.inputs.kwargs[j])
+            out = block(h, **kwargs)
             h = out[0] if isinstance(out, tuple) else out
         return self.norm(h)
 
@@ -215,18 +204,23 @@ class TailLoss:
             labels = self.batches.labels[j][:, 1:][keep]
             out["task"] = F.cross_entropy(logits, labels, ignore_index=IGNORE)
         if self.cfg.loss in ("kd", "task+kd"):
-            hidden, weight = self.teacher
+            front, weight = self.teacher
             with torch.no_grad():
-                t = F.log_softmax((hidden[j][:, :-1][keep] @ weight.T).float(), dim=-1)
+                ht = front(j)[0][:, :-1][keep]
+                t = F.log_softmax((ht @ weight.T).float(), dim=-1)
             s = F.log_softmax(logits, dim=-1)
             out["kd"] = (t.exp() * (t - s)).sum(-1).mean()
             if self.cfg.hidden_loss > 0:
-                ht = hidden[j][:, :-1][keep].float()
+                ht = ht.float()
                 out["hidden"] = self.cfg.hidden_loss * (hs.float() - ht).pow(2).mean() / ht.pow(2).mean()
         return out
 
-    def __call__(self, j: int) -> torch.Tensor:
-        return sum(self.parts(j).values())
+    def __call__(self, item: int | tuple[int, int]) -> torch.Tensor:
+        """The loss of batch ``j``, or of ``(call, j)``: the run's ``call``-th evaluation (which
+        seeds its positions, whichever process takes it)."""
+        if isinstance(item, tuple):
+            self.calls, item = item
+        return sum(self.parts(item).values())
 
     @torch.no_grad()
     def response_loss(self, batches: range) -> float:
@@ -276,12 +270,15 @@ def check_vocabulary(lm: LoadedModel, teacher: LoadedModel, cfg: FinetuneConfig)
     return teacher
 
 
-def teacher_outputs(teacher: LoadedModel, batches: Batches, progress=None):
-    """The teacher's final normed hidden states for every batch, and its lm_head weight."""
-    hidden = cache_inputs(teacher, batches, len(teacher.arch.blocks(teacher.model)), final_norm=True,
-                          progress=progress).hidden
+def teacher_outputs(teacher: LoadedModel, batches: Batches, *, stream: bool = False,
+                    wanted: list[int] | None = None, progress=None):
+    """The teacher's final normed hidden states per batch (cached for the batches ``wanted``, or
+    computed when asked), and its lm_head weight."""
+    through = len(teacher.arch.blocks(teacher.model))
+    front = (StreamedFront(teacher, batches.ids, through, final_norm=True) if stream else
+             CachedFront(teacher, batches.ids, through, final_norm=True, wanted=wanted, progress=progress))
     weight = teacher.model.get_submodule(teacher.arch.lm_head).weight.detach().clone()
-    return hidden, weight
+    return front, weight
 
 
 def training_batches(lm: LoadedModel, cfg: FinetuneConfig, teacher: LoadedModel | None,
@@ -302,12 +299,14 @@ def training_batches(lm: LoadedModel, cfg: FinetuneConfig, teacher: LoadedModel 
 
 def train_tail(lm: LoadedModel, cfg: FinetuneConfig, ckpt_dir: Path, *, resume: bool = False,
                original: LoadedModel | None = None, before: Callable[[], None] | None = None,
-               progress=None) -> TailRun:
+               parallel: Parallel = SINGLE, progress=None) -> TailRun:
     """Train the tail of ``lm`` in place (see the module docstring), checkpointing into ``ckpt_dir``
     every ``cfg.save_every`` steps and, with ``resume``, continuing from its checkpoint. ``original``:
     the ``distill_from`` model already loaded by the caller (it is not loaded twice); ``before()``
     runs once the data is read and before any weight changes (the caller's "before" scores: bad
-    data fails first, not after minutes of scoring)."""
+    data fails first, not after minutes of scoring). ``parallel``: this process's share of each
+    step's batches (data-parallel, see ``tune.parallel``); only the main process checkpoints."""
+    parallel.check(cfg.grad_accum)
     root, first = select_trainable(lm, cfg)
     params = {name: p for name, p in root.named_parameters() if p.requires_grad}
     if cfg.loss == "task":
@@ -324,14 +323,6 @@ def train_tail(lm: LoadedModel, cfg: FinetuneConfig, ckpt_dir: Path, *, resume: 
     log.info("fine-tuning blocks %d:%d%s (%s, %d trainable parameters) for %d steps of %d x %d micro-batches, "
              "%s loss", first, first + cfg.n_train, " and lm_head" if cfg.lm_head else "", cfg.method,
              sum(p.numel() for p in params.values()), steps, cfg.grad_accum, cfg.batch_size, cfg.loss)
-    inputs = cache_inputs(lm, batches, first, progress=progress)
-    teacher = teacher_outputs(teacher_lm, batches, progress) if teacher_lm is not None else None
-    del teacher_lm
-    loss = TailLoss(lm, first, cfg, batches, inputs, teacher)
-    evaluation: dict = {}
-    if held_out is not None:
-        evaluation["held_out_loss_before"] = loss.response_loss(range(n_train, len(batches)))
-
     chash = config_hash(lm, cfg)
     start, opt_state, losses, tokens = 0, None, [], 0
     if resume and ckpt_dir.exists():
@@ -341,16 +332,50 @@ def train_tail(lm: LoadedModel, cfg: FinetuneConfig, ckpt_dir: Path, *, resume: 
                 p.copy_(ck.params[name])
         start, opt_state, losses, tokens = ck.step, ck.opt_state, ck.losses, ck.tokens
         log.info("resuming from step %d of %d (%s)", start, steps, ckpt_dir)
-        loss.calls = start * cfg.grad_accum
+    items = list(itertools.islice(parallel.share(_order(n_train, cfg.seed), cfg.grad_accum),
+                                  start * cfg.grad_accum // parallel.world, steps * cfg.grad_accum // parallel.world))
+    wanted = sorted({j for _, j in items} | set(range(n_train, len(batches))))
+    loss = TailLoss(lm, first, cfg, batches, *_sources(lm, cfg, batches, first, teacher_lm, wanted, progress))
+    del teacher_lm
+    evaluation: dict = {}
+    if held_out is not None:
+        evaluation["held_out_loss_before"] = loss.response_loss(range(n_train, len(batches)))
 
     def on_step(step: int, opt, stats: TrainStats) -> None:
-        if step % cfg.save_every == 0 and step < steps:
+        if step % cfg.save_every == 0 and step < steps and parallel.is_main:
             save_checkpoint(ckpt_dir, step=step, params=params, opt=opt, losses=losses + stats.losses,
                             tokens=tokens + stats.tokens, config_hash=chash)
 
-    order = _order(n_train, cfg.seed)
-    for _ in range(start * cfg.grad_accum):
-        next(order)
+    stats = _train(lm, cfg, loss, params, iter(items), steps, start, opt_state, on_step, parallel, progress)
+    stats.losses = losses + stats.losses
+    stats.tokens = parallel.total(stats.tokens) + tokens  # each process counted its own
+    if held_out is not None:
+        evaluation["held_out_loss_after"] = loss.response_loss(range(n_train, len(batches)))
+    del loss
+    if cfg.method == "lora":
+        root.merge_and_unload()
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+    return TailRun(stats, sum(p.numel() for p in params.values()), first, evaluation)
+
+
+def _sources(lm: LoadedModel, cfg: FinetuneConfig, batches: Batches, first: int, teacher_lm: LoadedModel | None,
+             wanted: list[int], progress):
+    """What the tail reads per batch (the front's outputs) and the teacher's, cached for the
+    ``wanted`` batches or streamed (``cfg.front``)."""
+    ids = [batches.ids[j] for j in wanted]
+    stream = choose_front(cfg.front, lm, ids, 1 + (teacher_lm is not None))
+    front = (StreamedFront(lm, batches.ids, first) if stream
+             else CachedFront(lm, batches.ids, first, wanted=wanted, progress=progress))
+    teacher = None
+    if teacher_lm is not None:
+        teacher = teacher_outputs(teacher_lm, batches, stream=stream, wanted=wanted, progress=progress)
+    return front, teacher
+
+
+def _train(lm: LoadedModel, cfg: FinetuneConfig, loss: TailLoss, params: dict, items, steps: int, start: int,
+           opt_state, on_step, parallel: Parallel, progress) -> TrainStats:
+    """The training loop over the tail, lm_head at its own rate if asked."""
     for m in lm.model.modules():
         m.train(False)
     for block in loss.tail:
@@ -359,18 +384,12 @@ def train_tail(lm: LoadedModel, cfg: FinetuneConfig, ckpt_dir: Path, *, resume: 
     groups = [{"params": [p for p in params.values() if p is not head_w], "lr": cfg.lr}]
     if any(p is head_w for p in params.values()):
         groups.append({"params": [head_w], "lr": cfg.head_lr or cfg.lr})
-    stats = train_loop(groups, order, loss, steps=steps, lr=cfg.lr, grad_accum=cfg.grad_accum,
-                       tokens_of=lambda j: int(batches.real[j].sum()), start_step=start, opt_state=opt_state,
-                       on_step=on_step, progress=progress)
-    for block in loss.tail:
-        block.eval()
-    stats.losses = losses + stats.losses
-    stats.tokens += tokens
-    if held_out is not None:
-        evaluation["held_out_loss_after"] = loss.response_loss(range(n_train, len(batches)))
-    del inputs, loss, teacher
-    if cfg.method == "lora":
-        root.merge_and_unload()
-    for p in lm.model.parameters():
-        p.requires_grad_(False)
-    return TailRun(stats, sum(p.numel() for p in params.values()), first, evaluation)
+    try:
+        return train_loop(groups, items, loss, steps=steps, lr=cfg.lr, grad_accum=cfg.grad_accum,
+                          tokens_of=lambda item: int(loss.batches.real[item[1]].sum()),
+                          start_step=start, opt_state=opt_state, on_step=on_step,
+                          sync=parallel.reduce if parallel.world > 1 else None, world=parallel.world,
+                          progress=progress if parallel.is_main else None)
+    finally:
+        for block in loss.tail:
+            block.eval()

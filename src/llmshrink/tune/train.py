@@ -42,12 +42,16 @@ def train_loop(params: list[torch.nn.Parameter] | list[dict], batches: Iterable,
                grad_accum: int = 1, tokens_of: Callable[[object], int] = lambda b: b.numel(),
                start_step: int = 0, opt_state: dict | None = None,
                on_step: Callable[[int, torch.optim.Optimizer, TrainStats], None] | None = None,
+               sync: Callable[[list[torch.nn.Parameter], float], float] | None = None, world: int = 1,
                progress=None) -> TrainStats:
     """Run optimizer steps ``start_step`` to ``steps``, each over ``grad_accum`` batches (their
     losses averaged); returns per-step losses and throughput. ``opt_state`` resumes the optimizer
     (the learning-rate schedule follows from the step), ``on_step(step, optimizer, stats)`` runs
     after each step (checkpoints). ``params`` may be parameter groups (dicts with ``params`` and
-    their own ``lr``); the schedule scales every group's rate alike."""
+    their own ``lr``); the schedule scales every group's rate alike. ``sync(params, loss)``, given,
+    runs after each step's backward passes and returns the step's loss: data-parallel, each of
+    ``world`` processes runs ``grad_accum / world`` of the step's batches and ``sync`` sums the
+    gradients and the loss across them."""
     flat = [p for g in params for p in g["params"]] if params and isinstance(params[0], dict) else params
     if not flat:
         raise ValueError("no trainable parameters")
@@ -67,13 +71,15 @@ def train_loop(params: list[torch.nn.Parameter] | list[dict], batches: Iterable,
     try:
         for step in range(start_step, steps):
             total = 0.0
-            for _ in range(grad_accum):
+            for _ in range(grad_accum // world):
                 batch = next(it)
                 with torch.enable_grad():
                     loss = loss_fn(batch) / grad_accum
                     loss.backward()
                 total += float(loss.detach())
                 stats.tokens += tokens_of(batch)
+            if sync is not None:
+                total = sync(flat, total)
             if not math.isfinite(total):  # before the step: the weights and the checkpoint stay finite
                 raise UserError(f"the training loss became non-finite (NaN/inf) at step {step + 1}: lower --lr, "
                                 "or train in --dtype float32; the last checkpoint is kept for --resume")
