@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import add_out, claim, command, config, config_args, load, load_part, mb, print_table, progress
+from .common import add_out, claim, command, config, config_args, load_part, mb, print_table, progress
 
 
 def _finetune_args(p: argparse.ArgumentParser) -> None:
