@@ -114,8 +114,11 @@ def main() -> int:
     wall = time.perf_counter() - t0
     meter._stop.set()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    import torch
+
+    gpu = round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None
     named = sum(v for k, v in meter.seconds.items() if k != "other")
-    out = {"command": cmd, "rc": rc, "wall_seconds": round(wall, 1), "peak_rss_gib": round(peak / 2**30, 2),
+    out = {"command": cmd, "rc": rc, "wall_seconds": round(wall, 1), "peak_rss_gib": round(peak / 2**30, 2), "peak_gpu_gib": gpu,
            "phases": {k: {"seconds": round(v, 1), "peak_rss_gib": round(meter.peak.get(k, 0) / 2**30, 2)}
                       for k, v in sorted(meter.seconds.items(), key=lambda kv: -kv[1])},
            "forward and the rest": round(wall - named, 1), "timeline": meter.timeline}

@@ -12,8 +12,10 @@ Side effects (hooks, ``use_cache``, the capture's early exit) are scoped and alw
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -48,15 +50,22 @@ class Slab:
     :meth:`keep`), not one allocation per batch: long-lived calibration activations interleaved
     with a forward pass's temporaries fragment the allocator's heap, and the process's resident
     memory then grows far past what it holds (~450 MiB over a quantization of the default model).
-    A tensor whose shape does not match its slot is kept as it is."""
+    A tensor whose shape does not match its slot is kept as it is. With ``path`` the buffer is
+    that file, memory-mapped (CPU only): the kernel pages it out under memory pressure, for
+    calibration sets whose activations do not fit in memory."""
 
-    def __init__(self, rows: list[int]):
-        self.rows = rows
+    def __init__(self, rows: list[int], path: Path | None = None):
+        self.rows, self.path = rows, path
         self.views: list[torch.Tensor] | None = None
 
     def keep(self, b: int, t: torch.Tensor) -> torch.Tensor:
         if self.views is None:
-            buf = torch.empty((sum(self.rows), *t.shape[1:]), dtype=t.dtype, device=t.device)
+            shape = (sum(self.rows), *t.shape[1:])
+            if self.path is not None and t.device.type == "cpu":
+                self.path.unlink(missing_ok=True)
+                buf = torch.from_file(str(self.path), shared=True, size=math.prod(shape), dtype=t.dtype).view(shape)
+            else:
+                buf = torch.empty(shape, dtype=t.dtype, device=t.device)
             self.views = list(buf.split(self.rows))
         v = self.views[b]
         if v.shape != t.shape or v.dtype != t.dtype or v.device != t.device:
@@ -65,12 +74,14 @@ class Slab:
 
 
 @torch.no_grad()
-def capture_block_inputs(model: torch.nn.Module, arch: ArchSpec, batches: list[torch.Tensor]) -> BlockInputs:
+def capture_block_inputs(model: torch.nn.Module, arch: ArchSpec, batches: list[torch.Tensor],
+                         store: Path | None = None) -> BlockInputs:
     """Run each batch of token ids up to the first decoder block and keep what enters it (in one
-    :class:`Slab` when the batches share a length)."""
+    :class:`Slab` when the batches share a length; memory-mapped from the file ``store`` if given)."""
     first = arch.blocks(model)[0]
     hidden, kwargs = [], []
-    slab = Slab([ids.shape[0] for ids in batches]) if len({ids.shape[1:] for ids in batches}) == 1 else None
+    same = len({ids.shape[1:] for ids in batches}) == 1
+    slab = Slab([ids.shape[0] for ids in batches], store) if same else None
 
     def hook(_module, args, kw):
         h = args[0] if args else kw.pop("hidden_states")
@@ -109,14 +120,15 @@ Captured = Callable[[], None]
 
 def walk_blocks(model: torch.nn.Module, arch: ArchSpec, batches: list[torch.Tensor], visit: Visit,
                 *, blocks: range | None = None, through: int | None = None, prepare: Prepare | None = None,
-                captured: Captured | None = None, progress=None) -> BlockInputs:
+                captured: Captured | None = None, store: Path | None = None, progress=None) -> BlockInputs:
     """Call ``visit`` on each block in ``blocks`` (default all) with its inputs, propagating the
     outputs of each block as changed by ``visit``. Stop after the last visited block or, given
     ``through``, run blocks up to ``through`` and return their outputs (e.g. the final hidden
-    states, for the lm_head)."""
+    states, for the lm_head). ``store``: a file to keep the activations in, memory-mapped (see
+    :class:`Slab`)."""
     layers = arch.blocks(model)
     todo = blocks if blocks is not None else range(len(layers))
-    inputs = capture_block_inputs(model, arch, batches)
+    inputs = capture_block_inputs(model, arch, batches, store)
     if captured is not None:
         captured()
     end = through if through is not None else (max(todo) + 1 if len(todo) else 0)

@@ -75,3 +75,53 @@ def test_lazy_loading_refuses_quantized_checkpoints(tmp_path, tiny_model_dir, te
                           CalibConfig(str(text_file), nsamples=2, seqlen=32), tmp_path / "q")
     with pytest.raises(UserError, match="already gptq-quantized"):
         load_model(str(out), lazy_blocks=True)
+
+
+def test_a_model_whose_one_block_does_not_fit_is_refused_before_reading(tiny_model_dir, monkeypatch, capsys):
+    """Block by block needs the largest block plus what stays loaded: less memory than that is a
+    one-line error (exit 2) naming the fix; the whole model not fitting is fine."""
+    from llmshrink.cli import main
+    from llmshrink.models import load
+
+    index = SafetensorsIndex([tiny_model_dir / "model.safetensors"])
+    sizes = {n: e.end - e.start for n, e in index.entries.items()}  # float32 on disk and as loaded
+    rest = sum(v for n, v in sizes.items() if not n.startswith("model.layers."))
+    block = sum(v for n, v in sizes.items() if n.startswith("model.layers.0."))
+    monkeypatch.setattr(load, "available_memory", lambda device: rest + block - 1)
+    with pytest.raises(UserError, match="does not fit even block by block"):
+        load_model(str(tiny_model_dir), lazy_blocks=True)
+    assert main(["quantize", str(tiny_model_dir), "--out", str(tiny_model_dir.parent / "nofit"), "--method",
+                 "rtn"]) == 2
+    assert "--dtype bfloat16" in capsys.readouterr().err and not (tiny_model_dir.parent / "nofit").exists()
+    monkeypatch.setattr(load, "available_memory", lambda device: rest + block)  # less than the whole model
+    assert rest + block < sum(sizes.values())
+    load_model(str(tiny_model_dir), lazy_blocks=True)
+
+
+def test_activations_on_disk_give_the_same_checkpoint(tiny_model_dir, text_file, tmp_path, monkeypatch, capsys):
+    """--activations disk keeps the calibration activations in a memory-mapped file beside the
+    output: the same bytes out as in memory, the file gone at the end; activations too large for
+    memory without it are refused before any pass."""
+    from llmshrink.cli import main
+    from llmshrink.jobs import quantize
+
+    base = ["-q", "quantize", str(tiny_model_dir), "--bits", "4", "--group-size", "16", "--calib", str(text_file),
+            "--nsamples", "4", "--seqlen", "32"]
+    assert main([*base, "--out", str(tmp_path / "mem")]) == 0
+    seen = []
+    real = quantize._quantize_blocks
+
+    def spy(*a, **kw):
+        store = a[7]
+        seen.append(store)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(quantize, "_quantize_blocks", spy)
+    assert main([*base, "--out", str(tmp_path / "disk"), "--activations", "disk"]) == 0
+    assert seen[0] is not None and seen[0].name == "activations.bin" and not seen[0].exists()
+    a, b = (load_file(tmp_path / d / "model.safetensors") for d in ("mem", "disk"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    monkeypatch.setattr(quantize, "available_memory", lambda device: 4 * 32 * 32 * 4)  # the activations' size
+    assert main([*base, "--out", str(tmp_path / "big")]) == 2
+    assert "--activations disk" in capsys.readouterr().err and not (tmp_path / "big").exists()
+    assert main([*base, "--out", str(tmp_path / "big"), "--activations", "disk"]) == 0

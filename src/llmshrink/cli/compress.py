@@ -30,7 +30,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     # Blocks stay on disk until the driver reaches them: memory holds one float block at a time.
     lm = load(args, lazy_blocks=True)
     report, out = run_quantize(lm, cfg, calib, args.out, blocks=scope.blocks, lm_head=scope.lm_head,
-                               save_dtype=scope.save_dtype, overwrite=args.overwrite, progress=progress())
+                               save_dtype=scope.save_dtype, activations=scope.activations, overwrite=args.overwrite,
+                               progress=progress())
 
     def total(values) -> str:
         values = [v for v in values if v is not None]

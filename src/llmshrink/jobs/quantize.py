@@ -14,10 +14,11 @@ from typing import ClassVar
 
 from ..config import Config, Part, command_line, save_dtype_field
 from ..data.calib import CalibConfig, calibration_windows
+from ..errors import UserError
 from ..exporters.gptq_compat import compatibility_notes, resolve_group_size
 from ..exporters.hf import check_packable, release_dtype, save_quantized
 from ..models.arch import block_range, check_range_syntax
-from ..models.load import LoadedModel
+from ..models.load import LoadedModel, available_memory
 from ..paths import claim_output
 from ..quant.config import QuantConfig
 from ..quant.driver import QuantizeReport, quantize_model
@@ -37,8 +38,13 @@ class QuantizeScope(Config):
     lm_head: bool = field(default=False, metadata={"help": "quantize the lm_head too (untied from the "
                                                            "embeddings; default: keep it full precision)"})
     save_dtype: str = save_dtype_field()
+    activations: str = field(default="memory", metadata={
+        "help": "where the calibration activations live: memory, or disk (a file beside the output, "
+                "memory-mapped: for calibration sets whose activations do not fit in memory)",
+        "choices": ("memory", "disk")})
 
     def __post_init__(self) -> None:
+        self.one_of("activations", ("memory", "disk"), "activations store")
         self.check(self.blocks is None or isinstance(self.blocks, str), "blocks",
                    f"must be a range A:B written as a string, got {self.blocks!r}")
         check_range_syntax(self.blocks)
@@ -49,9 +55,11 @@ PARTS = (Part("quant", QuantConfig), Part("scope", QuantizeScope), Part("calib",
 
 
 def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Path, *, blocks: str | None = None,
-                 lm_head: bool = False, save_dtype: str = "auto", overwrite: bool = False,
+                 lm_head: bool = False, save_dtype: str = "auto", activations: str = "memory", overwrite: bool = False,
                  progress=None) -> tuple[QuantizeReport, Path]:
     out = claim_output(out, inputs=lm.sources, overwrite=overwrite, need_bytes=lm.size_on_disk)
+    if cfg.method != "rtn":
+        check_activations(lm, calib, activations)
     n_layers = len(lm.arch.blocks(lm.model))
     todo = block_range(blocks, n_layers)
     cfg = _settle_group_size(lm, cfg, todo, lm_head)
@@ -64,10 +72,12 @@ def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Pat
             "blocks": [todo.start, todo.stop], "lm_head": lm_head}
     # each finished block is kept beside the output: a killed run continues from there
     with BlockState.open(out, {**lm.identity, **done}, lm.arch, cfg.bits, discard_other=overwrite) as state:
-        report = _quantize_blocks(lm, cfg, windows, calib, todo, lm_head, state, progress)
+        store = state.folder / "activations.bin" if activations == "disk" else None
+        report = _quantize_blocks(lm, cfg, windows, calib, todo, lm_head, state, store, progress)
         layers = "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in report.layers)
         command = command_line("quantize", lm.name, out, PARTS, {
-            "quant": cfg, "scope": QuantizeScope(blocks=blocks, lm_head=lm_head, save_dtype=save_dtype),
+            "quant": cfg, "scope": QuantizeScope(blocks=blocks, lm_head=lm_head, save_dtype=save_dtype,
+                                                 activations=activations),
             "calib": calib if windows is not None else None})
         run = {"model": lm.name, **done, "quantize_seconds": report.seconds, "command": command}
         saved = save_quantized(lm.model, lm.tokenizer, report, out, dtype=release_dtype(save_dtype, lm.path, True),
@@ -76,6 +86,22 @@ def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Pat
                                             CARD: card_file(out)})
     log.info("quantized and saved in %.1f s -> %s", time.perf_counter() - t0, saved)
     return report, saved
+
+
+ACTIVATIONS_SHARE = 0.5  # the most of the free memory calibration activations may take in memory
+
+
+def check_activations(lm: LoadedModel, calib: CalibConfig, activations: str) -> None:
+    """Refuse, before any pass, calibration activations (one hidden state per calibration token,
+    in the model's dtype) that would take more than half the free memory, unless they go to disk."""
+    p = next(p for p in lm.model.parameters() if not p.is_meta)
+    need = calib.nsamples * calib.seqlen * lm.model.config.hidden_size * p.element_size()
+    free = available_memory(str(p.device))
+    if activations == "memory" and free is not None and need > ACTIVATIONS_SHARE * free:
+        raise UserError(f"the calibration activations ({calib.nsamples} x {calib.seqlen} tokens x hidden "
+                        f"{lm.model.config.hidden_size}) need {need / 2**30:.1f} GiB, more than half the "
+                        f"{free / 2**30:.1f} GiB free: pass --activations disk (memory-mapped beside the output) "
+                        "or fewer --nsamples")
 
 
 def _settle_group_size(lm: LoadedModel, cfg: QuantConfig, todo: range, lm_head: bool) -> QuantConfig:
@@ -94,7 +120,7 @@ def _settle_group_size(lm: LoadedModel, cfg: QuantConfig, todo: range, lm_head: 
 
 
 def _quantize_blocks(lm: LoadedModel, cfg: QuantConfig, windows, calib: CalibConfig, todo: range, lm_head: bool,
-                     state: BlockState, progress) -> QuantizeReport:
+                     state: BlockState, store: Path | None, progress) -> QuantizeReport:
     """The driver over ``lm``, packed as solved; with a lazily loaded model, blocks are read from
     disk one at a time, and the embedding is freed once the calibration inputs are captured (read
     back for saving); blocks outside ``todo`` are read back in full precision at the end."""
@@ -106,7 +132,7 @@ def _quantize_blocks(lm: LoadedModel, cfg: QuantConfig, windows, calib: CalibCon
     try:
         report = quantize_model(lm.model, lm.arch, windows, cfg, blocks=todo, batch_size=calib.batch_size,
                                 lm_head=lm_head, pack=True, prepare=prepare, captured=captured, resume=state,
-                                progress=progress)
+                                store=store, progress=progress)
     finally:
         if lm.blocks is not None:
             lm.blocks.restore()

@@ -109,6 +109,7 @@ def load_lazy(folder: Path, shards: list[Path], arch: ArchSpec, dtype: torch.dty
     from transformers import AutoConfig, AutoModelForCausalLM
 
     index = SafetensorsIndex(shards)
+    check_block_fits(folder, index, arch, dtype, device)
     hf_cfg = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype, trust_remote_code=trust_remote_code)
@@ -127,3 +128,29 @@ def load_lazy(folder: Path, shards: list[Path], arch: ArchSpec, dtype: torch.dty
             owner, _, leaf = buf_name.rpartition(".")
             model.get_submodule(owner)._buffers[leaf] = buf.to(device)
     return model.eval(), LazyBlocks(index, arch, dtype, device)
+
+
+def check_block_fits(folder: Path, index: SafetensorsIndex, arch: ArchSpec, dtype: torch.dtype, device: str) -> None:
+    """Refuse, before reading any weight, a model whose largest decoder block, with the tensors
+    that stay loaded (embedding, final norm, lm_head), cannot fit in the memory ``device`` has
+    free: block by block is the least a job over it can hold."""
+    from .load import available_memory
+
+    def size(e: _Entry) -> int:
+        return (e.end - e.start) // e.dtype.itemsize * dtype.itemsize if e.dtype.is_floating_point else e.end - e.start
+
+    prefix = arch.layers + "."
+    blocks: dict[str, int] = {}
+    rest = 0
+    for name, e in index.entries.items():
+        if name.startswith(prefix):
+            i = name[len(prefix):].split(".", 1)[0]
+            blocks[i] = blocks.get(i, 0) + size(e)
+        else:
+            rest += size(e)
+    need = rest + max(blocks.values(), default=0)
+    free = available_memory(device)
+    if free is not None and need > free:
+        raise UserError(f"{folder}: one decoder block with the embedding and lm_head needs {need / 2**30:.1f} GiB as "
+                        f"{str(dtype).removeprefix('torch.')}, and {device} has {free / 2**30:.1f} GiB free: the model "
+                        "does not fit even block by block; use --dtype bfloat16 or a machine with more memory")

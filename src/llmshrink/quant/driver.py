@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -268,7 +269,8 @@ def _quantize_head(model: torch.nn.Module, arch: ArchSpec, final: BlockInputs | 
 def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor | None, cfg: QuantConfig, *,
                    layer_config: Callable[[str], QuantConfig | None] | None = None, blocks: range | None = None, batch_size: int = 8, true_sequential: bool = True,
                    lm_head: bool = False, pack: bool = False, prepare: Prepare | None = None,
-                   captured: Captured | None = None, resume: Resume | None = None, progress=None) -> QuantizeReport:
+                   captured: Captured | None = None, resume: Resume | None = None, store: Path | None = None,
+                   progress=None) -> QuantizeReport:
     """Quantize ``blocks`` (default all) of ``model`` in place, calibrating on ``calib`` [n, seqlen];
     with ``lm_head`` the output projection too (untied from the embeddings), calibrated on the
     final norm's outputs of the quantized model.
@@ -286,7 +288,8 @@ def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor |
 
     ``resume`` keeps each finished block (packed, or its solutions) and what leaves it, and skips
     the blocks it holds already: they are put back as they were and the first block not done
-    starts from the saved activations (see ``jobs.resume``)."""
+    starts from the saved activations (see ``jobs.resume``). ``store``: a file that holds the
+    calibration activations, memory-mapped, instead of memory (``blockwise.Slab``)."""
     layers = arch.blocks(model)
     n_layers = len(layers)
     todo = blocks if blocks is not None else range(n_layers)
@@ -344,7 +347,7 @@ def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor |
 
         final = walk_blocks(model, arch, list(calib.split(batch_size)), visit, blocks=todo,
                             through=n_layers if lm_head else None, prepare=prepare, captured=captured,
-                            progress=progress)
+                            store=store, progress=progress)
     if lm_head:
         _quantize_head(model, arch, final, cfg, report)
         if pack:
