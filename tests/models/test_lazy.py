@@ -57,13 +57,28 @@ def test_truncated_shard_is_named(tmp_path, tokenizer):
 
 
 @pytest.mark.parametrize("blocks", [None, "0:1"])
-def test_quantizing_a_lazy_model_equals_quantizing_a_loaded_one(tmp_path, tiny_model_dir, text_file, blocks):
-    """Block-at-a-time loading and packing change memory, not the checkpoint."""
+@pytest.mark.parametrize("tie", [True, False])
+def test_quantizing_a_lazy_model_equals_quantizing_a_loaded_one(tmp_path, tokenizer, text_file, blocks, tie,
+                                                                monkeypatch):
+    """Block-at-a-time loading and packing change memory, not the checkpoint; the embedding (and
+    an untied lm_head) are off memory while the blocks are quantized."""
+    from llmshrink.models.lazy import LazyBlocks
+
+    model_dir = save_model_dir(tmp_path / "m", make_tiny_model(len(tokenizer), tie=tie), tokenizer)
     cfg = QuantConfig(bits=4, group_size=16)
     calib = CalibConfig(str(text_file), nsamples=4, seqlen=32)
-    _, a = run_quantize(load_model(str(tiny_model_dir)), cfg, calib, tmp_path / "eager", blocks=blocks)
-    _, b = run_quantize(load_model(str(tiny_model_dir), lazy_blocks=True), cfg, calib, tmp_path / "lazy",
-                        blocks=blocks)
+    _, a = run_quantize(load_model(str(model_dir)), cfg, calib, tmp_path / "eager", blocks=blocks)
+    lazy = load_model(str(model_dir), lazy_blocks=True)
+    seen = []
+    real = LazyBlocks.materialize
+
+    def spy(self, i, block):
+        seen.append((i, lazy.model.model.embed_tokens.weight.is_meta, lazy.model.lm_head.weight.is_meta))
+        return real(self, i, block)
+
+    monkeypatch.setattr(LazyBlocks, "materialize", spy)
+    _, b = run_quantize(lazy, cfg, calib, tmp_path / "lazy", blocks=blocks)
+    assert seen[0] == (0, True, True)  # block 0 read after the embedding and lm_head left memory
     ta, tb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
     assert ta.keys() == tb.keys() and any(k.endswith(".qweight") for k in ta)
     for k in ta:

@@ -3,6 +3,7 @@ weights one process gives with the same global batch."""
 
 import itertools
 import os
+import socket
 import subprocess
 import sys
 
@@ -48,10 +49,14 @@ def test_two_processes_train_the_weights_one_process_does(plain, tmp_path):
     model, corpus = plain
     assert main(_args(model, corpus, tmp_path / "one")) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with socket.socket() as sock:  # a free port for the processes' rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
     env.pop("WORLD_SIZE", None)
     # accelerate's multi-process launcher (named for GPUs; on a machine without one, gloo on the CPU)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "llmshrink",
+           "--num_machines", "1", "--main_process_port", port, "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "llmshrink",
            *_args(model, corpus, tmp_path / "two")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

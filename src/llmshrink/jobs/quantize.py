@@ -122,13 +122,15 @@ def _settle_group_size(lm: LoadedModel, cfg: QuantConfig, todo: range, lm_head: 
 def _quantize_blocks(lm: LoadedModel, cfg: QuantConfig, windows, calib: CalibConfig, todo: range, lm_head: bool,
                      state: BlockState, store: Path | None, progress) -> QuantizeReport:
     """The driver over ``lm``, packed as solved; with a lazily loaded model, blocks are read from
-    disk one at a time, and the embedding is freed once the calibration inputs are captured (read
-    back for saving); blocks outside ``todo`` are read back in full precision at the end."""
+    disk one at a time, and the embedding (and an untied lm_head not being quantized) is freed once
+    the calibration inputs are captured (read back for saving); blocks outside ``todo`` are read back in full precision at the end."""
     prepare = captured = None
     if lm.blocks is not None:
         prepare = lm.blocks.materialize
-        if not lm_head:
-            captured = partial(lm.blocks.drop, lm.model, [f"{lm.arch.embed}.weight"])
+        if not lm_head:  # nothing reads the embedding (nor an untied lm_head) again until saving
+            head, emb = lm.model.get_submodule(lm.arch.lm_head), lm.model.get_submodule(lm.arch.embed)
+            keys = [f"{lm.arch.embed}.weight"] + ([f"{lm.arch.lm_head}.weight"] if head.weight is not emb.weight else [])
+            captured = partial(lm.blocks.drop, lm.model, keys)
     try:
         report = quantize_model(lm.model, lm.arch, windows, cfg, blocks=todo, batch_size=calib.batch_size,
                                 lm_head=lm_head, pack=True, prepare=prepare, captured=captured, resume=state,
