@@ -5,7 +5,9 @@ every training batch is computed once, by the block-wise driver, and kept; each 
 then runs only the trainable tail (forward and backward), the final norm and lm_head. With
 ``distill_from``, the original model's final hidden states are cached the same way and its
 next-token distribution is recomputed from them through its own lm_head at each step, so the
-loss is the KL divergence from the original model with no second model held in memory.
+loss is the KL divergence from the original model with no second model held in memory. When
+those caches would not fit in memory they are streamed instead (``tune.front``: the front, and
+the original, run per batch), and several processes can share each step (``tune.parallel``).
 
 Losses: ``task`` (next-token cross-entropy on the labels: every token for text, the response
 tokens for instruction data), ``kd`` (KL from the original model on every real token) or both.
