@@ -5,7 +5,7 @@ large block is freed, so the multi-megabyte tensors of a block-by-block job end 
 small long-lived tensors between them (packed weights) then pin freed pages, and resident memory
 creeps up block after block while what the job holds stays flat. :func:`release_freed` hands
 the heap's free pages back to the kernel (``malloc_trim``); it does nothing where the C library
-is not glibc.
+is not glibc. :func:`available_memory` says how much a job may still take.
 """
 
 from __future__ import annotations
@@ -35,3 +35,21 @@ def release_freed() -> bool:
         return False
     libc.malloc_trim(ctypes.c_size_t(0))
     return True
+
+
+def available_memory(device: str) -> int | None:
+    """Bytes free for a model on ``device`` (CUDA: free device memory; CPU: the kernel's
+    MemAvailable), or None where it cannot be read."""
+    if device.startswith("cuda"):
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -96,19 +96,19 @@ def test_a_model_whose_one_block_does_not_fit_is_refused_before_reading(tiny_mod
     """Block by block needs the largest block plus what stays loaded: less memory than that is a
     one-line error (exit 2) naming the fix; the whole model not fitting is fine."""
     from llmshrink.cli import main
-    from llmshrink.models import load
+    from llmshrink.models import lazy
 
     index = SafetensorsIndex([tiny_model_dir / "model.safetensors"])
     sizes = {n: e.end - e.start for n, e in index.entries.items()}  # float32 on disk and as loaded
     rest = sum(v for n, v in sizes.items() if not n.startswith("model.layers."))
     block = sum(v for n, v in sizes.items() if n.startswith("model.layers.0."))
-    monkeypatch.setattr(load, "available_memory", lambda device: rest + block - 1)
+    monkeypatch.setattr(lazy, "available_memory", lambda device: rest + block - 1)
     with pytest.raises(UserError, match="does not fit even block by block"):
         load_model(str(tiny_model_dir), lazy_blocks=True)
     assert main(["quantize", str(tiny_model_dir), "--out", str(tiny_model_dir.parent / "nofit"), "--method",
                  "rtn"]) == 2
     assert "--dtype bfloat16" in capsys.readouterr().err and not (tiny_model_dir.parent / "nofit").exists()
-    monkeypatch.setattr(load, "available_memory", lambda device: rest + block)  # less than the whole model
+    monkeypatch.setattr(lazy, "available_memory", lambda device: rest + block)  # less than the whole model
     assert rest + block < sum(sizes.values())
     load_model(str(tiny_model_dir), lazy_blocks=True)
 

@@ -17,8 +17,9 @@ from ..data.calib import CalibConfig, calibration_windows
 from ..errors import UserError
 from ..exporters.gptq_compat import compatibility_notes, resolve_group_size
 from ..exporters.hf import check_packable, release_dtype, save_quantized
+from ..memory import available_memory
 from ..models.arch import block_range, check_range_syntax
-from ..models.load import LoadedModel, available_memory
+from ..models.load import LoadedModel
 from ..paths import claim_output
 from ..quant.config import QuantConfig
 from ..quant.driver import QuantizeReport, quantize_model

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..memory import available_memory
 from .arch import ArchSpec
 from .files import read_header
 
@@ -134,8 +135,6 @@ def check_block_fits(folder: Path, index: SafetensorsIndex, arch: ArchSpec, dtyp
     """Refuse, before reading any weight, a model whose largest decoder block, with the tensors
     that stay loaded (embedding, final norm, lm_head), cannot fit in the memory ``device`` has
     free: block by block is the least a job over it can hold."""
-    from .load import available_memory
-
     def size(e: _Entry) -> int:
         return (e.end - e.start) // e.dtype.itemsize * dtype.itemsize if e.dtype.is_floating_point else e.end - e.start
 

@@ -21,6 +21,7 @@ import torch
 
 from ..config import Config
 from ..errors import UserError
+from ..memory import available_memory
 from ..paths import cache_dir, cache_subdir
 from .arch import ArchSpec, arch_for
 from .convert import convert_gguf, inspect_gguf, is_converted, is_gguf
@@ -194,22 +195,6 @@ def _load_plain(folder: Path, config: dict, dtype: torch.dtype, trust_remote_cod
         )
     except (OSError, ValueError, RuntimeError) as exc:
         raise UserError(f"could not load weights from {folder} ({exc}): the folder may be incomplete") from exc
-
-
-def available_memory(device: str) -> int | None:
-    """Bytes free for a model on ``device`` (CUDA: free device memory; CPU: the kernel's
-    MemAvailable), or None where it cannot be read."""
-    if device.startswith("cuda"):
-        free, _total = torch.cuda.mem_get_info(torch.device(device))
-        return int(free)
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
 
 
 def check_fits(folder: Path, dtype: torch.dtype, device: str) -> None:

@@ -17,7 +17,8 @@ import torch
 
 from ..blockwise import BlockInputs, walk_blocks
 from ..errors import UserError
-from ..models.load import LoadedModel, available_memory
+from ..memory import available_memory
+from ..models.load import LoadedModel
 from ..quant.qlinear import dequantized
 from .config import FRONTS
 
