@@ -29,6 +29,11 @@ class _Entry:
     start: int  # absolute byte offset in the shard
     end: int
 
+    def loaded_bytes(self, dtype: torch.dtype) -> int:
+        """Memory the tensor takes once read, a floating one converted to ``dtype``."""
+        n = self.end - self.start
+        return n // self.dtype.itemsize * dtype.itemsize if self.dtype.is_floating_point else n
+
 
 class SafetensorsIndex:
     """Where each tensor of a folder's safetensors shards lives, from their headers."""
@@ -135,18 +140,15 @@ def check_block_fits(folder: Path, index: SafetensorsIndex, arch: ArchSpec, dtyp
     """Refuse, before reading any weight, a model whose largest decoder block, with the tensors
     that stay loaded (embedding, final norm, lm_head), cannot fit in the memory ``device`` has
     free: block by block is the least a job over it can hold."""
-    def size(e: _Entry) -> int:
-        return (e.end - e.start) // e.dtype.itemsize * dtype.itemsize if e.dtype.is_floating_point else e.end - e.start
-
     prefix = arch.layers + "."
     blocks: dict[str, int] = {}
     rest = 0
     for name, e in index.entries.items():
         if name.startswith(prefix):
             i = name[len(prefix):].split(".", 1)[0]
-            blocks[i] = blocks.get(i, 0) + size(e)
+            blocks[i] = blocks.get(i, 0) + e.loaded_bytes(dtype)
         else:
-            rest += size(e)
+            rest += e.loaded_bytes(dtype)
     need = rest + max(blocks.values(), default=0)
     free = available_memory(device)
     if free is not None and need > free:

@@ -202,9 +202,7 @@ def check_fits(folder: Path, dtype: torch.dtype, device: str) -> None:
     cannot fit in the memory ``device`` has free."""
     from .lazy import SafetensorsIndex
 
-    size = dtype.itemsize
-    need = sum((e.end - e.start) // e.dtype.itemsize * size if e.dtype.is_floating_point else e.end - e.start
-               for e in SafetensorsIndex(list_shards(folder)).entries.values())
+    need = sum(e.loaded_bytes(dtype) for e in SafetensorsIndex(list_shards(folder)).entries.values())
     free = available_memory(device)
     if free is not None and need > free:
         raise UserError(f"{folder} needs {need / 2**30:.1f} GiB as {str(dtype).removeprefix('torch.')} but {device} "
