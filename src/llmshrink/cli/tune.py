@@ -37,7 +37,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     lcfg = config(args, load_part())
     if parallel.world > 1 and lcfg.device.startswith("cuda"):
         lcfg.device = parallel.device  # one GPU per process
-    res = finetune(lcfg.load(args.model), cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=progress())
+    res = finetune(lcfg.load(args.model), cfg, args.out, resume=args.resume, overwrite=args.overwrite,
+                   parallel=parallel, progress=progress())
     if not res.saved:  # another data-parallel process; the main one reports
         return 0
     rows = [("saved", str(res.out)), ("steps", str(res.stats.steps)), ("tokens", f"{res.stats.tokens:,}"),

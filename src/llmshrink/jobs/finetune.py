@@ -44,12 +44,14 @@ def checkpoint_dir(out: Path) -> Path:
 
 
 def finetune(lm: LoadedModel, cfg: FinetuneConfig, out: Path, *, resume: bool = False,
-             eval_cfg: EvalConfig | None = None, overwrite: bool = False, progress=None) -> FinetuneResult:
+             eval_cfg: EvalConfig | None = None, overwrite: bool = False, parallel: Parallel | None = None,
+             progress=None) -> FinetuneResult:
     """Train the tail of ``lm`` in place, evaluate it, and save it to ``out`` (an existing ``out``
-    only with ``overwrite``). Started by ``accelerate launch`` (several processes), each process
-    trains on its share of every step and only the main one scores and saves."""
+    only with ``overwrite``). Started by ``accelerate launch`` (several processes; ``parallel``,
+    default from the environment), each process trains on its share of every step and only the
+    main one scores and saves."""
     t0 = time.perf_counter()
-    parallel = Parallel.from_env()
+    parallel = parallel or Parallel.from_env()
     parallel.check(cfg.grad_accum)
     out = claim_output(out, inputs=lm.sources, overwrite=overwrite, need_bytes=2 * lm.size_on_disk)
     check_resume(out, resume)
