@@ -5,7 +5,8 @@ large block is freed, so the multi-megabyte tensors of a block-by-block job end 
 small long-lived tensors between them (packed weights) then pin freed pages, and resident memory
 creeps up block after block while what the job holds stays flat. :func:`release_freed` hands
 the heap's free pages back to the kernel (``malloc_trim``); it does nothing where the C library
-is not glibc. :func:`available_memory` says how much a job may still take.
+is not glibc. :func:`available_memory` says how much a job may still take, :func:`short_of`
+whether long-lived data (caches, calibration activations) would take too much of it.
 """
 
 from __future__ import annotations
@@ -53,3 +54,13 @@ def available_memory(device: str) -> int | None:
     except OSError:
         pass
     return None
+
+
+HOLD_SHARE = 0.5  # the most of the free memory a job's long-lived data may take
+
+
+def short_of(need: int, device: str, share: float = HOLD_SHARE) -> int | None:
+    """The bytes free on ``device`` when ``need`` is more than ``share`` of them; None when it
+    fits (or the free memory cannot be read)."""
+    free = available_memory(device)
+    return free if free is not None and need > share * free else None

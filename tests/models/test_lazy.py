@@ -117,6 +117,7 @@ def test_activations_on_disk_give_the_same_checkpoint(tiny_model_dir, text_file,
     """--activations disk keeps the calibration activations in a memory-mapped file beside the
     output: the same bytes out as in memory, the file gone at the end; activations too large for
     memory without it are refused before any pass."""
+    from llmshrink import memory
     from llmshrink.cli import main
     from llmshrink.jobs import quantize
 
@@ -136,7 +137,7 @@ def test_activations_on_disk_give_the_same_checkpoint(tiny_model_dir, text_file,
     assert seen[0] is not None and seen[0].name == "activations.bin" and not seen[0].exists()
     a, b = (load_file(tmp_path / d / "model.safetensors") for d in ("mem", "disk"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    monkeypatch.setattr(quantize, "available_memory", lambda device: 4 * 32 * 32 * 4)  # the activations' size
+    monkeypatch.setattr(memory, "available_memory", lambda device: 4 * 32 * 32 * 4)  # the activations' size
     assert main([*base, "--out", str(tmp_path / "big")]) == 2
     assert "--activations disk" in capsys.readouterr().err and not (tmp_path / "big").exists()
     assert main([*base, "--out", str(tmp_path / "big"), "--activations", "disk"]) == 0

@@ -314,15 +314,16 @@ def test_a_streamed_front_trains_as_the_cached_one(dirs, tmp_path, loss):
 
 
 def test_auto_streams_when_the_cache_would_not_fit(dirs, monkeypatch, caplog):
+    from llmshrink import memory
     from llmshrink.tune import front
 
     lm = load_model(dirs["q"])
     ids = ft.text_batches(lm, _cfg(dirs), 4).ids
     need = front.cache_bytes(lm, ids, 2)
     assert need == 2 * sum(x.numel() for x in ids) * lm.model.config.hidden_size * 4
-    monkeypatch.setattr(front, "available_memory", lambda device: 4 * need)
+    monkeypatch.setattr(memory, "available_memory", lambda device: 4 * need)
     assert front.choose_front("auto", lm, ids, 2) is False
-    monkeypatch.setattr(front, "available_memory", lambda device: need)
+    monkeypatch.setattr(memory, "available_memory", lambda device: need)
     with caplog.at_level("WARNING"):
         assert front.choose_front("auto", lm, ids, 2) is True
     assert "computing them per batch instead" in caplog.text

@@ -17,7 +17,7 @@ from ..data.calib import CalibConfig, calibration_windows
 from ..errors import UserError
 from ..exporters.gptq_compat import compatibility_notes, resolve_group_size
 from ..exporters.hf import check_packable, release_dtype, save_quantized
-from ..memory import available_memory
+from ..memory import short_of
 from ..models.arch import block_range, check_range_syntax
 from ..models.load import LoadedModel
 from ..paths import claim_output
@@ -89,16 +89,13 @@ def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Pat
     return report, saved
 
 
-ACTIVATIONS_SHARE = 0.5  # the most of the free memory calibration activations may take in memory
-
-
 def check_activations(lm: LoadedModel, calib: CalibConfig, activations: str) -> None:
     """Refuse, before any pass, calibration activations (one hidden state per calibration token,
     in the model's dtype) that would take more than half the free memory, unless they go to disk."""
     p = next(p for p in lm.model.parameters() if not p.is_meta)
     need = calib.nsamples * calib.seqlen * lm.model.config.hidden_size * p.element_size()
-    free = available_memory(str(p.device))
-    if activations == "memory" and free is not None and need > ACTIVATIONS_SHARE * free:
+    free = short_of(need, str(p.device)) if activations == "memory" else None
+    if free is not None:
         raise UserError(f"the calibration activations ({calib.nsamples} x {calib.seqlen} tokens x hidden "
                         f"{lm.model.config.hidden_size}) need {need / 2**30:.1f} GiB, more than half the "
                         f"{free / 2**30:.1f} GiB free: pass --activations disk (memory-mapped beside the output) "

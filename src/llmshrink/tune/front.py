@@ -17,14 +17,13 @@ import torch
 
 from ..blockwise import BlockInputs, walk_blocks
 from ..errors import UserError
-from ..memory import available_memory
+from ..memory import short_of
 from ..models.load import LoadedModel
 from ..quant.qlinear import dequantized
 from .config import FRONTS
 
 log = logging.getLogger(__name__)
 
-CACHE_SHARE = 0.5  # the most of the free memory a cache may take before ``auto`` streams
 
 
 @torch.no_grad()
@@ -89,8 +88,8 @@ def choose_front(front: str, lm: LoadedModel, ids: list[torch.Tensor], copies: i
         return front == "stream"
     need = cache_bytes(lm, ids, copies)
     device = str(next(lm.model.parameters()).device)
-    free = available_memory(device)
-    if free is None or need <= CACHE_SHARE * free:
+    free = short_of(need, device)
+    if free is None:
         return False
     log.warning("the frozen front's outputs for %d batches need %.1f GiB, more than half the %.1f GiB free on %s: "
                 "computing them per batch instead (slower; --front cache keeps them)", len(ids), need / 2**30,
