@@ -56,6 +56,35 @@ def make_tokenizer(add_bos: bool = False, chat_template: str | None = CHAT_TEMPL
     return fast
 
 
+def make_sentencepiece_tokenizer(size: int = 500):
+    """A SentencePiece-style tokenizer as transformers writes Llama 1/2's and Mistral's: BPE over
+    text whose spaces are "▁" (one put in front), 256 ``<0xXX>`` byte pieces for what the pieces
+    miss, BOS added. Trained on TEXT; the merges are SentencePiece's order as transformers'
+    converter writes it (every split of a piece into two pieces, by the piece's rank)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<unk>", "<s>", "</s>"]
+    trainer = trainers.BpeTrainer(vocab_size=size, special_tokens=specials, show_progress=False)
+    words = Tokenizer(models.BPE(unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    words.train_from_iterator([TEXT] * 4, trainer)
+    learned = [p for p, _ in sorted(words.get_vocab().items(), key=lambda kv: kv[1]) if p not in specials]
+    vocab = {p: i for i, p in enumerate([*specials, *(f"<0x{b:02X}>" for b in range(256)), *learned])}
+    merges = sorted((vocab[p], p[:k], p[k:]) for p in learned for k in range(1, len(p))
+                    if p[:k] in vocab and p[k:] in vocab)
+    tok = Tokenizer(models.BPE(vocab, [(a, b) for _, a, b in merges], unk_token="<unk>", byte_fallback=True,
+                               fuse_unk=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="</s>", chat_template=CHAT_TEMPLATE)
+
+
 def make_tiny_model(vocab_size: int, *, seed: int = 0, tie: bool = True, layers: int = 2, hidden: int = 32,
                     intermediate: int = 64, heads: int = 4, kv_heads: int = 2, std: float = 0.3):
     from transformers import LlamaConfig, LlamaForCausalLM

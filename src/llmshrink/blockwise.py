@@ -1,8 +1,9 @@
 """One block-by-block driver over a decoder.
 
 Capture what enters the first decoder block for a batch of calibration windows (hidden states
-and the keyword arguments the model passes to every block: position embeddings, mask, ...),
-then walk the blocks one at a time: the caller's ``visit(i, block, inputs)`` sees the block and
+and the keyword arguments the model passes to each block: position embeddings, mask, ...; they
+differ between blocks where the model mixes sliding-window and full-attention layers, or local and
+global RoPE, as Gemma and Qwen with ``layer_types`` do), then walk the blocks one at a time: the caller's ``visit(i, block, inputs)`` sees the block and
 its inputs and may change the block (quantize it, score it); the driver then runs the block,
 as it is now, to produce the next block's inputs. Memory stays near one block plus activations.
 
@@ -29,7 +30,44 @@ class _Captured(Exception):
 @dataclass
 class BlockInputs:
     hidden: list[torch.Tensor]  # one [batch, seq, hidden] tensor per calibration batch
-    kwargs: list[dict]  # the keyword arguments each batch's blocks receive
+    kwargs: list[dict]  # the keyword arguments each batch's block receives (the block these inputs enter)
+    # every block's keyword arguments ([block][batch]) where blocks receive different ones; None: all alike
+    layers: list[list[dict]] | None = None
+
+    def at(self, i: int, hidden: list[torch.Tensor] | None = None) -> BlockInputs:
+        """These inputs (or ``hidden``) as block ``i`` receives them."""
+        return BlockInputs(self.hidden if hidden is None else hidden,
+                           self.layers[i] if self.layers is not None else self.kwargs, self.layers)
+
+    def block_kwargs(self, b: int) -> list[dict]:
+        """Batch ``b``'s keyword arguments for every block (one dict, repeated, when all alike)."""
+        return [k[b] for k in self.layers] if self.layers is not None else [self.kwargs[b]]
+
+
+class _Recorder(torch.nn.Module):
+    """Stands in for a decoder block during the capture: keeps the keyword arguments the model
+    passes it and hands the hidden states on untouched (the block itself never runs); the last
+    one ends the pass. Attribute reads fall through to the block (the model reads e.g. its
+    ``attention_type`` to pick the mask)."""
+
+    def __init__(self, block: torch.nn.Module, seen: list[dict], last: bool):
+        super().__init__()
+        object.__setattr__(self, "block", block)
+        self.seen, self.last = seen, last
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if "block" not in self.__dict__:
+                raise
+            return getattr(self.__dict__["block"], name)
+
+    def forward(self, hidden_states, *args, **kwargs):
+        self.seen.append(kwargs)
+        if self.last:
+            raise _Captured
+        return hidden_states
 
 
 @contextlib.contextmanager
@@ -76,29 +114,44 @@ class Slab:
 @torch.no_grad()
 def capture_block_inputs(model: torch.nn.Module, arch: ArchSpec, batches: list[torch.Tensor],
                          store: Path | None = None) -> BlockInputs:
-    """Run each batch of token ids up to the first decoder block and keep what enters it (in one
-    :class:`Slab` when the batches share a length; memory-mapped from the file ``store`` if given)."""
-    first = arch.blocks(model)[0]
-    hidden, kwargs = [], []
+    """Run each batch of token ids through the model with every decoder block stood in by a
+    :class:`_Recorder`, and keep what enters the first block (in one :class:`Slab` when the
+    batches share a length; memory-mapped from the file ``store`` if given) and what keyword
+    arguments each block receives (kept per block only where they differ)."""
+    layers = arch.blocks(model)
+    blocks = list(layers)
+    seen: list[list[dict]] = [[] for _ in blocks]
+    hidden = []
     same = len({ids.shape[1:] for ids in batches}) == 1
     slab = Slab([ids.shape[0] for ids in batches], store) if same else None
 
     def hook(_module, args, kw):
-        h = args[0] if args else kw.pop("hidden_states")
+        h = args[0] if args else kw["hidden_states"]
         hidden.append(slab.keep(len(hidden), h) if slab is not None else h)
-        kwargs.append({k: v for k, v in kw.items() if k != "hidden_states"})
-        raise _Captured
 
-    handle = first.register_forward_pre_hook(hook, with_kwargs=True)
     device = next(model.parameters()).device
+    handle = None
     try:
+        for i, block in enumerate(blocks):
+            layers[i] = _Recorder(block, seen[i], last=i == len(blocks) - 1)
+        handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
         with no_cache(model):
             for ids in batches:
                 with contextlib.suppress(_Captured):
                     model(input_ids=ids.to(device), use_cache=False)
     finally:
-        handle.remove()
-    return BlockInputs(hidden, kwargs)
+        if handle is not None:
+            handle.remove()
+        for i, block in enumerate(blocks):
+            layers[i] = block
+    kwargs = [[{k: v for k, v in kw.items() if k != "hidden_states"} for kw in per] for per in seen]
+    alike = all(_same(kw, kwargs[0]) for kw in kwargs[1:])
+    return BlockInputs(hidden, kwargs[0], None if alike else kwargs)
+
+
+def _same(a: list[dict], b: list[dict]) -> bool:
+    """Whether two blocks receive the very same keyword arguments (the same objects) in every batch."""
+    return all(x.keys() == y.keys() and all(x[k] is y[k] for k in x) for x, y in zip(a, b, strict=True))
 
 
 def run_block(block: torch.nn.Module, inputs: BlockInputs) -> list[torch.Tensor]:
@@ -137,7 +190,8 @@ def walk_blocks(model: torch.nn.Module, arch: ArchSpec, batches: list[torch.Tens
         block = layers[i]
         if prepare is not None:
             prepare(i, block)
+        inputs = inputs.at(i)
         outs = visit(i, block, inputs) if i in todo else None
         if i < end - 1 or through is not None:
-            inputs = BlockInputs(outs if outs is not None else run_block(block, inputs), inputs.kwargs)
+            inputs = inputs.at(i + 1 if i + 1 < len(layers) else i, outs if outs is not None else run_block(block, inputs))
     return inputs

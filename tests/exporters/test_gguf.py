@@ -132,15 +132,16 @@ def test_bad_input_one_line_error_and_nothing_left(tmp_path, tiny, capsys):
     assert not any(tmp_path.rglob("*.gguf*"))
 
 
-def test_unsupported_architecture_and_tokenizer(tmp_path, tokenizer):
+def test_what_llama_cpp_cannot_run_and_unsupported_tokenizers(tmp_path, tokenizer):
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+    from transformers import PreTrainedTokenizerFast
 
-    qwen = Qwen3ForCausalLM(Qwen3Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                        num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2))
-    lm = load_model(str(save_model_dir(tmp_path / "qwen", qwen, tokenizer)))
-    with pytest.raises(UserError, match="GGUF export handles llama, mistral models, not 'qwen3'"):
-        export_gguf(lm, GGUFConfig(type="f16"), tmp_path / "q.gguf")
+    from tests.archs import make_arch_model
+
+    gemma = make_arch_model("gemma2", len(tokenizer), tie=False)
+    lm = load_model(str(save_model_dir(tmp_path / "gemma", gemma, tokenizer)))
+    with pytest.raises(UserError, match="llama.cpp's gemma2 always ties the output to the embedding"):
+        export_gguf(lm, GGUFConfig(type="f16"), tmp_path / "g.gguf")
 
     tok = Tokenizer(models.BPE(vocab={"a": 0, "b": 1, "ab": 2}, merges=[("a", "b")]))
     tok.pre_tokenizer = pre_tokenizers.Metaspace()

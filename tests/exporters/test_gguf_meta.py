@@ -5,7 +5,8 @@ import pytest
 from transformers import LlamaConfig
 
 from llmshrink.errors import UserError
-from llmshrink.exporters.gguf_meta import add_general, add_hparams, add_tokenizer, gguf_arch, read_vocab
+from llmshrink.exporters.gguf_arch import GGUF_ARCHES, gguf_arch_of
+from llmshrink.exporters.gguf_meta import add_general, add_hparams, add_tokenizer, read_vocab
 
 
 def _read(tmp_path, fill):
@@ -21,9 +22,13 @@ def _read(tmp_path, fill):
 
 
 def test_arch_mapping_and_refusal():
-    assert gguf_arch("llama") == "llama" and gguf_arch("mistral") == "llama"
-    with pytest.raises(UserError, match="GGUF export handles llama, mistral models, not 'gemma2'"):
-        gguf_arch("gemma2")
+    from llmshrink.models.arch import ARCHITECTURES
+
+    assert gguf_arch_of("llama").name == "llama" and gguf_arch_of("mistral").name == "llama"
+    assert gguf_arch_of("gemma3_text").name == "gemma3" and gguf_arch_of("phi3").name == "phi3"
+    assert set(GGUF_ARCHES) == set(ARCHITECTURES)  # every architecture llmshrink handles has its GGUF form
+    with pytest.raises(UserError, match="GGUF export handles gemma2, gemma3_text, .* models, not 'gpt2'"):
+        gguf_arch_of("gpt2")
 
 
 @pytest.mark.parametrize(("rope", "head_dim"), [(None, None), ({"rope_type": "linear", "factor": 4.0}, 48)])

@@ -5,6 +5,7 @@ from llmshrink.errors import UserError
 from llmshrink.models.arch import arch_of
 from llmshrink.quant.config import QuantConfig
 from llmshrink.quant.driver import quantize_model
+from tests.archs import ARCHS, make_arch_model
 from tests.conftest import make_tiny_model
 
 
@@ -61,7 +62,7 @@ def _reference_quantize(model, calib, cfg, true_sequential):
             H = {n: [None, 0] for n in group}
             hooks = [block.get_submodule(n).register_forward_pre_hook(
                 lambda _m, a, n=n, H=H: H[n].__setitem__(slice(0, 2), accumulate_hessian(*H[n], a[0]))) for n in group]
-            run_block(block, inputs)
+            run_block(block, inputs.at(i))
             for h in hooks:
                 h.remove()
             for n in group:
@@ -69,17 +70,19 @@ def _reference_quantize(model, calib, cfg, true_sequential):
                 res = gptq_quantize(mod.weight.data, H[n][0], cfg)
                 mod.weight.data = res.dequantize()
                 results[f"model.layers.{i}.{n}"] = res
-        inputs.hidden = run_block(block, inputs)
+        inputs.hidden = run_block(block, inputs.at(i))
     return results
 
 
+@pytest.mark.parametrize("model_type", sorted(ARCHS))
 @pytest.mark.parametrize("true_sequential", [True, False])
-def test_staged_driver_matches_the_reference_driver(true_sequential):
+def test_staged_driver_matches_the_reference_driver(true_sequential, model_type):
     """The staged driver (shared Hessians per group, early stops, attention carried in the residual) solves the
-    same problems as running every block in full for every group."""
+    same problems as running every block in full for every group, on every architecture (Gemma's post-norms,
+    Phi-3's fused layers, per-layer masks)."""
     cfg = QuantConfig(bits=3, group_size=16)
     calib = _calib(n=8)
-    ref_model, model = make_tiny_model(64, layers=3), make_tiny_model(64, layers=3)
+    ref_model, model = make_arch_model(model_type, 64, layers=3), make_arch_model(model_type, 64, layers=3)
     model.load_state_dict(ref_model.state_dict())
     expected = _reference_quantize(ref_model, calib, cfg, true_sequential)
     report = quantize_model(model, arch_of(model), calib, cfg, batch_size=4, true_sequential=true_sequential)
@@ -92,13 +95,15 @@ def test_staged_driver_matches_the_reference_driver(true_sequential):
     torch.testing.assert_close(model(ids).logits, ref_model(ids).logits, rtol=1e-3, atol=1e-3)
 
 
-def test_a_skipped_branch_on_the_carried_residual_gives_the_block_output_bit_for_bit():
+@pytest.mark.parametrize("model_type", sorted(ARCHS))
+def test_a_skipped_branch_on_the_carried_residual_gives_the_block_output_bit_for_bit(model_type):
     """The driver's residual carry rests on this property of pre-norm blocks: what enters the
-    next branch's norm, run through the block with the finished branch skipped, is the block's output."""
+    next branch's norm, run through the block with the finished branch skipped, is the block's output
+    (Gemma's post-norm maps the skipped branch's zero to zero)."""
     from llmshrink.blockwise import capture_block_inputs
     from llmshrink.quant.driver import _Skip
 
-    model = make_tiny_model(64)
+    model = make_arch_model(model_type, 64)
     arch = arch_of(model)
     block = arch.blocks(model)[0]
     inputs = capture_block_inputs(model, arch, [_calib(n=2)])
@@ -120,9 +125,10 @@ def test_a_skipped_branch_on_the_carried_residual_gives_the_block_output_bit_for
     assert torch.equal(again, out)
 
 
-def test_group_members_read_the_same_input():
-    """The driver's shared Hessian per group rests on this property of LLaMA-family blocks."""
-    model = make_tiny_model(64)
+@pytest.mark.parametrize("model_type", sorted(ARCHS))
+def test_group_members_read_the_same_input(model_type):
+    """The driver's shared Hessian per group rests on this property of every architecture's blocks."""
+    model = make_arch_model(model_type, 64)
     arch = arch_of(model)
     block = arch.blocks(model)[0]
     seen = {}

@@ -32,7 +32,8 @@ from ..quant.grid import GRID_KINDS
 from ..quant.qlinear import QuantLinear
 from .config import GGUFConfig
 from .ggml import GGMLType, ggml_type, is_blockwise
-from .gguf_meta import add_general, add_hparams, add_tokenizer, gguf_arch, read_vocab
+from .gguf_arch import GGUFArch, check_gguf_arch, gguf_arch_of
+from .gguf_meta import add_general, add_hparams, add_tokenizer, read_vocab, rope_of
 from .gguf_mix import fallback, plan_types
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,11 @@ def _linear_bytes(name: str, mod: torch.nn.Module, t: GGMLType, qcfg: QuantConfi
     return t.encode(mod.weight.data, qcfg)
 
 
+def _norm(target: GGUFArch, name: str, w: torch.Tensor) -> torch.Tensor:
+    """A norm's weight as llama.cpp multiplies by it (Gemma's ``1 + w``)."""
+    return w.float() + target.norm_shift if target.norm_shift and name.rsplit(".", 1)[-1].endswith("norm") else w
+
+
 def float_blocks(lm: LoadedModel) -> range | None:
     """The trailing run of blocks whose linears are all plain (not packed): what GPTQ may solve."""
     blocks = lm.arch.blocks(lm.model)
@@ -119,8 +125,9 @@ class TypePlan:
 
 
 def _tensor_names(lm: LoadedModel):
-    """A function HF tensor name -> its GGUF name, for ``lm``'s block count."""
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, len(lm.arch.blocks(lm.model)))
+    """A function HF tensor name -> its GGUF name, for ``lm``'s architecture and block count."""
+    arch = gguf_arch_of(getattr(lm.model.config, "model_type", None))
+    names = gguf.get_tensor_name_map(arch.model_arch, len(lm.arch.blocks(lm.model)))
     return lambda hf: names.get_name(hf, try_suffixes=(".weight", ".bias"))
 
 
@@ -162,9 +169,12 @@ def plan_tensor_types(lm: LoadedModel, cfg: GGUFConfig) -> TypePlan:
 
 
 def check_exportable(lm: LoadedModel, cfg: GGUFConfig) -> None:
-    """Refuse, before any solving, what the file cannot hold: the architecture, the tokenizer."""
-    gguf_arch(getattr(lm.model.config, "model_type", None))
-    read_vocab(lm.tokenizer, lm.model.config.vocab_size)
+    """Refuse, before any solving, what the file cannot hold: the architecture (and what llama.cpp
+    would compute otherwise), the tokenizer."""
+    config = lm.model.config
+    check_gguf_arch(gguf_arch_of(getattr(config, "model_type", None)), config, _is_tied(lm))
+    rope_of(config)
+    read_vocab(lm.tokenizer, config.vocab_size)
 
 
 def write_gguf(lm: LoadedModel, cfg: GGUFConfig, out: Path, results: dict[str, QuantResult], *,
@@ -174,7 +184,7 @@ def write_gguf(lm: LoadedModel, cfg: GGUFConfig, out: Path, results: dict[str, Q
     t0 = time.perf_counter() if t0 is None else t0
     out = output_path(out)
     config = lm.model.config
-    arch_name = gguf_arch(getattr(config, "model_type", None))
+    target = gguf_arch_of(getattr(config, "model_type", None))
     plan = plan_tensor_types(lm, cfg)
     quantized = cfg.mix is not None or ggml_type(cfg.type).quantized
     report = GGUFReport(out, cfg.type, plan.embed.name, cfg.method if quantized else "none")
@@ -184,7 +194,7 @@ def write_gguf(lm: LoadedModel, cfg: GGUFConfig, out: Path, results: dict[str, Q
     gguf_name = _tensor_names(lm)
     heads = config.num_attention_heads
     kv = getattr(config, "num_key_value_heads", None) or heads
-    rope_heads = {"self_attn.q_proj": heads, "self_attn.k_proj": kv}
+    rope_heads = {"self_attn.q_proj": heads, "self_attn.k_proj": kv} if target.rope_rows else {}
     tensors: list[tuple[str, np.ndarray, GGMLType]] = []
 
     def add(hf_name: str, data: np.ndarray, tt: GGMLType, rows: torch.Tensor | None = None) -> None:
@@ -208,17 +218,18 @@ def write_gguf(lm: LoadedModel, cfg: GGUFConfig, out: Path, results: dict[str, Q
                     add(f"{full}.bias", f32.encode(mod.bias.data[rows] if rows is not None else mod.bias.data), f32)
             elif not any(local.startswith(n + ".") for n in arch.linear_names):
                 for pname, p in mod.named_parameters(recurse=False):
-                    add(f"{full}.{pname}", f32.encode(p.data), f32)
-    add(f"{arch.norm}.weight", f32.encode(model.get_submodule(arch.norm).weight.data), f32)
+                    add(f"{full}.{pname}", f32.encode(_norm(target, local, p.data)), f32)
+    add(f"{arch.norm}.weight", f32.encode(_norm(target, arch.norm, model.get_submodule(arch.norm).weight.data)), f32)
     if plan.output is not None:  # llama.cpp uses token_embd as the output when there is no output.weight
         head = model.get_submodule(arch.lm_head)
         w = head.dequantized_weight() if isinstance(head, QuantLinear) else head.weight.data
         add(f"{arch.lm_head}.weight", plan.output.encode(w), plan.output)
 
     with atomic_file(out) as tmp:
-        w = gguf.GGUFWriter(tmp, arch_name)
+        w = gguf.GGUFWriter(tmp, target.name)
         add_general(w, source_general(lm.path), name=Path(lm.name).name or lm.name, n_params=lm.num_parameters, quantized=quantized)
         add_hparams(w, config, len(blocks))
+        target.keys(w, config)
         add_tokenizer(w, lm.tokenizer, config.vocab_size)
         w.add_file_type(int(plan.file_type))
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)

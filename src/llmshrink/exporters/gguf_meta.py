@@ -1,6 +1,6 @@
-"""GGUF metadata for LLaMA-family models: hyperparameters and the tokenizer.
+"""GGUF metadata: hyperparameters and the tokenizer.
 
-llama.cpp reads the ``llama.*`` keys for the shapes and RoPE, and builds its tokenizer from
+llama.cpp reads the ``<arch>.*`` keys for the shapes and RoPE, and builds its tokenizer from
 ``tokenizer.ggml.*``: token strings, types and BPE merges, a pre-tokenizer name (which regex
 splits text before BPE), special token ids and the chat template. Everything is taken from the
 loaded transformers config and tokenizer, so a pruned model (fewer blocks) or a fine-tuned one
@@ -18,17 +18,6 @@ from ..data.windows import bos_id
 from ..errors import UserError
 from ..models.pretokenizers import PARTS, name_of
 
-# transformers model_type -> llama.cpp architecture (same tensors and graph).
-GGUF_ARCHES = {"llama": "llama", "mistral": "llama"}
-
-
-def gguf_arch(model_type: str | None) -> str:
-    arch = GGUF_ARCHES.get(model_type or "")
-    if arch is None:
-        raise UserError(f"GGUF export handles {', '.join(sorted(GGUF_ARCHES))} models, not {model_type!r}: "
-                        "export this model as a Hugging Face checkpoint instead")
-    return arch
-
 
 def _get(config, *names, default=None):
     for n in names:
@@ -38,9 +27,17 @@ def _get(config, *names, default=None):
     return default
 
 
-def _rope(config) -> tuple[float, dict | None]:
-    """(theta, scaling) from transformers 5's ``rope_parameters`` or the older fields."""
+def rope_of(config) -> tuple[float, dict | None]:
+    """(theta, scaling) of the full-attention layers, from transformers 5's ``rope_parameters``
+    (one dict, or one per layer type as Gemma 3's) or the older fields. llama.cpp fixes the
+    sliding layers' own RoPE (Gemma 3: theta 10000), so another one is refused."""
     params = getattr(config, "rope_parameters", None) or {}
+    if "full_attention" in params:
+        local = params.get("sliding_attention") or {}
+        if local and (local.get("rope_theta") != 10000.0 or local.get("rope_type", "default") != "default"):
+            raise UserError(f"llama.cpp gives sliding-window layers RoPE theta 10000, this model {local}: "
+                            "export a Hugging Face checkpoint instead")
+        params = params["full_attention"]
     theta = params.get("rope_theta", _get(config, "rope_theta", default=10000.0))
     scaling = getattr(config, "rope_scaling", None)
     kind = params.get("rope_type") or (scaling or {}).get("rope_type") or (scaling or {}).get("type") or "default"
@@ -51,6 +48,13 @@ def _rope(config) -> tuple[float, dict | None]:
         return float(theta), {"type": "linear", "factor": float(factor)}
     raise UserError(f"RoPE scaling {kind!r} cannot be exported to GGUF by llmshrink yet: use a model with "
                     "default or linear RoPE, or export a Hugging Face checkpoint")
+
+
+def _rotary_dims(config, head_dim: int) -> int:
+    """How many of a head's dimensions RoPE turns (Phi's ``partial_rotary_factor``)."""
+    params = getattr(config, "rope_parameters", None) or {}
+    factor = params.get("partial_rotary_factor", _get(config, "partial_rotary_factor", default=1.0))
+    return int(head_dim * factor)
 
 
 def add_general(w: gguf.GGUFWriter, source: dict, *, name: str, n_params: int, quantized: bool) -> None:
@@ -95,11 +99,11 @@ def add_hparams(w: gguf.GGUFWriter, config, n_blocks: int) -> None:
     w.add_head_count_kv(kv)
     w.add_layer_norm_rms_eps(float(config.rms_norm_eps))
     w.add_vocab_size(config.vocab_size)
-    w.add_rope_dimension_count(head_dim)
-    if head_dim != hidden // heads:
+    w.add_rope_dimension_count(_rotary_dims(config, head_dim))
+    if head_dim != hidden // heads:  # llama.cpp's default otherwise
         w.add_key_length(head_dim)
         w.add_value_length(head_dim)
-    theta, scaling = _rope(config)
+    theta, scaling = rope_of(config)
     w.add_rope_freq_base(theta)
     if scaling is not None:
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
@@ -112,6 +116,9 @@ class Vocab:
     types: list[int]
     merges: list[str]
     pre: str
+    model: str = "gpt2"  # llama.cpp's tokenizer: "gpt2" (byte-level BPE) or "llama" (SentencePiece)
+    scores: list[float] | None = None  # SentencePiece: the higher a piece's score, the earlier it is merged
+    space_prefix: bool = False  # SentencePiece: "▁" put before the text
 
 
 def _pre_tokenizer(spec: dict | None) -> str:
@@ -131,36 +138,89 @@ def read_vocab(tokenizer, n_vocab: int) -> Vocab:
         raise UserError("GGUF export needs a fast (tokenizer.json) tokenizer: save the model with one")
     spec = json.loads(backend.to_str())
     model = spec.get("model") or {}
-    if model.get("type") != "BPE" or model.get("byte_fallback"):
-        raise UserError(f"a {model.get('type')} tokenizer{' with byte fallback' if model.get('byte_fallback') else ''}"
-                        " cannot be represented in GGUF by llmshrink yet: only byte-level BPE is supported")
-    if spec.get("normalizer") is not None:
-        raise UserError("a tokenizer with a normalizer cannot be represented in GGUF by llmshrink yet")
+    if model.get("type") == "BPE" and model.get("byte_fallback"):
+        return _sentencepiece_vocab(spec, tokenizer.get_vocab(), n_vocab)
+    if model.get("type") != "BPE":
+        raise UserError(f"a {model.get('type')} tokenizer cannot be represented in GGUF by llmshrink yet: "
+                        "byte-level BPE (Llama 3, Qwen, SmolLM) and SentencePiece BPE (Llama 1/2, Mistral, Gemma) are")
+    normalizer = spec.get("normalizer")
+    if normalizer is not None and normalizer.get("type") != "NFC":
+        raise UserError(f"a tokenizer with a {normalizer.get('type')} normalizer cannot be represented in GGUF by "
+                        "llmshrink yet (NFC, as Qwen's, is: llama.cpp reads text already composed)")
     pre = _pre_tokenizer(spec.get("pre_tokenizer"))
-    vocab = tokenizer.get_vocab()
-    if max(vocab.values()) >= n_vocab:
-        raise UserError(f"the tokenizer has ids up to {max(vocab.values())} but the model only {n_vocab} "
-                        "embeddings: the tokenizer does not belong to this model")
-    added = {t["id"]: t for t in spec.get("added_tokens", [])}
-    tokens = [f"[PAD{i}]" for i in range(n_vocab)]
-    types = [int(gguf.TokenType.UNUSED)] * n_vocab
-    for text, i in vocab.items():
-        tokens[i] = text
-        if i in added:
-            types[i] = int(gguf.TokenType.CONTROL if added[i].get("special") else gguf.TokenType.USER_DEFINED)
-        else:
-            types[i] = int(gguf.TokenType.NORMAL)
+    tokens, types = _tokens(spec, tokenizer.get_vocab(), n_vocab)
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
     return Vocab(tokens, types, merges, pre)
 
 
+def _tokens(spec: dict, vocab: dict[str, int], n_vocab: int) -> tuple[list[str], list[int]]:
+    """Token strings by id, padded to ``n_vocab``, and their llama.cpp types (added special tokens
+    are control tokens, other added ones user-defined; SentencePiece's ``<0xXX>`` are bytes)."""
+    if max(vocab.values()) >= n_vocab:
+        raise UserError(f"the tokenizer has ids up to {max(vocab.values())} but the model only {n_vocab} "
+                        "embeddings: the tokenizer does not belong to this model")
+    added = {t["id"]: t for t in spec.get("added_tokens", [])}
+    byte_fallback = (spec.get("model") or {}).get("byte_fallback")
+    unk = (spec.get("model") or {}).get("unk_token")
+    tokens = [f"[PAD{i}]" for i in range(n_vocab)]
+    types = [int(gguf.TokenType.UNUSED)] * n_vocab
+    for text, i in vocab.items():
+        tokens[i] = text
+        if byte_fallback and text == unk:
+            types[i] = int(gguf.TokenType.UNKNOWN)
+        elif i in added:
+            types[i] = int(gguf.TokenType.CONTROL if added[i].get("special") else gguf.TokenType.USER_DEFINED)
+        elif byte_fallback and len(text) == 6 and text.startswith("<0x") and text.endswith(">"):
+            types[i] = int(gguf.TokenType.BYTE)
+        else:
+            types[i] = int(gguf.TokenType.NORMAL)
+    return tokens, types
+
+
+def _sentencepiece_vocab(spec: dict, vocab: dict[str, int], n_vocab: int) -> Vocab:
+    """A SentencePiece tokenizer in transformers' form (BPE over "▁"-joined text with byte
+    fallback: Llama 1/2, Mistral, Gemma) as llama.cpp's "llama" tokenizer: pieces, byte tokens,
+    and scores that make llama.cpp merge in the same order as transformers' BPE (a piece scores
+    minus the rank of the first merge that forms it)."""
+    space_prefix = _sentencepiece_spaces(spec.get("normalizer"), spec.get("pre_tokenizer"))
+    tokens, types = _tokens(spec, vocab, n_vocab)
+    merges = [m.split(" ", 1) if isinstance(m, str) else m for m in spec["model"].get("merges", [])]
+    rank: dict[str, int] = {}
+    for r, (a, b) in enumerate(merges):
+        rank.setdefault(a + b, r)
+    floor = -float(len(merges) + 1)
+    scores = [-float(rank[t]) if t in rank else (0.0 if types[i] != gguf.TokenType.NORMAL else floor)
+              for i, t in enumerate(tokens)]
+    return Vocab(tokens, types, [], "default", model="llama", scores=scores, space_prefix=space_prefix)
+
+
+def _sentencepiece_spaces(normalizer: dict | None, pre: dict | None) -> bool:
+    """Whether "▁" is put before the text, from the two forms transformers writes SentencePiece's
+    whitespace handling in (a Prepend + Replace normalizer, or a Metaspace pre-tokenizer that does
+    not split); anything else is refused."""
+    if pre is None and normalizer is not None:
+        steps = normalizer.get("normalizers", [normalizer]) if normalizer.get("type") == "Sequence" else [normalizer]
+        kinds = [(n.get("type"), n.get("prepend") or (n.get("pattern") or {}).get("String"), n.get("content"))
+                 for n in steps]
+        if kinds in ([("Prepend", "▁", None), ("Replace", " ", "▁")], [("Replace", " ", "▁")]):
+            return len(kinds) == 2
+    if normalizer is None and (pre or {}).get("type") == "Metaspace" and (pre or {}).get("replacement") == "▁" \
+            and not pre.get("split", True):
+        return pre.get("prepend_scheme", "always") != "never"
+    raise UserError(f"this SentencePiece tokenizer's whitespace handling cannot be represented in GGUF by llmshrink "
+                    f"yet (normalizer {json.dumps(normalizer)[:120]}, pre-tokenizer {json.dumps(pre)[:120]})")
+
+
 def add_tokenizer(w: gguf.GGUFWriter, tokenizer, n_vocab: int) -> None:
     v = read_vocab(tokenizer, n_vocab)
-    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_model(v.model)
     w.add_tokenizer_pre(v.pre)
     w.add_token_list(v.tokens)
     w.add_token_types(v.types)
-    w.add_token_merges(v.merges)
+    if v.scores is not None:
+        w.add_token_scores(v.scores)
+    if v.merges:
+        w.add_token_merges(v.merges)
     for attr, add in (("bos_token_id", w.add_bos_token_id), ("eos_token_id", w.add_eos_token_id),
                       ("unk_token_id", w.add_unk_token_id), ("pad_token_id", w.add_pad_token_id)):
         tid = getattr(tokenizer, attr, None)
@@ -168,7 +228,7 @@ def add_tokenizer(w: gguf.GGUFWriter, tokenizer, n_vocab: int) -> None:
             add(int(tid))
     w.add_add_bos_token(bos_id(tokenizer) is not None)
     w.add_add_eos_token(False)
-    w.add_add_space_prefix(False)
+    w.add_add_space_prefix(v.space_prefix)
     template = getattr(tokenizer, "chat_template", None)
     if isinstance(template, str) and template:
         w.add_chat_template(template)

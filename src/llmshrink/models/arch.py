@@ -20,6 +20,18 @@ LLAMA_SEQUENTIAL: tuple[tuple[str, ...], ...] = (
     ("mlp.gate_proj", "mlp.up_proj"),
     ("mlp.down_proj",),
 )
+# Phi-3 fuses q/k/v into one qkv_proj and gate/up into one gate_up_proj: each is one matrix, one
+# Hessian, and keeps its fused name in checkpoints.
+FUSED_SEQUENTIAL: tuple[tuple[str, ...], ...] = (
+    ("self_attn.qkv_proj",),
+    ("self_attn.o_proj",),
+    ("mlp.gate_up_proj",),
+    ("mlp.down_proj",),
+)
+# Gemma 2/3 norm each branch's output too (``h + post_norm(part(pre_norm(h)))``): the next
+# branch's pre-norm is pre_feedforward_layernorm. A skipped branch still adds nothing, as an
+# RMSNorm maps zero to zero, so the driver's residual carry holds (tested per architecture).
+GEMMA_PART_NORMS = ("input_layernorm", "pre_feedforward_layernorm")
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,8 @@ class ArchSpec:
     # groups (attention, above all).
     parts: tuple[str, ...] = ("self_attn", "mlp")
     part_norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
+    # What llmshrink knows of the architecture beyond its modules, in a line (the README's table).
+    note: str = ""
 
     @property
     def linear_names(self) -> tuple[str, ...]:
@@ -54,6 +68,18 @@ class ArchSpec:
 
     def block_linears(self, block: torch.nn.Module) -> dict[str, torch.nn.Linear]:
         return {name: block.get_submodule(name) for name in self.linear_names}  # type: ignore[misc]
+
+
+def logit_cap(model: torch.nn.Module) -> float | None:
+    """The model's final-logit soft-capping ``c`` (Gemma 2), or None."""
+    cfg = getattr(model, "config", None)
+    return getattr(cfg.get_text_config() if cfg is not None else None, "final_logit_softcapping", None) or None
+
+
+def soft_cap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """``logits`` as the model's forward returns them (``c·tanh(x/c)`` where it soft-caps), for
+    code that runs the final norm and lm_head itself."""
+    return logits if cap is None else torch.tanh(logits / cap) * cap
 
 
 def untie_lm_head(model: torch.nn.Module, arch: ArchSpec) -> bool:
@@ -115,10 +141,15 @@ def check_block_range(r: range, n_blocks: int, spec: str | None = None) -> None:
 
 # model_type (config.json) -> spec. Adding a LLaMA-shaped architecture is one line here.
 ARCHITECTURES: dict[str, ArchSpec] = {
-    "llama": ArchSpec("llama"),
-    "mistral": ArchSpec("mistral"),
-    "qwen2": ArchSpec("qwen2"),
-    "qwen3": ArchSpec("qwen3"),
+    "llama": ArchSpec("llama", note="Llama 1/2/3, SmolLM, TinyLlama"),
+    "mistral": ArchSpec("mistral", note="sliding-window attention"),
+    "qwen2": ArchSpec("qwen2", note="q/k/v biases; sliding-window layers per layer_types"),
+    "qwen3": ArchSpec("qwen3", note="q/k norms, head_dim of its own"),
+    "gemma2": ArchSpec("gemma2", part_norms=GEMMA_PART_NORMS,
+                       note="post-norms, scaled embedding, alternating sliding-window layers, logit soft-capping"),
+    "gemma3_text": ArchSpec("gemma3_text", part_norms=GEMMA_PART_NORMS,
+                            note="Gemma 3 text models: post-norms, q/k norms, local and global RoPE"),
+    "phi3": ArchSpec("phi3", sequential=FUSED_SEQUENTIAL, note="fused qkv_proj and gate_up_proj"),
 }
 
 
@@ -127,8 +158,8 @@ def arch_for(model_type: str | None) -> ArchSpec:
     if spec is None:
         supported = ", ".join(sorted(ARCHITECTURES))
         raise UserError(
-            f"unsupported architecture {model_type!r}: llmshrink handles LLaMA-family decoders "
-            f"({supported}); use a model of one of these types"
+            f"unsupported architecture {model_type!r}: llmshrink handles {supported}; "
+            "use a model of one of these types"
         )
     return spec
 

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..blockwise import BlockInputs, capture_block_inputs, no_cache, run_block, walk_blocks
+from ..blockwise import capture_block_inputs, no_cache, run_block, walk_blocks
 from ..errors import UserError
 from ..losses import token_nll
-from ..models.arch import ArchSpec
+from ..models.arch import ArchSpec, logit_cap, soft_cap
 
 Scorer = Callable[..., "tuple[list[float], dict]"]
 
@@ -58,7 +58,7 @@ def _head_nll(model: torch.nn.Module, arch: ArchSpec, hidden: list[torch.Tensor]
     norm, head = model.get_submodule(arch.norm), model.get_submodule(arch.lm_head)
     total, count = 0.0, 0
     for h, ids in zip(hidden, batches, strict=True):
-        s, c = _nll_sum(head(norm(h)), ids.to(h.device))
+        s, c = _nll_sum(soft_cap(head(norm(h)), logit_cap(model)), ids.to(h.device))
         total += s
         count += c
     return total / count
@@ -76,10 +76,10 @@ def ppl_leave_one_out(model, arch: ArchSpec, batches: list[torch.Tensor], progre
         for j in it:
             hidden = inputs.hidden  # what enters block j, i.e. block j-1's output: skip j
             for k in range(j + 1, n):
-                hidden = run_block(layers[k], BlockInputs(hidden, inputs.kwargs))
+                hidden = run_block(layers[k], inputs.at(k, hidden))
             scores.append(math.exp(_head_nll(model, arch, hidden, batches)))
             if j < n - 1:
-                inputs = BlockInputs(run_block(layers[j], inputs), inputs.kwargs)
+                inputs = inputs.at(j + 1, run_block(layers[j], inputs.at(j)))
     return scores, {"block_runs": n * (n - 1) // 2 + n - 1}
 
 

@@ -32,7 +32,7 @@ from ..data.corpora import load_corpus
 from ..data.instruct import IGNORE, collate, read_conversations, tokenize_dataset
 from ..data.windows import bos_id, sample_windows, tokenize_corpus
 from ..errors import UserError
-from ..models.arch import untie_lm_head
+from ..models.arch import logit_cap, soft_cap, untie_lm_head
 from ..models.load import LoadedModel
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import FinetuneConfig
@@ -165,10 +165,11 @@ def select_trainable(lm: LoadedModel, cfg: FinetuneConfig) -> tuple[torch.nn.Mod
 class TailLoss:
     """Loss of one batch: the tail, the final norm and lm_head, against labels and/or the teacher.
     ``front(j)`` gives what enters the tail for batch ``j`` (cached or computed, see ``tune.front``);
-    ``teacher`` is ``(teacher_front, lm_head weight)``, ``teacher_front(j)`` the teacher's final
-    normed hidden states."""
+    ``teacher`` is ``(teacher_front, lm_head weight, logit cap)``, ``teacher_front(j)`` the
+    teacher's final normed hidden states."""
 
     def __init__(self, lm: LoadedModel, first: int, cfg: FinetuneConfig, batches: Batches, front, teacher):
+        self.cap, self.first = logit_cap(lm.model), first
         self.tail = list(lm.arch.blocks(lm.model))[first:]
         self.norm = lm.model.get_submodule(lm.arch.norm)
         self.head = lm.model.get_submodule(lm.arch.lm_head)
@@ -177,14 +178,14 @@ class TailLoss:
 
     def hidden(self, j: int) -> torch.Tensor:
         """The final normed hidden states of batch ``j`` (what lm_head reads)."""
-        h, kwargs = self.front(j)
-        for block in self.tail:
-            out = block(h, **kwargs)
+        h, kwargs = self.front(j)  # each block's keyword arguments, by block index (one dict: all alike)
+        for i, block in enumerate(self.tail, self.first):
+            out = block(h, **kwargs[i if len(kwargs) > 1 else 0])
             h = out[0] if isinstance(out, tuple) else out
         return self.norm(h)
 
     def logits(self, j: int) -> torch.Tensor:
-        return self.head(self.hidden(j))
+        return soft_cap(self.head(self.hidden(j)), self.cap)
 
     def positions(self, j: int) -> torch.Tensor:
         """Bool [batch, seq-1]: the positions whose next-token loss is taken in this call: every real
@@ -200,16 +201,16 @@ class TailLoss:
     def parts(self, j: int) -> dict[str, torch.Tensor]:
         keep = self.positions(j)
         hs = self.hidden(j)[:, :-1][keep]
-        logits = self.head(hs).float()
+        logits = soft_cap(self.head(hs), self.cap).float()
         out = {}
         if self.cfg.loss in ("task", "task+kd"):
             labels = self.batches.labels[j][:, 1:][keep]
             out["task"] = F.cross_entropy(logits, labels, ignore_index=IGNORE)
         if self.cfg.loss in ("kd", "task+kd"):
-            front, weight = self.teacher
+            front, weight, cap = self.teacher
             with torch.no_grad():
                 ht = front(j)[0][:, :-1][keep]
-                t = F.log_softmax((ht @ weight.T).float(), dim=-1)
+                t = F.log_softmax(soft_cap(ht @ weight.T, cap).float(), dim=-1)
             s = F.log_softmax(logits, dim=-1)
             out["kd"] = (t.exp() * (t - s)).sum(-1).mean()
             if self.cfg.hidden_loss > 0:
@@ -280,7 +281,7 @@ def teacher_outputs(teacher: LoadedModel, batches: Batches, *, stream: bool = Fa
     front = (StreamedFront(teacher, batches.ids, through, final_norm=True) if stream else
              CachedFront(teacher, batches.ids, through, final_norm=True, wanted=wanted, progress=progress))
     weight = teacher.model.get_submodule(teacher.arch.lm_head).weight.detach().clone()
-    return front, weight
+    return front, weight, logit_cap(teacher.model)
 
 
 def training_batches(lm: LoadedModel, cfg: FinetuneConfig, teacher: LoadedModel | None,

@@ -38,7 +38,7 @@ def cache_inputs(lm: LoadedModel, ids: list[torch.Tensor], through: int, *, fina
                              progress=progress)
     if final_norm:
         norm = lm.model.get_submodule(lm.arch.norm)
-        inputs = BlockInputs([norm(h) for h in inputs.hidden], inputs.kwargs)
+        inputs = BlockInputs([norm(h) for h in inputs.hidden], inputs.kwargs, inputs.layers)
     return inputs
 
 
@@ -51,9 +51,9 @@ class CachedFront:
         self.inputs = cache_inputs(lm, [ids[j] for j in self.slot], through, final_norm=final_norm,
                                    progress=progress)
 
-    def __call__(self, j: int) -> tuple[torch.Tensor, dict]:
+    def __call__(self, j: int) -> tuple[torch.Tensor, list[dict]]:
         k = self.slot[j]
-        return self.inputs.hidden[k], self.inputs.kwargs[k]
+        return self.inputs.hidden[k], self.inputs.block_kwargs(k)
 
 
 class StreamedFront:
@@ -63,13 +63,13 @@ class StreamedFront:
         self.lm, self.ids, self.through, self.final_norm = lm, ids, through, final_norm
 
     @torch.no_grad()
-    def __call__(self, j: int) -> tuple[torch.Tensor, dict]:
+    def __call__(self, j: int) -> tuple[torch.Tensor, list[dict]]:
         lm = self.lm
         inputs = walk_blocks(lm.model, lm.arch, [self.ids[j]], lambda *a: None, blocks=range(0), through=self.through)
         h = inputs.hidden[0]
         if self.final_norm:
             h = lm.model.get_submodule(lm.arch.norm)(h)
-        return h, inputs.kwargs[0]
+        return h, inputs.block_kwargs(0)
 
 
 def cache_bytes(lm: LoadedModel, ids: list[torch.Tensor], copies: int) -> int:

@@ -1,0 +1,229 @@
+"""Every command on every architecture llmshrink claims, on tiny random models built from each
+architecture's transformers config class (``tests.archs``): the README's architecture table
+names these tests.
+
+Per architecture, one module-scoped run of the CLI: quantize (GPTQ, blocks 0:2 of 3), then
+finetune the float tail, prune, export to GGUF and Hugging Face GPTQ, eval, generate, bench.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from llmshrink.blockwise import capture_block_inputs
+from llmshrink.cli import main
+from llmshrink.models.arch import ARCHITECTURES, arch_of, logit_cap, soft_cap
+from llmshrink.models.load import load_model
+from tests.archs import ARCHS, make_arch_model
+from tests.conftest import TEXT, make_sentencepiece_tokenizer, make_tiny_model, make_tokenizer, save_model_dir
+
+NAMES = sorted(ARCHS)
+# 7 tokens: within the tiny models' 8-token sliding window, where llama.cpp (which slides no
+# window for llama/qwen2, and its own pattern for Gemma) and transformers compute the same thing
+SHORT = "To be, or"
+
+
+def test_every_claimed_architecture_has_a_tiny_model():
+    assert sorted(ARCHITECTURES) == NAMES
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def run(request, tmp_path_factory):
+    """A tiny model of the architecture, quantized by the CLI (blocks 0:2 of 3, GPTQ 4-bit g16)."""
+    model_type = request.param
+    root = tmp_path_factory.mktemp(model_type)
+    tok = make_tokenizer()
+    plain = save_model_dir(root / "plain", make_arch_model(model_type, len(tok), layers=3), tok)
+    corpus = root / "corpus.txt"
+    corpus.write_text(TEXT * 8)
+    rc = main(["-q", "quantize", str(plain), "--out", str(root / "q"), "--bits", "4", "--group-size", "16",
+               "--blocks", "0:2", "--calib", str(corpus), "--nsamples", "8", "--seqlen", "24"])
+    assert rc == 0
+    return {"type": model_type, "root": root, "plain": plain, "q": root / "q", "corpus": corpus}
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0]
+
+
+def test_blocks_receive_their_own_arguments_and_the_walk_is_the_model(run):
+    """Sliding-window and full-attention layers (Qwen2's upper layers, Gemma's alternation) get
+    their own mask and RoPE from the capture; running block by block is the model's forward."""
+    lm = load_model(run["plain"])
+    arch = arch_of(lm.model)
+    ids = torch.tensor([lm.tokenizer(TEXT, add_special_tokens=False)["input_ids"][:24]])
+    inputs = capture_block_inputs(lm.model, arch, [ids])
+    mixed = len(set(getattr(lm.model.config, "layer_types", None) or ["one"])) > 1
+    assert (inputs.layers is not None) == mixed
+    h = inputs.hidden[0]
+    with torch.no_grad():
+        for i, block in enumerate(arch.blocks(lm.model)):
+            out = block(h, **inputs.at(i).kwargs[0])
+            h = out[0] if isinstance(out, tuple) else out
+        logits = soft_cap(lm.model.get_submodule(arch.lm_head)(lm.model.get_submodule(arch.norm)(h)),
+                          logit_cap(lm.model))
+        torch.testing.assert_close(logits, lm.model(ids).logits, rtol=0, atol=1e-5)
+
+
+def test_quantize_saves_what_it_computed_and_gptq_beats_rtn(run):
+    layers = [json.loads(line) for line in (run["q"] / "quantize_layers.jsonl").read_text().splitlines()]
+    arch = ARCHITECTURES[run["type"]]
+    assert len(layers) == 2 * len(arch.linear_names)
+    assert {r["name"].split(".", 3)[3] for r in layers} == set(arch.linear_names)  # fused names kept (Phi-3)
+    assert sum(r["loss"] for r in layers) < sum(r["rtn_loss"] for r in layers)
+    # the checkpoint reloads as the quantized model: same logits as the in-memory one the job scored
+    q = load_model(run["q"])
+    assert type(arch.blocks(q.model)[0].get_submodule(arch.linear_names[0])).__name__ == "QuantLinear"
+    assert type(arch.blocks(q.model)[2].get_submodule(arch.linear_names[0])).__name__ == "Linear"
+    ids = q.tokenizer(TEXT, add_special_tokens=False)["input_ids"][:20]
+    plain = load_model(run["plain"])
+    # quantized: close to the float model, but not equal to it
+    a, b = _logits(q.model, ids), _logits(plain.model, ids)
+    assert not torch.equal(a, b) and (a - b).abs().mean() < 0.5 * (b - b.mean(-1, keepdim=True)).abs().mean()
+
+
+def test_finetune_trains_the_float_tail_of_the_mixed_checkpoint(run):
+    out = run["root"] / "ft"
+    rc = main(["-q", "finetune", str(run["q"]), "--out", str(out), "--train", "last:1", "--data", str(run["corpus"]),
+               "--seqlen", "16", "--batch-size", "2", "--steps", "3", "--lr", "1e-2", "--eval-data", "none",
+               "--ood-data", "none"])
+    assert rc == 0
+    before, after = load_model(run["q"]), load_model(out)
+    arch = arch_of(after.model)
+    last = arch.linear_names[-1]
+    w0 = arch.blocks(before.model)[2].get_submodule(last).weight
+    w1 = arch.blocks(after.model)[2].get_submodule(last).weight
+    assert not torch.equal(w0.float(), w1.float())
+    q0, q1 = (arch.blocks(m.model)[0].get_submodule(last) for m in (before, after))
+    assert type(q1).__name__ == "QuantLinear" and torch.equal(q0.qweight, q1.qweight)
+
+
+@pytest.mark.parametrize("criterion", ["ppl", "taylor", "magnitude", "angular"])
+def test_prune_removes_a_block_and_the_model_runs_in_plain_transformers(run, criterion):
+    from transformers import AutoModelForCausalLM
+
+    out = run["root"] / f"pruned-{criterion}"
+    rc = main(["-q", "prune", str(run["plain"]), "--out", str(out), "--criterion", criterion, "--remove", "1",
+               "--data", str(run["corpus"]), "--nsamples", "4", "--seqlen", "16"])
+    assert rc == 0
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
+    cfg = model.config
+    assert cfg.num_hidden_layers == 2 and len(model.model.layers) == 2
+    if getattr(cfg, "layer_types", None) is not None:
+        assert len(cfg.layer_types) == 2
+    ids = torch.tensor([make_tokenizer()(TEXT, add_special_tokens=False)["input_ids"][:10]])
+    with torch.no_grad():
+        cached = model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=True, pad_token_id=2)
+        uncached = model.generate(ids, max_new_tokens=6, do_sample=False, use_cache=False, pad_token_id=2)
+    assert torch.equal(cached, uncached)
+
+
+def test_gguf_f16_runs_in_llama_cpp_as_in_transformers(run, caplog):
+    pytest.importorskip("llama_cpp")
+    from llmshrink.eval.llamacpp import load_llamacpp
+
+    out = run["root"] / "m-f16.gguf"
+    assert main(["-q", "export", str(run["plain"]), "--format", "gguf", "--type", "f16", "--out", str(out)]) == 0
+    lm = load_model(run["plain"])
+    lc = load_llamacpp(out, n_ctx=64)
+    text = "Now is the winter of our discontent, 2024 -- made glorious <|user|> summer!"
+    assert lc.tokenizer(text, add_special_tokens=False)["input_ids"] == \
+        lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = lm.tokenizer(SHORT, add_special_tokens=False)["input_ids"]
+    assert len(ids) <= 8
+    ref = _logits(lm.model, ids)
+    diff = (lc.model(torch.tensor([ids])).logits[0] - ref).abs()
+    scale = (ref - ref.mean(-1, keepdim=True)).abs().mean()
+    assert diff.mean() < 0.01 * scale and diff.max() < 0.1 * scale, (float(diff.mean()), float(diff.max()), float(scale))
+
+
+def test_gguf_q4_0_of_the_quantized_model_runs_in_llama_cpp(run):
+    pytest.importorskip("llama_cpp")
+    from llmshrink.eval.llamacpp import load_llamacpp
+
+    out = run["root"] / "m-q4_0.gguf"
+    assert main(["-q", "export", str(run["q"]), "--format", "gguf", "--type", "q4_0", "--out", str(out),
+                 "--calib", str(run["corpus"]), "--nsamples", "4", "--seqlen", "16"]) == 0
+    lc = load_llamacpp(out, n_ctx=64)
+    ids = make_tokenizer()(SHORT, add_special_tokens=False)["input_ids"]
+    logits = lc.model(torch.tensor([ids])).logits
+    assert torch.isfinite(logits).all() and logits.std() > 0
+
+
+def test_hf_gptq_export_eval_generate_and_bench(run, capsys):
+    out = run["root"] / "hf"
+    assert main(["-q", "export", str(run["q"]), "--format", "hf-gptq", "--out", str(out)]) == 0
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert qc["quant_method"] == "gptq" and qc["bits"] == 4
+    capsys.readouterr()
+    assert main(["eval", str(out), "--data", str(run["corpus"]), "--seqlen", "16", "--max-tokens", "96",
+                 "--json"]) == 0
+    ppl = json.loads(capsys.readouterr().out)["perplexity"]
+    assert math.isfinite(ppl) and ppl > 1
+    assert main(["-q", "generate", str(run["q"]), "To be", "--template", "none", "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.strip()
+    assert main(["bench", str(run["q"]), "--prompt-tokens", "8", "--new-tokens", "4", "--repeats", "1",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["decode_ms_per_token"] > 0
+
+
+def test_gemma3_gguf_follows_llama_cpp_layer_pattern_or_is_refused(tmp_path, capsys):
+    """llama.cpp's gemma3 makes every 6th layer full attention with the global RoPE: a model of that
+    pattern runs as in transformers; another pattern (a pruned Gemma 3) is refused, nothing written."""
+    pytest.importorskip("llama_cpp")
+    from llmshrink.eval.llamacpp import load_llamacpp
+
+    tok = make_tokenizer()
+    six = save_model_dir(tmp_path / "six", make_arch_model("gemma3_text", len(tok), layers=6), tok)
+    assert main(["-q", "export", str(six), "--format", "gguf", "--type", "f16", "--out", str(tmp_path / "six.gguf")]) == 0
+    lm = load_model(six)
+    assert lm.model.config.layer_types[4:] == ["sliding_attention", "full_attention"]
+    ids = lm.tokenizer(SHORT, add_special_tokens=False)["input_ids"]
+    ref = _logits(lm.model, ids)
+    got = load_llamacpp(tmp_path / "six.gguf", n_ctx=64).model(torch.tensor([ids])).logits[0]
+    assert (got - ref).abs().mean() < 0.01 * (ref - ref.mean(-1, keepdim=True)).abs().mean()
+    other = save_model_dir(tmp_path / "alt", make_arch_model(
+        "gemma3_text", len(tok), layers=2, layer_types=["sliding_attention", "full_attention"]), tok)
+    capsys.readouterr()
+    assert main(["-q", "export", str(other), "--format", "gguf", "--type", "f16", "--out", str(tmp_path / "alt.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert "every 6th layer a full-attention one" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "alt.gguf").exists()
+
+
+MULTILINGUAL = ("¿Dónde está la biblioteca? Mañana vamos a la playa, ¡qué bien! Ñandú, pingüino. "
+                "Now is the winter  of our discontent, 2024 -- naïve café; Привет, мир! 你好，世界。 "
+                "مرحبا नमस्ते 😀\n\tdef f(x): return x**2  # end")
+
+
+def test_a_sentencepiece_llama_tokenizes_and_runs_in_llama_cpp_as_in_transformers(tmp_path):
+    """Llama 1/2's kind of tokenizer (SentencePiece BPE with byte fallback) is written as llama.cpp's
+    "llama" tokenizer: the same tokens as transformers on Spanish, other scripts, emoji and code."""
+    pytest.importorskip("llama_cpp")
+    from llmshrink.eval.llamacpp import load_llamacpp
+
+    tok = make_sentencepiece_tokenizer()
+    src = save_model_dir(tmp_path / "spm", make_tiny_model(len(tok), layers=2), tok)
+    assert main(["-q", "export", str(src), "--format", "gguf", "--type", "f16", "--out", str(tmp_path / "m.gguf")]) == 0
+    import gguf
+
+    fields = gguf.GGUFReader(str(tmp_path / "m.gguf")).fields
+    assert fields["tokenizer.ggml.model"].contents() == "llama" and fields["tokenizer.ggml.add_bos_token"].contents()
+    lm = load_model(src)
+    lc = load_llamacpp(tmp_path / "m.gguf", n_ctx=256)
+    for text in (MULTILINGUAL, "To be, or not to be", " a  leading space", "¡Hola!"):
+        ours = lm.tokenizer(text)["input_ids"]
+        assert ours[0] == 1 and any(t > 258 for t in ours)  # BOS, and learned pieces, not only bytes
+        assert lc.tokenizer(text)["input_ids"] == ours, text
+        assert lc.tokenizer(text, add_special_tokens=False)["input_ids"] == \
+            lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert "<0xC3>" in lm.tokenizer.convert_ids_to_tokens(lm.tokenizer(MULTILINGUAL)["input_ids"])  # bytes used
+    ids = lm.tokenizer(SHORT)["input_ids"]
+    ref = _logits(lm.model, ids)
+    diff = (lc.model(torch.tensor([ids])).logits[0] - ref).abs()
+    assert diff.mean() < 0.01 * (ref - ref.mean(-1, keepdim=True)).abs().mean()
