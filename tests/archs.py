@@ -26,6 +26,10 @@ ARCHS: dict[str, tuple[str, str, dict]] = {
     "gemma3_text": ("Gemma3TextConfig", "Gemma3ForCausalLM",
                     {"head_dim": 8, "query_pre_attn_scalar": 8, "sliding_window": 8}),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", {}),
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", {"num_local_experts": 4, "num_experts_per_tok": 2}),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+                  {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "head_dim": 16,
+                   "norm_topk_prob": True}),
 }
 
 
@@ -45,10 +49,12 @@ def make_arch_model(model_type: str, vocab_size: int, *, seed: int = 0, layers: 
     model = getattr(tf, model_name)(cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.dim() == 2:
+            if p.dim() == 2 or p.dim() == 3:
                 p.normal_(0, std)
             elif "norm" in name:  # Gemma's norms scale by 1 + w: random w keeps them from all being 1
                 p.normal_(0, 0.1).add_(1.0 if not model_type.startswith("gemma") else 0.0)
             else:  # biases
                 p.normal_(0, 0.1)
-    return model
+    from llmshrink.models.arch import arch_of, prepare_modules
+
+    return prepare_modules(model, arch_of(model))  # a mixture of experts: one module per expert

@@ -61,7 +61,16 @@ def make_sentencepiece_tokenizer(size: int = 500):
     text whose spaces are "▁" (one put in front), 256 ``<0xXX>`` byte pieces for what the pieces
     miss, BOS added. Trained on TEXT; the merges are SentencePiece's order as transformers'
     converter writes it (every split of a piece into two pieces, by the piece's rank)."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        AddedToken,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<unk>", "<s>", "</s>"]

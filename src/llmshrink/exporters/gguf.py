@@ -128,7 +128,7 @@ def _tensor_names(lm: LoadedModel):
     """A function HF tensor name -> its GGUF name, for ``lm``'s architecture and block count."""
     arch = gguf_arch_of(getattr(lm.model.config, "model_type", None))
     names = gguf.get_tensor_name_map(arch.model_arch, len(lm.arch.blocks(lm.model)))
-    return lambda hf: names.get_name(hf, try_suffixes=(".weight", ".bias"))
+    return lambda hf: names.get_name(lm.arch.to_disk(hf), try_suffixes=(".weight", ".bias"))
 
 
 def _is_tied(lm: LoadedModel) -> bool:
@@ -173,6 +173,9 @@ def check_exportable(lm: LoadedModel, cfg: GGUFConfig) -> None:
     would compute otherwise), the tokenizer."""
     config = lm.model.config
     check_gguf_arch(gguf_arch_of(getattr(config, "model_type", None)), config, _is_tied(lm))
+    if lm.arch.experts is not None and cfg.mix is not None:
+        raise UserError(f"llama.cpp's {cfg.type} is a mix of types per tensor, which llmshrink does not plan for "
+                        "experts yet: export a mixture of experts with a single type (q8_0, q4_0, q4_1, q5_0, ...)")
     rope_of(config)
     read_vocab(lm.tokenizer, config.vocab_size)
 
@@ -207,18 +210,26 @@ def write_gguf(lm: LoadedModel, cfg: GGUFConfig, out: Path, results: dict[str, Q
     embed = model.get_submodule(arch.embed).weight.data
     add(f"{arch.embed}.weight", plan.embed.encode(embed), plan.embed)
     for i, block in enumerate(blocks):
+        experts: dict[str, list[np.ndarray]] = {}  # gate_proj/up_proj/down_proj -> each expert's, stacked below
         for local, mod in block.named_modules():
             full = f"{arch.layers}.{i}.{local}"
             if local in arch.linear_names:
                 t = plan.linears[full]
                 qcfg = cfg.quant_config(t.name) if t.quantized else None
                 rows = _rope_rows(mod.out_features, rope_heads[local]) if local in rope_heads else None
-                add(f"{full}.weight", _linear_bytes(full, mod, t, qcfg, results, report), t, rows)
+                data = _linear_bytes(full, mod, t, qcfg, results, report)
+                if arch.expert_of(local) is not None:
+                    experts.setdefault(local.rsplit(".", 1)[1], []).append(data)
+                    continue
+                add(f"{full}.weight", data, t, rows)
                 if getattr(mod, "bias", None) is not None:
                     add(f"{full}.bias", f32.encode(mod.bias.data[rows] if rows is not None else mod.bias.data), f32)
             elif not any(local.startswith(n + ".") for n in arch.linear_names):
                 for pname, p in mod.named_parameters(recurse=False):
                     add(f"{full}.{pname}", f32.encode(_norm(target, local, p.data)), f32)
+        for kind, arrays in experts.items():  # llama.cpp holds a block's experts as one [experts, out, in] tensor
+            add(f"{arch.layers}.{i}.{arch.experts}.{kind}.weight", np.stack(arrays),
+                plan.linears[f"{arch.layers}.{i}.{arch.experts}.0.{kind}"])
     add(f"{arch.norm}.weight", f32.encode(_norm(target, arch.norm, model.get_submodule(arch.norm).weight.data)), f32)
     if plan.output is not None:  # llama.cpp uses token_embd as the output when there is no output.weight
         head = model.get_submodule(arch.lm_head)

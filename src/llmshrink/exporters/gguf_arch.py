@@ -32,6 +32,24 @@ def _gemma_keys(w: gguf.GGUFWriter, config) -> None:
         w.add_sliding_window(int(config.sliding_window))
 
 
+def _qwen3_moe_keys(w: gguf.GGUFWriter, config) -> None:
+    w.add_expert_count(int(config.num_experts))
+    w.add_expert_used_count(int(config.num_experts_per_tok))
+    w.add_expert_feed_forward_length(int(config.moe_intermediate_size))
+
+
+def _llama_keys(w: gguf.GGUFWriter, config) -> None:
+    if getattr(config, "num_local_experts", None):  # Mixtral: llama with experts
+        w.add_expert_count(int(config.num_local_experts))
+        w.add_expert_used_count(int(config.num_experts_per_tok))
+
+
+def _check_qwen3_moe(config) -> None:
+    if not getattr(config, "norm_topk_prob", False):
+        raise UserError("llama.cpp's qwen3moe renormalizes the chosen experts' weights, this model does not "
+                        "(norm_topk_prob false): export a Hugging Face checkpoint instead")
+
+
 @dataclass(frozen=True)
 class GGUFArch:
     name: str  # llama.cpp's architecture (general.architecture and the key prefix)
@@ -43,14 +61,16 @@ class GGUFArch:
     big: int = 0  # the block count at which llama.cpp scales queries by 1/sqrt(hidden/heads) (Gemma 27B)
     local_rope: bool = False  # sliding layers have a RoPE of their own (Gemma 3): the pattern must match
     keys: Callable[[gguf.GGUFWriter, object], None] = _no_keys
+    check: Callable[[object], None] = lambda config: None  # what else llama.cpp would compute otherwise
 
 
-LLAMA = GGUFArch("llama", gguf.MODEL_ARCH.LLAMA, rope_rows=True)
+LLAMA = GGUFArch("llama", gguf.MODEL_ARCH.LLAMA, rope_rows=True, keys=_llama_keys)
 
 # transformers model_type -> llama.cpp architecture.
 GGUF_ARCHES: dict[str, GGUFArch] = {
     "llama": LLAMA,
     "mistral": LLAMA,
+    "mixtral": LLAMA,
     "qwen2": GGUFArch("qwen2", gguf.MODEL_ARCH.QWEN2),
     "qwen3": GGUFArch("qwen3", gguf.MODEL_ARCH.QWEN3),
     "gemma2": GGUFArch("gemma2", gguf.MODEL_ARCH.GEMMA2, norm_shift=1.0, swa_every=2, output=False, big=46,
@@ -58,6 +78,7 @@ GGUF_ARCHES: dict[str, GGUFArch] = {
     "gemma3_text": GGUFArch("gemma3", gguf.MODEL_ARCH.GEMMA3, norm_shift=1.0, swa_every=6, big=62,
                             local_rope=True, keys=_gemma_keys),
     "phi3": GGUFArch("phi3", gguf.MODEL_ARCH.PHI3),
+    "qwen3_moe": GGUFArch("qwen3moe", gguf.MODEL_ARCH.QWEN3MOE, keys=_qwen3_moe_keys, check=_check_qwen3_moe),
 }
 
 
@@ -75,6 +96,7 @@ def check_gguf_arch(arch: GGUFArch, config, tied: bool) -> None:
     if not tied and not arch.output:
         raise UserError(f"llama.cpp's {arch.name} always ties the output to the embedding, and this model's "
                         "lm_head is its own: export a Hugging Face checkpoint, or quantize without --lm-head")
+    arch.check(config)
     scalar = getattr(config, "query_pre_attn_scalar", None)
     if scalar is not None:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..models.arch import ArchSpec, arch_for
+from ..models.arch import ArchSpec, arch_of
 from ..models.gptq_rules import skip_rules
 from ..models.load import DTYPES
 from ..paths import atomic_dir, output_path
@@ -54,10 +54,11 @@ def quantization_config(scheme: dict, model: torch.nn.Module) -> dict:
     """``config.json``'s ``quantization_config`` for packed layers described by ``scheme``
     (:attr:`QuantizeReport.scheme`), with ``dynamic`` rules leaving ``model``'s other block
     linears in full precision (see :mod:`llmshrink.models.gptq_rules`)."""
-    arch = arch_for(model.config.model_type)
-    linears = [f"{arch.layers}.{i}.{n}" for i in range(len(arch.blocks(model))) for n in arch.linear_names]
-    packed = scheme["modules_in_block_to_quantize"][0]
+    arch = arch_of(model)  # module names as the checkpoint spells them (Mixtral's block_sparse_moe)
+    linears = [arch.to_disk(f"{arch.layers}.{i}.{n}") for i in range(len(arch.blocks(model))) for n in arch.linear_names]
+    packed = [arch.to_disk(n) for n in scheme["modules_in_block_to_quantize"][0]]
     rules = skip_rules(packed, linears, arch.layers)
+    scheme = {**scheme, "modules_in_block_to_quantize": [packed]}
     return {"quant_method": "gptq", "checkpoint_format": "gptq", **scheme, **({"dynamic": rules} if rules else {})}
 
 

@@ -75,7 +75,7 @@ def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Pat
     with BlockState.open(out, {**lm.identity, **done}, lm.arch, cfg.bits, discard_other=overwrite) as state:
         store = state.folder / "activations.bin" if activations == "disk" else None
         report = _quantize_blocks(lm, cfg, windows, calib, todo, lm_head, state, store, progress)
-        layers = "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in report.layers)
+        layers = "".join(json.dumps(r.row()) + "\n" for r in report.layers)
         command = command_line("quantize", lm.name, out, PARTS, {
             "quant": cfg, "scope": QuantizeScope(blocks=blocks, lm_head=lm_head, save_dtype=save_dtype,
                                                  activations=activations),

@@ -8,11 +8,12 @@ the pruner and the exporters never hard-code module names.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from ..errors import UserError
+from .experts import unfuse_experts
 
 LLAMA_SEQUENTIAL: tuple[tuple[str, ...], ...] = (
     ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
@@ -55,6 +56,56 @@ class ArchSpec:
     part_norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
     # What llmshrink knows of the architecture beyond its modules, in a line (the README's table).
     note: str = ""
+    # Mixtures of experts: the block's experts module (one module per expert in llmshrink, named
+    # ``{experts}.{e}.{gate, up, down}``: see ``models.experts``) and the router's linear layer,
+    # which stays in full precision. ``sequential`` then lists the attention's groups only;
+    # :meth:`with_experts` adds each expert's gate/up group and down group.
+    experts: str | None = None
+    router: str | None = None
+    expert_linears: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")
+    n_experts: int = 0
+    # (module name, checkpoint name) pairs where the checkpoints on disk name a module otherwise than
+    # transformers' model does (Mixtral's ``mlp`` is ``block_sparse_moe`` on disk)
+    disk: tuple[tuple[str, str], ...] = ()
+    # Groups solved together, by index into ``sequential`` (None: one group per stage). Every
+    # expert's gate/up reads its share of the same input, so they form one stage, their downs another.
+    stages: tuple[tuple[int, ...], ...] | None = None
+
+    def with_experts(self, n: int) -> ArchSpec:
+        """This spec for a model of ``n`` experts per block: each expert's linears, staged."""
+        if self.experts is None or self.n_experts == n:
+            return self
+        gate, up, down = self.expert_linears
+        base = self.sequential[:len(self.sequential) - 2 * self.n_experts] if self.n_experts else self.sequential
+        ups = tuple((f"{self.experts}.{e}.{gate}", f"{self.experts}.{e}.{up}") for e in range(n))
+        downs = tuple((f"{self.experts}.{e}.{down}",) for e in range(n))
+        k = len(base)
+        stages = (*((i,) for i in range(k)), tuple(range(k, k + n)), tuple(range(k + n, k + 2 * n)))
+        return replace(self, sequential=(*base, *ups, *downs), stages=stages, n_experts=n)
+
+    def to_disk(self, name: str) -> str:
+        """A tensor or module name (full or block-local) as the checkpoints on disk spell it."""
+        for ours, theirs in self.disk:
+            name = ("." + name).replace(f".{ours}.", f".{theirs}.")[1:]
+        return name
+
+    def from_disk(self, name: str) -> str:
+        for ours, theirs in self.disk:
+            name = ("." + name).replace(f".{theirs}.", f".{ours}.")[1:]
+        return name
+
+    def expert_of(self, name: str) -> int | None:
+        """The expert a block-local linear name belongs to, or None."""
+        if self.experts is None or not name.startswith(self.experts + "."):
+            return None
+        return int(name[len(self.experts) + 1:].split(".", 1)[0])
+
+    @property
+    def stage_groups(self) -> list[list[tuple[str, ...]]]:
+        """The groups of each true-sequential stage, in order."""
+        if self.stages is None:
+            return [[g] for g in self.sequential]
+        return [[self.sequential[i] for i in stage] for stage in self.stages]
 
     @property
     def linear_names(self) -> tuple[str, ...]:
@@ -150,10 +201,21 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "gemma3_text": ArchSpec("gemma3_text", part_norms=GEMMA_PART_NORMS,
                             note="Gemma 3 text models: post-norms, q/k norms, local and global RoPE"),
     "phi3": ArchSpec("phi3", sequential=FUSED_SEQUENTIAL, note="fused qkv_proj and gate_up_proj"),
+    "mixtral": ArchSpec("mixtral", sequential=LLAMA_SEQUENTIAL[:2], experts="mlp.experts", router="mlp.gate",
+                        expert_linears=("w1", "w3", "w2"), disk=(("mlp", "block_sparse_moe"),),
+                        note="mixture of experts: router, per-expert w1/w3/w2; sliding-window attention"),
+    "qwen3_moe": ArchSpec("qwen3_moe", sequential=LLAMA_SEQUENTIAL[:2], experts="mlp.experts", router="mlp.gate",
+                          note="mixture of experts: router, per-expert gate/up/down; q/k norms"),
 }
 
 
-def arch_for(model_type: str | None) -> ArchSpec:
+def _n_experts(config) -> int:
+    get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
+    return int(get("num_experts", None) or get("num_local_experts", None) or 0)
+
+
+def arch_for(model_type: str | None, config=None) -> ArchSpec:
+    """The spec of ``model_type``; for a mixture of experts, of a model with ``config``'s expert count."""
     spec = ARCHITECTURES.get(model_type or "")
     if spec is None:
         supported = ", ".join(sorted(ARCHITECTURES))
@@ -161,8 +223,19 @@ def arch_for(model_type: str | None) -> ArchSpec:
             f"unsupported architecture {model_type!r}: llmshrink handles {supported}; "
             "use a model of one of these types"
         )
+    if spec.experts is not None and config is not None:
+        spec = spec.with_experts(_n_experts(config))
     return spec
 
 
 def arch_of(model: torch.nn.Module) -> ArchSpec:
-    return arch_for(getattr(getattr(model, "config", None), "model_type", None))
+    config = getattr(model, "config", None)
+    return arch_for(getattr(config, "model_type", None), config)
+
+
+def prepare_modules(model: torch.nn.Module, arch: ArchSpec) -> torch.nn.Module:
+    """``model`` in llmshrink's module layout, in place: a mixture of experts gets a module per
+    expert (on whatever device its weights are, meta included)."""
+    if arch.experts is not None:
+        unfuse_experts(model, arch.layers, arch.experts, arch.expert_linears)
+    return model

@@ -12,7 +12,7 @@ import torch
 
 from ..errors import UserError
 from ..quant.qlinear import QuantLinear
-from .arch import arch_for
+from .arch import arch_of, prepare_modules
 from .files import check_safetensors, check_tensors
 from .gptq_rules import packed_per_config
 
@@ -41,6 +41,9 @@ def load_gptq(folder: Path, config: dict, dtype: torch.dtype, trust_remote_code:
     if hasattr(hf_cfg, "quantization_config"):
         del hf_cfg.quantization_config
     model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype, trust_remote_code=trust_remote_code)
+    arch = arch_of(model)
+    prepare_modules(model, arch)
+    state = {arch.from_disk(k): v for k, v in state.items()}
     packed = sorted(k.removesuffix(".qweight") for k in state if k.endswith(".qweight"))
     _check_rules(folder, qc, model, set(packed))
     for name in packed:
@@ -68,11 +71,12 @@ def load_gptq(folder: Path, config: dict, dtype: torch.dtype, trust_remote_code:
 def _check_rules(folder: Path, qc: dict, model: torch.nn.Module, packed: set[str]) -> None:
     """The config's module rules (``dynamic``, ``modules_in_block_to_quantize``) must say what the
     safetensors hold, or other loaders would read this checkpoint wrongly."""
-    layers = arch_for(model.config.model_type).layers + "."
+    arch = arch_of(model)
+    layers = arch.layers + "."
     for name, mod in model.named_modules():
         if not (isinstance(mod, torch.nn.Linear) and name.startswith(layers)):
             continue
-        said = packed_per_config(qc, name)
+        said = packed_per_config(qc, arch.to_disk(name))  # the rules name modules as the checkpoint does
         if said is None or said == (name in packed):
             continue
         held = "packed" if name in packed else "full-precision"

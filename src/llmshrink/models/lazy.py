@@ -17,7 +17,7 @@ import torch
 
 from ..errors import UserError
 from ..memory import available_memory
-from .arch import ArchSpec
+from .arch import ArchSpec, prepare_modules
 from .files import read_header
 
 
@@ -99,7 +99,7 @@ class LazyBlocks:
         if self.is_materialized(block):
             return
         prefix = f"{self.arch.layers}.{i}."
-        state = {k[len(prefix):]: self.index.read(k, self.dtype).to(self.device)
+        state = {self.arch.from_disk(k[len(prefix):]): self.index.read(k, self.dtype).to(self.device)
                  for k in self.index.entries if k.startswith(prefix)}
         missing, unexpected = block.load_state_dict(state, strict=False, assign=True)
         if missing or unexpected:
@@ -118,7 +118,8 @@ def load_lazy(folder: Path, shards: list[Path], arch: ArchSpec, dtype: torch.dty
     check_block_fits(folder, index, arch, dtype, device)
     hf_cfg = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     with init_empty_weights(include_buffers=False):
-        model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = prepare_modules(AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype,
+                                                                 trust_remote_code=trust_remote_code), arch)
     prefix = arch.layers + "."
     state = {k: index.read(k, dtype).to(device) for k in index.entries if not k.startswith(prefix)}
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)

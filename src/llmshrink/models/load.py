@@ -23,7 +23,7 @@ from ..config import Config
 from ..errors import UserError
 from ..memory import available_memory
 from ..paths import cache_dir, cache_subdir
-from .arch import ArchSpec, arch_for
+from .arch import ArchSpec, arch_for, arch_of, prepare_modules
 from .convert import convert_gguf, inspect_gguf, is_converted, is_gguf
 from .files import check_tensors, find_shards, fingerprint, list_shards
 from .gptq_checkpoint import load_gptq
@@ -186,15 +186,17 @@ def _load_plain(folder: Path, config: dict, dtype: torch.dtype, trust_remote_cod
     except (OSError, ValueError, TypeError) as exc:
         raise UserError(f"{folder}/config.json does not describe a model transformers can build ({exc}): "
                         "restore it") from exc
-    check_tensors(skeleton.state_dict(), {n: (e.shape, e.dtype.is_floating_point) for n, e in index.entries.items()},
-                  folder)
+    arch = arch_of(skeleton)
+    check_tensors({arch.to_disk(k): v for k, v in prepare_modules(skeleton, arch).state_dict().items()},
+                  {n: (e.shape, e.dtype.is_floating_point) for n, e in index.entries.items()}, folder)
     del skeleton
     try:
-        return AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
         )
     except (OSError, ValueError, RuntimeError) as exc:
         raise UserError(f"could not load weights from {folder} ({exc}): the folder may be incomplete") from exc
+    return prepare_modules(model, arch)
 
 
 def check_fits(folder: Path, dtype: torch.dtype, device: str) -> None:
@@ -238,7 +240,7 @@ def load_model(
     t0 = time.perf_counter()
     folder = resolve_model_dir(spec)
     config = read_config(folder)
-    arch = arch_for(config.get("model_type"))
+    arch = arch_for(config.get("model_type"), config)
     method = (config.get("quantization_config") or {}).get("quant_method")
     if method is None:
         loader = _load_plain

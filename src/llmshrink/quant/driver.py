@@ -13,6 +13,7 @@ The result, a :class:`QuantizeReport`, is what the exporters (``llmshrink.export
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +34,12 @@ from .qlinear import QuantLinear
 log = logging.getLogger(__name__)
 
 
+# An expert the router sent fewer calibration tokens than this is solved on the Hessian of all the
+# block's tokens through it (its gate/up: every token entering the experts; its down: every token's
+# activations through its own gate/up), and counted as such.
+EXPERT_MIN_TOKENS = 32
+
+
 @dataclass
 class LayerRecord:
     name: str
@@ -41,6 +48,13 @@ class LayerRecord:
     rtn_loss: float | None  # the same for round-to-nearest, for comparison (GPTQ only)
     damp: float
     seconds: float
+    tokens: int | None = None  # experts: the calibration tokens the router sent this expert
+    hessian: str | None = None  # experts: "own" (its tokens) or "block" (the fallback: all the block's tokens)
+
+    def row(self) -> dict:
+        """The record as a JSON row (the expert fields only where they apply)."""
+        d = dataclasses.asdict(self)
+        return {k: v for k, v in d.items() if v is not None or k not in ("tokens", "hessian")}
 
 
 @dataclass
@@ -129,6 +143,44 @@ def _staged(block: torch.nn.Module, hessians: dict[str, list], stop_at: str, ski
             block.set_submodule(part, module)
 
 
+class _Fallback:
+    """While a stage of expert groups runs: the Hessians an expert falls back on when the router
+    sends it too few tokens (``EXPERT_MIN_TOKENS``), from a hook on the experts module, which
+    receives every token of the block. For gate/up: all the tokens (collected while any expert of
+    the stage is underfed, which the counts tell only afterwards: always, for gate/up stages);
+    for a down: all the tokens through the expert's own (already quantized) gate and up, for the
+    experts the gate/up stage found underfed."""
+
+    def __init__(self, block: torch.nn.Module, arch: ArchSpec, stage: list[tuple[str, ...]], tokens: dict[int, int]):
+        experts = [arch.expert_of(g[0]) for g in stage]
+        self.module = block.get_submodule(arch.experts) if experts and experts[0] is not None else None
+        self.down = self.module is not None and stage[0][0].endswith("." + arch.expert_linears[2])
+        self.wanted = [e for e in experts if tokens.get(e, 0) < EXPERT_MIN_TOKENS] if self.down else []
+        self.state: dict[int | None, list] = {}
+        self.handle = None
+
+    def _hook(self, module, args):
+        x = args[0].reshape(-1, args[0].shape[-1])
+        if not self.down:
+            self.state[None] = list(accumulate_hessian(*self.state.get(None, [None, 0]), x))
+            return
+        for e in self.wanted:
+            h = module[e].inner(x, module.act_fn)
+            self.state[e] = list(accumulate_hessian(*self.state.get(e, [None, 0]), h))
+
+    def __enter__(self):
+        if self.module is not None:
+            self.handle = self.module.register_forward_pre_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc):
+        if self.handle is not None:
+            self.handle.remove()
+
+    def hessian(self, e: int) -> torch.Tensor | None:
+        return self.state.get(e if self.down else None, [None])[0]
+
+
 LayerConfig = QuantConfig | Callable[[str], QuantConfig | None]
 
 
@@ -147,7 +199,7 @@ class Resume(Protocol):
 
 
 def _solve(mod: torch.nn.Linear, full: str, H: torch.Tensor | None, config: LayerConfig,
-           report: QuantizeReport) -> None:
+           report: QuantizeReport, expert: tuple[int, str] | None = None) -> None:
     """Quantize one linear layer in place (GPTQ with ``H``; RTN scored on ``H`` if given): its
     weight becomes the dequantized solution; the result is kept for packing. ``config`` is the
     settings, or a function of the layer's full name giving them (None: the layer stays float)."""
@@ -164,7 +216,7 @@ def _solve(mod: torch.nn.Linear, full: str, H: torch.Tensor | None, config: Laye
     report.results[full] = res
     report.layers.append(LayerRecord(full, tuple(W.shape), res.loss if H is not None else None,
                                      rtn.loss if cfg.method == "gptq" else None, res.damp,
-                                     time.perf_counter() - t0))
+                                     time.perf_counter() - t0, *(expert or (None, None))))
     log.debug("%s: loss %.4g (rtn %.4g)", full, res.loss, rtn.loss)
 
 
@@ -196,9 +248,9 @@ def quantize_block(i: int, block: torch.nn.Module, inputs: BlockInputs, arch: Ar
     side (151 MiB at 128 x 512 tokens on the default model). Without true-sequential, one stage
     collects all Hessians from the original block.
     """
-    groups = arch.sequential
-    stages = [[g] for g in groups] if true_sequential else [list(groups)]
+    stages = arch.stage_groups if true_sequential else [list(arch.sequential)]
     done: set[str] = set()
+    tokens: dict[int, int] = {}  # expert -> calibration tokens the router sent it
     skip: dict[str, bool] = {}  # leading parts already in the carried residual -> returns a tuple
     cursor = [0]
     hidden = inputs.hidden
@@ -219,8 +271,9 @@ def quantize_block(i: int, block: torch.nn.Module, inputs: BlockInputs, arch: Ar
         carry = arch.part_norms[k] if len(skip) < k < len(arch.parts) else None
         watch = [block.get_submodule(p).register_forward_hook(
                  lambda _m, _a, out, p=p: seen.__setitem__(p, isinstance(out, tuple))) for p in arch.parts[len(skip):k]]
+        fallback = _Fallback(block, arch, stage, tokens)
         try:
-            with _staged(block, hessians, stage[-1][0], skip, carry, hidden, cursor):
+            with _staged(block, hessians, stage[-1][0], skip, carry, hidden, cursor), fallback:
                 for b, (h, kw) in enumerate(zip(hidden, inputs.kwargs, strict=True)):
                     cursor[0] = b
                     with contextlib.suppress(_Stop):
@@ -231,10 +284,16 @@ def quantize_block(i: int, block: torch.nn.Module, inputs: BlockInputs, arch: Ar
         if carry is not None:
             skip.update({p: seen[p] for p in arch.parts[len(skip):k]})
         for g in stage:
-            H = hessians[g[0]][0]
+            H, n = hessians[g[0]]
+            e = arch.expert_of(g[0])
+            expert = None
+            if e is not None:
+                tokens.setdefault(e, n)
+                own = tokens[e] >= EXPERT_MIN_TOKENS
+                H, expert = (H if own else fallback.hessian(e)), (tokens[e], "own" if own else "block")
             _check_hessian(H, f"{arch.layers}.{i}.{g[0]}")
             for name in g:
-                _solve(block.get_submodule(name), f"{arch.layers}.{i}.{name}", H, cfg, report)
+                _solve(block.get_submodule(name), f"{arch.layers}.{i}.{name}", H, cfg, report, expert)
             done.update(g)
         release_freed()  # each stage's forward passes leave a differently shaped heap: trim between them
 
@@ -353,4 +412,9 @@ def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor |
         if pack:
             _pack(model, [(arch.lm_head, arch.lm_head)], report)
     report.seconds = time.perf_counter() - t0
+    fallbacks = [r.name for r in report.layers if r.hessian == "block"]
+    if fallbacks:
+        log.warning("%d expert layers (%s, ...) got fewer than %d calibration tokens from the router: solved on the "
+                    "block's Hessian instead (quantize_layers.jsonl says which); more --nsamples gives each its own",
+                    len(fallbacks), fallbacks[0], EXPERT_MIN_TOKENS)
     return report
