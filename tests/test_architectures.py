@@ -275,3 +275,19 @@ def test_a_mixture_of_experts_refuses_llama_cpp_type_mixes(tmp_path, capsys, mod
     assert main(["-q", "export", str(src), "--format", "gguf", "--type", "q4_k_m", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "single type" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("true_sequential", [True, False])
+def test_underfed_experts_fall_back_in_either_order(true_sequential):
+    """The driver's fallback Hessians exist whether the experts' gate/up and down are solved in
+    stages (true-sequential) or all at once: no expert is left without one."""
+    from llmshrink.quant.config import QuantConfig
+    from llmshrink.quant.driver import quantize_model
+
+    model = make_arch_model("qwen3_moe", 64, layers=1)
+    calib = torch.randint(0, 64, (1, 10), generator=torch.Generator().manual_seed(0))
+    report = quantize_model(model, arch_of(model), calib, QuantConfig(bits=4, group_size=16),
+                            true_sequential=true_sequential)
+    experts = [r for r in report.layers if r.tokens is not None]
+    assert len(experts) == 12 and all(r.hessian == "block" and math.isfinite(r.loss) for r in experts)
+    assert sum(r.tokens for r in experts if r.name.endswith("down_proj")) == 2 * 10

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 
 from ..blockwise import BlockInputs, Captured, Prepare, walk_blocks
 from ..errors import UserError
@@ -144,28 +145,30 @@ def _staged(block: torch.nn.Module, hessians: dict[str, list], stop_at: str, ski
 
 
 class _Fallback:
-    """While a stage of expert groups runs: the Hessians an expert falls back on when the router
+    """While a stage with expert groups runs: the Hessians an expert falls back on when the router
     sends it too few tokens (``EXPERT_MIN_TOKENS``), from a hook on the experts module, which
-    receives every token of the block. For gate/up: all the tokens (collected while any expert of
-    the stage is underfed, which the counts tell only afterwards: always, for gate/up stages);
-    for a down: all the tokens through the expert's own (already quantized) gate and up, for the
-    experts the gate/up stage found underfed."""
+    receives every token of the block. For gate/up: all the tokens (the counts tell which experts
+    are underfed only after the pass, so this one Hessian is always collected); for a down: all
+    the tokens through the expert's own gate and up (quantized by then, in true-sequential order),
+    for the experts not known to have enough tokens."""
 
     def __init__(self, block: torch.nn.Module, arch: ArchSpec, stage: list[tuple[str, ...]], tokens: dict[int, int]):
-        experts = [arch.expert_of(g[0]) for g in stage]
-        self.module = block.get_submodule(arch.experts) if experts and experts[0] is not None else None
-        self.down = self.module is not None and stage[0][0].endswith("." + arch.expert_linears[2])
-        self.wanted = [e for e in experts if tokens.get(e, 0) < EXPERT_MIN_TOKENS] if self.down else []
+        names = [g[0] for g in stage if arch.expert_of(g[0]) is not None]
+        self.module = block.get_submodule(arch.experts) if names else None
+        self.down = "." + arch.expert_linears[2]
+        self.ups = any(not n.endswith(self.down) for n in names)
+        self.wanted = [e for e in (arch.expert_of(n) for n in names if n.endswith(self.down))
+                       if tokens.get(e, 0) < EXPERT_MIN_TOKENS]
         self.state: dict[int | None, list] = {}
         self.handle = None
 
     def _hook(self, module, args):
         x = args[0].reshape(-1, args[0].shape[-1])
-        if not self.down:
+        if self.ups:
             self.state[None] = list(accumulate_hessian(*self.state.get(None, [None, 0]), x))
-            return
-        for e in self.wanted:
-            h = module[e].inner(x, module.act_fn)
+        for e in self.wanted:  # through the weights, not the modules: their Hessian hooks must not see these
+            gate, up, _ = module[e].linears()
+            h = module.act_fn(F.linear(x, gate.weight)) * F.linear(x, up.weight)
             self.state[e] = list(accumulate_hessian(*self.state.get(e, [None, 0]), h))
 
     def __enter__(self):
@@ -177,8 +180,9 @@ class _Fallback:
         if self.handle is not None:
             self.handle.remove()
 
-    def hessian(self, e: int) -> torch.Tensor | None:
-        return self.state.get(e if self.down else None, [None])[0]
+    def hessian(self, e: int, name: str) -> torch.Tensor | None:
+        """The fallback Hessian of expert ``e``'s group whose first linear is ``name``."""
+        return self.state.get(e if name.endswith(self.down) else None, [None])[0]
 
 
 LayerConfig = QuantConfig | Callable[[str], QuantConfig | None]
@@ -290,7 +294,7 @@ def quantize_block(i: int, block: torch.nn.Module, inputs: BlockInputs, arch: Ar
             if e is not None:
                 tokens.setdefault(e, n)
                 own = tokens[e] >= EXPERT_MIN_TOKENS
-                H, expert = (H if own else fallback.hessian(e)), (tokens[e], "own" if own else "block")
+                H, expert = (H if own else fallback.hessian(e, g[0])), (tokens[e], "own" if own else "block")
             _check_hessian(H, f"{arch.layers}.{i}.{g[0]}")
             for name in g:
                 _solve(block.get_submodule(name), f"{arch.layers}.{i}.{name}", H, cfg, report, expert)
