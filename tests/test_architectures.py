@@ -91,6 +91,20 @@ def test_quantize_saves_what_it_computed_and_gptq_beats_rtn(run):
             assert (w - w0).norm() < 0.25 * w0.norm(), name
 
 
+def test_the_saved_checkpoint_computes_what_the_quantized_model_did(run, tmp_path):
+    """quantize -> save -> reload: the same logits as the model the job quantized in memory (its
+    float weights saved as float32, so nothing is rounded on the way)."""
+    from llmshrink.data.calib import CalibConfig
+    from llmshrink.jobs.quantize import run_quantize
+    from llmshrink.quant.config import QuantConfig
+
+    lm = load_model(run["plain"])
+    _, out = run_quantize(lm, QuantConfig(bits=4, group_size=16), CalibConfig(str(run["corpus"]), 4, 16, batch_size=2),
+                          tmp_path / "q", blocks="0:2", save_dtype="float32")
+    ids = lm.tokenizer(TEXT, add_special_tokens=False)["input_ids"][:20]
+    torch.testing.assert_close(_logits(load_model(out).model, ids), _logits(lm.model, ids), rtol=0, atol=1e-5)
+
+
 def test_finetune_trains_the_float_tail_of_the_mixed_checkpoint(run):
     out = run["root"] / "ft"
     rc = main(["-q", "finetune", str(run["q"]), "--out", str(out), "--train", "last:1", "--data", str(run["corpus"]),
