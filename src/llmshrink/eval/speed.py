@@ -6,6 +6,7 @@ the reported numbers are medians over ``repeats`` runs.
 
 from __future__ import annotations
 
+import inspect
 import statistics
 import time
 from dataclasses import dataclass
@@ -27,14 +28,16 @@ class DecodeSpeed:
 
 @torch.inference_mode()
 def _one_run(model, ids: torch.Tensor, new_tokens: int) -> tuple[float, float]:
+    # transformers 5 renamed the cache argument and output; older releases say past_key_values
+    key = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     t0 = time.perf_counter()
     out = model(input_ids=ids, use_cache=True)
-    past = out.past_key_values
+    past = getattr(out, key)
     nxt = out.logits[:, -1:].argmax(-1)
     t1 = time.perf_counter()
     for _ in range(new_tokens):
-        out = model(input_ids=nxt, past_key_values=past, use_cache=True)
-        past = out.past_key_values
+        out = model(input_ids=nxt, use_cache=True, **{key: past})
+        past = getattr(out, key)
         nxt = out.logits[:, -1:].argmax(-1)
     t2 = time.perf_counter()
     return t1 - t0, t2 - t1
