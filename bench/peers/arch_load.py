@@ -25,11 +25,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def check(model_type: str, root: Path) -> dict:
     import torch
     from gptqmodel import BACKEND, GPTQModel
+    from tests.archs import make_arch_model
+    from tests.conftest import TEXT, make_tokenizer, save_model_dir
 
     from llmshrink.cli import main
     from llmshrink.models.load import load_model
-    from tests.archs import make_arch_model
-    from tests.conftest import TEXT, make_tokenizer, save_model_dir
 
     tok = make_tokenizer()
     plain = save_model_dir(root / model_type / "plain", make_arch_model(model_type, len(tok), layers=2), tok)
