@@ -2,9 +2,10 @@
 classes, for the tests that run each command on each architecture.
 
 Each spec sets what makes the architecture itself: Qwen2's biases and its sliding-window upper
-layers, Qwen3's own head_dim, Gemma's post-norms, soft-capping and alternating sliding-window
-layers (Gemma 3: five sliding, then a full one, by default; a window of 8 tokens, shorter than the test windows, so the per-layer masks matter), and
-Phi-3's fused projections.
+layers, Qwen3's own head_dim, Gemma's post-norms, soft-capping and sliding-window layers (Gemma 2
+alternating, Gemma 3 five sliding then a full one; a window of 8 tokens, shorter than the test
+windows, so the per-layer masks matter), Phi-3's fused projections, and the mixtures of experts
+(4 experts, 2 per token), given a module per expert as llmshrink loads them.
 """
 
 from __future__ import annotations
