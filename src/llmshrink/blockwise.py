@@ -2,9 +2,9 @@
 
 Capture what enters the first decoder block for a batch of calibration windows (hidden states
 and the keyword arguments the model passes to each block: position embeddings, mask, ...; they
-differ between blocks where the model mixes sliding-window and full-attention layers, or local and
-global RoPE, as Gemma and Qwen with ``layer_types`` do), then walk the blocks one at a time: the caller's ``visit(i, block, inputs)`` sees the block and
-its inputs and may change the block (quantize it, score it); the driver then runs the block,
+differ between blocks where the model mixes sliding-window and full-attention layers, or local
+and global RoPE, as Gemma and Qwen with ``layer_types`` do), then walk the blocks one at a time:
+the caller's ``visit(i, block, inputs)`` sees the block and its inputs and may change the block (quantize it, score it); the driver then runs the block,
 as it is now, to produce the next block's inputs. Memory stays near one block plus activations.
 
 Side effects (hooks, ``use_cache``, the capture's early exit) are scoped and always undone.
@@ -40,7 +40,8 @@ class BlockInputs:
                            self.layers[i] if self.layers is not None else self.kwargs, self.layers)
 
     def block_kwargs(self, b: int) -> list[dict]:
-        """Batch ``b``'s keyword arguments for every block (one dict, repeated, when all alike)."""
+        """Batch ``b``'s keyword arguments for every block, by block index (a single dict, for every
+        block, when all alike)."""
         return [k[b] for k in self.layers] if self.layers is not None else [self.kwargs[b]]
 
 

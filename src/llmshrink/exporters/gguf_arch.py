@@ -111,11 +111,12 @@ def check_gguf_arch(arch: GGUFArch, config, tied: bool) -> None:
     if types and window:
         expected = ["full_attention" if arch.swa_every and (i + 1) % arch.swa_every == 0 else
                     ("sliding_attention" if arch.swa_every else "full_attention") for i in range(len(types))]
-        if list(types) != expected and arch.local_rope:
+        if list(types) == expected:
+            return
+        if arch.local_rope:
             raise UserError(f"llama.cpp's {arch.name} makes every {arch.swa_every}th layer a full-attention one with "
                             f"its own RoPE, this model's layer_types differ ({','.join(t[0] for t in types)}; a "
                             "pruned model?): export a Hugging Face checkpoint instead")
-        if list(types) != expected:
-            log.warning("llama.cpp's %s slides its %d-token window over other layers than this model does "
-                        "(layer_types %s): the GGUF file agrees with transformers within %d tokens of context only",
-                        arch.name, window, ",".join(t[0] for t in types), window)
+        log.warning("llama.cpp's %s slides its %d-token window over other layers than this model does "
+                    "(layer_types %s): the GGUF file agrees with transformers within %d tokens of context only",
+                    arch.name, window, ",".join(t[0] for t in types), window)

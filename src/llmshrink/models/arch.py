@@ -54,16 +54,12 @@ class ArchSpec:
     # groups (attention, above all).
     parts: tuple[str, ...] = ("self_attn", "mlp")
     part_norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")
-    # What llmshrink knows of the architecture beyond its modules, in a line (the README's table).
-    note: str = ""
     # Mixtures of experts: the block's experts module (one module per expert in llmshrink, named
-    # ``{experts}.{e}.{gate, up, down}``: see ``models.experts``) and the router's linear layer,
-    # which stays in full precision. ``sequential`` then lists the attention's groups only;
-    # :meth:`with_experts` adds each expert's gate/up group and down group.
+    # ``{experts}.{e}.{gate, up, down}``: see ``models.experts``; the router is no linear layer of
+    # the spec, so it stays in full precision). ``sequential`` then lists the attention's groups
+    # only; :meth:`with_experts` adds each expert's gate/up group and down group.
     experts: str | None = None
-    router: str | None = None
     expert_linears: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")
-    n_experts: int = 0
     # (module name, checkpoint name) pairs where the checkpoints on disk name a module otherwise than
     # transformers' model does (Mixtral's ``mlp`` is ``block_sparse_moe`` on disk)
     disk: tuple[tuple[str, str], ...] = ()
@@ -72,16 +68,16 @@ class ArchSpec:
     stages: tuple[tuple[int, ...], ...] | None = None
 
     def with_experts(self, n: int) -> ArchSpec:
-        """This spec for a model of ``n`` experts per block: each expert's linears, staged."""
-        if self.experts is None or self.n_experts == n:
+        """This (registered) spec for a model of ``n`` experts per block: each expert's linears, staged."""
+        if self.experts is None:
             return self
         gate, up, down = self.expert_linears
-        base = self.sequential[:len(self.sequential) - 2 * self.n_experts] if self.n_experts else self.sequential
+        base = self.sequential
         ups = tuple((f"{self.experts}.{e}.{gate}", f"{self.experts}.{e}.{up}") for e in range(n))
         downs = tuple((f"{self.experts}.{e}.{down}",) for e in range(n))
         k = len(base)
         stages = (*((i,) for i in range(k)), tuple(range(k, k + n)), tuple(range(k + n, k + 2 * n)))
-        return replace(self, sequential=(*base, *ups, *downs), stages=stages, n_experts=n)
+        return replace(self, sequential=(*base, *ups, *downs), stages=stages)
 
     def to_disk(self, name: str) -> str:
         """A tensor or module name (full or block-local) as the checkpoints on disk spell it."""
@@ -192,20 +188,16 @@ def check_block_range(r: range, n_blocks: int, spec: str | None = None) -> None:
 
 # model_type (config.json) -> spec. Adding a LLaMA-shaped architecture is one line here.
 ARCHITECTURES: dict[str, ArchSpec] = {
-    "llama": ArchSpec("llama", note="Llama 1/2/3, SmolLM, TinyLlama"),
-    "mistral": ArchSpec("mistral", note="sliding-window attention"),
-    "qwen2": ArchSpec("qwen2", note="q/k/v biases; sliding-window layers per layer_types"),
-    "qwen3": ArchSpec("qwen3", note="q/k norms, head_dim of its own"),
-    "gemma2": ArchSpec("gemma2", part_norms=GEMMA_PART_NORMS,
-                       note="post-norms, scaled embedding, alternating sliding-window layers, logit soft-capping"),
-    "gemma3_text": ArchSpec("gemma3_text", part_norms=GEMMA_PART_NORMS,
-                            note="Gemma 3 text models: post-norms, q/k norms, local and global RoPE"),
-    "phi3": ArchSpec("phi3", sequential=FUSED_SEQUENTIAL, note="fused qkv_proj and gate_up_proj"),
-    "mixtral": ArchSpec("mixtral", sequential=LLAMA_SEQUENTIAL[:2], experts="mlp.experts", router="mlp.gate",
-                        expert_linears=("w1", "w3", "w2"), disk=(("mlp", "block_sparse_moe"),),
-                        note="mixture of experts: router, per-expert w1/w3/w2; sliding-window attention"),
-    "qwen3_moe": ArchSpec("qwen3_moe", sequential=LLAMA_SEQUENTIAL[:2], experts="mlp.experts", router="mlp.gate",
-                          note="mixture of experts: router, per-expert gate/up/down; q/k norms"),
+    "llama": ArchSpec("llama"),
+    "mistral": ArchSpec("mistral"),
+    "qwen2": ArchSpec("qwen2"),
+    "qwen3": ArchSpec("qwen3"),
+    "gemma2": ArchSpec("gemma2", part_norms=GEMMA_PART_NORMS),
+    "gemma3_text": ArchSpec("gemma3_text", part_norms=GEMMA_PART_NORMS),
+    "phi3": ArchSpec("phi3", sequential=FUSED_SEQUENTIAL),
+    "mixtral": ArchSpec("mixtral", sequential=LLAMA_SEQUENTIAL[:2], experts="mlp.experts",
+                        expert_linears=("w1", "w3", "w2"), disk=(("mlp", "block_sparse_moe"),)),
+    "qwen3_moe": ArchSpec("qwen3_moe", sequential=LLAMA_SEQUENTIAL[:2], experts="mlp.experts"),
 }
 
 

@@ -12,7 +12,7 @@ import torch
 
 from ..errors import UserError
 from ..quant.qlinear import QuantLinear
-from .arch import arch_of, prepare_modules
+from .arch import ArchSpec, arch_of, prepare_modules
 from .files import check_safetensors, check_tensors
 from .gptq_rules import packed_per_config
 
@@ -45,7 +45,7 @@ def load_gptq(folder: Path, config: dict, dtype: torch.dtype, trust_remote_code:
     prepare_modules(model, arch)
     state = {arch.from_disk(k): v for k, v in state.items()}
     packed = sorted(k.removesuffix(".qweight") for k in state if k.endswith(".qweight"))
-    _check_rules(folder, qc, model, set(packed))
+    _check_rules(folder, qc, model, arch, set(packed))
     for name in packed:
         lacking = [p for p in ("qzeros", "scales", "g_idx") if f"{name}.{p}" not in state]
         if lacking:
@@ -68,10 +68,9 @@ def load_gptq(folder: Path, config: dict, dtype: torch.dtype, trust_remote_code:
     return model
 
 
-def _check_rules(folder: Path, qc: dict, model: torch.nn.Module, packed: set[str]) -> None:
+def _check_rules(folder: Path, qc: dict, model: torch.nn.Module, arch: ArchSpec, packed: set[str]) -> None:
     """The config's module rules (``dynamic``, ``modules_in_block_to_quantize``) must say what the
     safetensors hold, or other loaders would read this checkpoint wrongly."""
-    arch = arch_of(model)
     layers = arch.layers + "."
     for name, mod in model.named_modules():
         if not (isinstance(mod, torch.nn.Linear) and name.startswith(layers)):

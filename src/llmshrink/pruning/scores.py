@@ -55,10 +55,10 @@ def _nll_sum(logits: torch.Tensor, ids: torch.Tensor) -> tuple[float, int]:
 def _head_nll(model: torch.nn.Module, arch: ArchSpec, hidden: list[torch.Tensor],
               batches: list[torch.Tensor]) -> float:
     """Mean NLL of the model's head (final norm, lm_head) on the final hidden states."""
-    norm, head = model.get_submodule(arch.norm), model.get_submodule(arch.lm_head)
+    norm, head, cap = model.get_submodule(arch.norm), model.get_submodule(arch.lm_head), logit_cap(model)
     total, count = 0.0, 0
     for h, ids in zip(hidden, batches, strict=True):
-        s, c = _nll_sum(soft_cap(head(norm(h)), logit_cap(model)), ids.to(h.device))
+        s, c = _nll_sum(soft_cap(head(norm(h)), cap), ids.to(h.device))
         total += s
         count += c
     return total / count
