@@ -5,8 +5,12 @@ tier fits CI's time; the same checkpoints score 36.682 (4-bit) and 45.007 (3-bit
 (re-measured 2026-12-03 with the tokenizer's SmolLM split restored, which moves calibration
 windows, and 16-bit release files).
 
-A threshold is the benchmarked perplexity plus 0.5 %: the solve is deterministic on one machine,
-the slack is for other CPUs' float rounding; any real regression of the solve costs more."""
+A threshold is the benchmarked perplexity plus 1.5 %: the solve is deterministic on one machine,
+not across machines. The code at 5bb1a38, whose CI passed within 0.5 % of 37.551 (4-bit), gives
+37.836 (+0.76 %) on another machine (Xeon, AVX-512; transformers 5.24 and 5.25 write the same
+bytes) and 37.878 there with PyTorch held to AVX2; the original model scores 35.087 on both
+(BENCHMARKS.md, "GPTQ on the default model"). The 4-bit threshold (38.114) still fails a solve
+that loses more than about 5 % of GPTQ's gain over round-to-nearest (49.928 on the same prefix)."""
 
 from __future__ import annotations
 
@@ -52,7 +56,7 @@ def test_gptq_g128_perplexity_holds_the_benchmark(bits, benchmark, request, tmp_
     assert (cfg["bits"], cfg["group_size"], cfg["sym"], cfg["desc_act"]) == (bits, 128, True, True)
     ppl = _ppl(out)
     print(f"\n{bits}-bit g128: perplexity {ppl:.3f} on 16,384 tokens (benchmark {benchmark}, original {ORIGINAL})")
-    assert ORIGINAL < ppl <= benchmark * 1.005
+    assert ORIGINAL < ppl <= benchmark * 1.015
 
 
 def test_gptq_on_real_weights_is_the_reference_loop():
