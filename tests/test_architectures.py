@@ -17,6 +17,7 @@ import torch
 from llmshrink.blockwise import capture_block_inputs
 from llmshrink.cli import main
 from llmshrink.models.arch import ARCHITECTURES, arch_of, logit_cap, soft_cap
+from llmshrink.models.gptq_rules import packed_per_config
 from llmshrink.models.load import load_model
 from tests.archs import ARCHS, make_arch_model
 from tests.conftest import TEXT, make_sentencepiece_tokenizer, make_tiny_model, make_tokenizer, save_model_dir
@@ -188,6 +189,32 @@ def test_hf_gptq_export_eval_generate_and_bench(run, capsys):
     assert main(["bench", str(run["q"]), "--prompt-tokens", "8", "--new-tokens", "4", "--repeats", "1",
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["decode_ms_per_token"] > 0
+
+
+# The names GPTQModel looks for where they are not the architecture's own (else the same file)
+GPTQMODEL_NAMES = {"mixtral": ("model.layers.1.mlp.experts.1.up_proj.qweight", "block_sparse_moe"),
+                   "phi3": ("model.layers.1.mlp.gate_proj.qweight", "gate_up_proj")}
+
+
+def test_gptqmodel_layout_names_modules_as_gptqmodel_and_reads_back_the_same(run):
+    from safetensors import safe_open
+
+    own, theirs = run["root"] / "hf-own", run["root"] / "hf-gptqmodel"
+    for folder, layout in ((own, "transformers"), (theirs, "gptqmodel")):
+        assert main(["-q", "export", str(run["q"]), "--format", "hf-gptq", "--layout", layout, "--out", str(folder)]) == 0
+    keys = {f: set(safe_open(f / "model.safetensors", "pt").keys()) for f in (own, theirs)}
+    if run["type"] in GPTQMODEL_NAMES:
+        name, gone = GPTQMODEL_NAMES[run["type"]]
+        assert name in keys[theirs] and not any(gone in k for k in keys[theirs])
+        qc = json.loads((theirs / "config.json").read_text())["quantization_config"]
+        assert name.removesuffix(".qweight") in qc["modules_in_block_to_quantize"][0]
+        module = name.removesuffix(".qweight")
+        assert packed_per_config(qc, module) and not packed_per_config(qc, module.replace(".layers.1.", ".layers.2."))
+    else:
+        assert keys[theirs] == keys[own]
+    ids = make_tokenizer()(TEXT, add_special_tokens=False)["input_ids"][:12]
+    torch.testing.assert_close(_logits(load_model(theirs).model, ids), _logits(load_model(own).model, ids),
+                               rtol=0, atol=0)
 
 
 def test_gemma3_gguf_follows_llama_cpp_layer_pattern_or_is_refused(tmp_path, capsys):

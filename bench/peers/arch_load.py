@@ -3,10 +3,11 @@
 Runs inside the peers' environment (``bash bench/peers/setup.sh``: GPTQModel and llmshrink side
 by side), from the repository root:
 
-    bench/peers/.venv/bin/python bench/peers/arch_load.py --out runs/arch-load
+    bench/peers/.venv/bin/python bench/peers/arch_load.py --out runs/arch-load [--layout gptqmodel]
 
 For each architecture of ``tests/archs.py``: a tiny random model (the tests' own), quantized by
-``llmshrink quantize`` (4-bit, group 16, every block), then loaded by GPTQModel (``gptq_torch``
+``llmshrink quantize`` (4-bit, group 16, every block; with ``--layout gptqmodel`` then written by
+``llmshrink export --format hf-gptq --layout gptqmodel``), then loaded by GPTQModel (``gptq_torch``
 backend) and by llmshrink. Prints one JSON line per architecture: whether GPTQModel loaded it, and
 how far its logits on a prompt are from llmshrink's, relative to their spread.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def check(model_type: str, root: Path) -> dict:
+def check(model_type: str, root: Path, layout: str) -> dict:
     import torch
     from gptqmodel import BACKEND, GPTQModel
     from tests.archs import make_arch_model
@@ -39,10 +40,15 @@ def check(model_type: str, root: Path) -> dict:
     if not q.exists():
         assert main(["-q", "quantize", str(plain), "--out", str(q), "--bits", "4", "--group-size", "16",
                      "--calib", str(corpus), "--nsamples", "8", "--seqlen", "32"]) == 0
+    if layout != "transformers":
+        out = root / model_type / f"q-{layout}"
+        assert main(["-q", "export", str(q), "--format", "hf-gptq", "--layout", layout, "--out", str(out),
+                     "--overwrite"]) == 0
+        q = out
     ids = torch.tensor([tok(TEXT, add_special_tokens=False)["input_ids"][:7]])
     with torch.no_grad():
         ours = load_model(q).model(ids).logits[0].float()
-    row = {"arch": model_type}
+    row = {"arch": model_type, "layout": layout}
     try:
         peer = GPTQModel.load(str(q), backend=BACKEND.TORCH, device="cpu")
         with torch.no_grad():
@@ -62,6 +68,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/arch-load")
     ap.add_argument("--only", nargs="*")
+    ap.add_argument("--layout", default="transformers", help="llmshrink export --layout of the checkpoint GPTQModel loads")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from tests.archs import ARCHS
@@ -70,7 +77,7 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     for model_type in ARCHS:
         if not args.only or model_type in args.only:
-            print(json.dumps(check(model_type, root)), flush=True)
+            print(json.dumps(check(model_type, root, args.layout)), flush=True)
 
 
 if __name__ == "__main__":

@@ -66,12 +66,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ..jobs.export import PARTS, run_export
     from ..jobs.preflight import preflight
 
-    fmt, gguf_cfg, ladder, calib = (config(args, part) for part in PARTS)
+    fmt, gguf_cfg, hf_cfg, ladder, calib = (config(args, part) for part in PARTS)
     solves = fmt.format == "gguf" and (gguf_cfg.method == "gptq" or bool(ladder.ladder))
     preflight(args.model, corpora=[calib.data if solves else None, ladder.eval_data if ladder.ladder else None])
     claim(args, folder=bool(ladder.ladder) or fmt.format != "gguf", resumes=bool(ladder.ladder))
-    rep = run_export(load(args), fmt.format, gguf_cfg, args.out, calib=calib, progress=progress(), ladder=ladder,
-                     load=lambda: load(args), overwrite=args.overwrite)
+    rep = run_export(load(args), fmt.format, gguf_cfg if fmt.format == "gguf" else hf_cfg, args.out, calib=calib,
+                     progress=progress(), ladder=ladder, load=lambda: load(args), overwrite=args.overwrite)
     if ladder.ladder:
         print(rep.table)
         print(f"\nsaved {len(rep.rows)} files, ladder.md and ladder.json in {rep.out}")

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from ..config import Config
+from ..models.gptq_layout import LAYOUTS
 from ..quant.config import QUANT_METHODS, QuantConfig
 from .ggml import EXPORT_TYPES, ggml_type
 from .gguf_mix import MIXES, Mix
@@ -51,3 +52,17 @@ class GGUFConfig(Config):
         name = type_name or (self.mix.base if self.mix else self.type)
         return ggml_type(name, internal=True).quant_config(self.method, act_order=self.act_order, damp=self.damp,
                                                            mse=self.mse)
+
+
+@dataclass
+class HFGPTQConfig(Config):
+    """Hugging Face GPTQ export: whose module names the checkpoint uses."""
+
+    kind: ClassVar[str] = "export"
+    layout: str = field(default="transformers", metadata={
+        "help": "transformers: the architecture's own names on disk (transformers, vLLM, llmshrink); gptqmodel: "
+                "the names GPTQModel's module trees look for (Mixtral's experts as mlp.experts.E.gate_proj, "
+                "Phi-3's gate_up_proj split in two); llmshrink reads both", "choices": tuple(LAYOUTS)})
+
+    def __post_init__(self) -> None:
+        self.one_of("layout", LAYOUTS, "layout")

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import UserError
 from ..models.arch import ArchSpec, arch_of
+from ..models.gptq_layout import Layout
 from ..models.gptq_rules import skip_rules
 from ..models.load import DTYPES
 from ..paths import atomic_dir, output_path
@@ -50,13 +51,16 @@ def pack_model(model: torch.nn.Module, report: QuantizeReport) -> None:
         model.set_submodule(name, QuantLinear.from_result(model.get_submodule(name), res, bits))
 
 
-def quantization_config(scheme: dict, model: torch.nn.Module) -> dict:
+def quantization_config(scheme: dict, model: torch.nn.Module, layout: Layout | None = None) -> dict:
     """``config.json``'s ``quantization_config`` for packed layers described by ``scheme``
     (:attr:`QuantizeReport.scheme`), with ``dynamic`` rules leaving ``model``'s other block
-    linears in full precision (see :mod:`llmshrink.models.gptq_rules`)."""
+    linears in full precision (see :mod:`llmshrink.models.gptq_rules`); modules named as
+    ``layout`` names them, if given."""
     arch = arch_of(model)  # module names as the checkpoint spells them (Mixtral's block_sparse_moe)
-    linears = [arch.to_disk(f"{arch.layers}.{i}.{n}") for i in range(len(arch.blocks(model))) for n in arch.linear_names]
-    packed = [arch.to_disk(n) for n in scheme["modules_in_block_to_quantize"][0]]
+    name = layout.name if layout is not None else lambda n: [n]
+    linears = [m for i in range(len(arch.blocks(model))) for n in arch.linear_names
+               for m in name(arch.to_disk(f"{arch.layers}.{i}.{n}"))]
+    packed = [m for n in scheme["modules_in_block_to_quantize"][0] for m in name(arch.to_disk(arch.from_disk(n)))]
     rules = skip_rules(packed, linears, arch.layers)
     scheme = {**scheme, "modules_in_block_to_quantize": [packed]}
     return {"quant_method": "gptq", "checkpoint_format": "gptq", **scheme, **({"dynamic": rules} if rules else {})}
@@ -105,10 +109,12 @@ def round_to(model: torch.nn.Module, dtype: torch.dtype) -> None:
 
 def save_folder(model: torch.nn.Module, tokenizer, out: Path, *, quantization_config: dict | None = None,
                 files: dict[str, Extra] | None = None, copy_from: Path | None = None,
-                copy: tuple[str, ...] = (), dtype: torch.dtype | None = None) -> Path:
+                copy: tuple[str, ...] = (), dtype: torch.dtype | None = None,
+                after: Callable[[Path], None] | None = None) -> Path:
     """Write ``model`` (safetensors, float tensors in ``dtype`` if given) and ``tokenizer`` into the
     folder ``out``, atomically, with ``quantization_config`` in its ``config.json``, the extra
-    ``files``, and the files named in ``copy`` that ``copy_from`` holds."""
+    ``files``, and the files named in ``copy`` that ``copy_from`` holds; ``after`` may then rewrite
+    the folder before it appears."""
     out = output_path(out)
     with atomic_dir(out) as tmp:
         state = _state_in(model, dtype) if dtype is not None else None
@@ -129,7 +135,29 @@ def save_folder(model: torch.nn.Module, tokenizer, out: Path, *, quantization_co
                 (tmp / name).write_text(content)
             else:
                 content(tmp / name)
+        if after is not None:
+            after(tmp)
     return out
+
+
+def relayout(folder: Path, layout: Layout) -> None:
+    """Rewrite the safetensors of ``folder`` (a GPTQ checkpoint in llmshrink's names) in ``layout``,
+    shard by shard, and the shard index's names with them."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    index = folder / "model.safetensors.index.json"
+    weight_map = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        with safe_open(shard, "pt") as f:
+            meta = f.metadata()
+        state = layout.write(load_file(shard))
+        save_file(state, shard, metadata=meta)
+        weight_map.update(dict.fromkeys(state, shard.name))
+    if index.is_file():
+        data = json.loads(index.read_text())
+        data["weight_map"] = dict(sorted(weight_map.items()))
+        index.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def save_quantized(model: torch.nn.Module, tokenizer, report: QuantizeReport, out_dir: Path, *,

@@ -14,8 +14,9 @@ from typing import ClassVar
 from ..config import Config, Part, command_line
 from ..data.calib import CalibConfig
 from ..errors import UserError
-from ..exporters.config import GGUFConfig
-from ..exporters.hf import release_dtype, save_folder
+from ..exporters.config import GGUFConfig, HFGPTQConfig
+from ..exporters.hf import quantization_config, relayout, release_dtype, save_folder
+from ..models.gptq_layout import layout_for
 from ..models.load import LoadedModel
 from ..paths import claim_output
 from ..quant.qlinear import QuantLinear
@@ -28,19 +29,28 @@ __all__ = ["EXPORTERS", "PARTS", "export_gguf", "run_export", "solve_blocks"]
 log = logging.getLogger(__name__)
 
 
-def export_hf_gptq(lm: LoadedModel, cfg: Config | None, out: Path, *, calib: CalibConfig | None = None,
+def export_hf_gptq(lm: LoadedModel, cfg: HFGPTQConfig | None, out: Path, *, calib: CalibConfig | None = None,
                    overwrite: bool = False, progress=None) -> Path:
     """Re-write a model whose layers are packed already (a GPTQ checkpoint, a tuned mixed one) as a
-    Hugging Face GPTQ folder; a plain model is quantized by ``llmshrink quantize``."""
+    Hugging Face GPTQ folder, its modules named as ``cfg.layout`` says; a plain model is quantized
+    by ``llmshrink quantize``."""
+    cfg = cfg or HFGPTQConfig()
     out = claim_output(out, inputs=lm.sources, overwrite=overwrite, need_bytes=lm.size_on_disk)
-    if not any(isinstance(m, QuantLinear) for m in lm.model.modules()):
+    packed = sorted(name for name, m in lm.model.named_modules() if isinstance(m, QuantLinear))
+    if not packed:
         raise UserError(f"{lm.name} has no quantized layers to write as GPTQ: quantize it with "
                         f"llmshrink quantize {lm.name} --out DIR")
-    qc = json.loads((lm.path / "config.json").read_text()).get("quantization_config")
+    source = json.loads((lm.path / "config.json").read_text())
+    layout = layout_for(cfg.layout, source.get("model_type", ""))
+    if layout is None and cfg.layout != "transformers":
+        log.info("%s reads %s checkpoints under their own names: nothing to rename", cfg.layout, source.get("model_type"))
+    scheme = {k: v for k, v in source["quantization_config"].items() if k != "dynamic"}
+    qc = quantization_config({**scheme, "modules_in_block_to_quantize": [packed]}, lm.model, layout)
     return save_folder(lm.model, lm.tokenizer, out, quantization_config=qc, files={CARD: card_file(out)},
                        dtype=release_dtype("auto", lm.path, packed=True),
                        copy_from=lm.path, copy=("llmshrink_quantize.json", "quantize_layers.jsonl",
-                                                "llmshrink_finetune.json", "llmshrink_evals.json"))
+                                                "llmshrink_finetune.json", "llmshrink_evals.json"),
+                       after=(lambda d: relayout(d, layout)) if layout is not None else None)
 
 
 @dataclass(frozen=True)
@@ -56,7 +66,8 @@ class Exporter:
 EXPORTERS: dict[str, Exporter] = {
     "gguf": Exporter("a GGUF file for llama.cpp (GPTQ solved on each block type's grid; K mixes typed as "
                      "llama.cpp types them)", GGUFConfig, export_gguf, True),
-    "hf-gptq": Exporter("a Hugging Face GPTQ folder of a model quantized already", None, export_hf_gptq, False),
+    "hf-gptq": Exporter("a Hugging Face GPTQ folder of a model quantized already", HFGPTQConfig, export_hf_gptq,
+                        False),
 }
 
 
@@ -72,7 +83,7 @@ class ExportFormat(Config):
         self.one_of("format", EXPORTERS, "format")
 
 
-PARTS = (Part("format", ExportFormat), Part("gguf", GGUFConfig), Part("ladder", LadderConfig),
+PARTS = (Part("format", ExportFormat), Part("gguf", GGUFConfig), Part("hf", HFGPTQConfig), Part("ladder", LadderConfig),
          Part("calib", CalibConfig, nested=True))
 
 

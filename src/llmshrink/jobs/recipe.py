@@ -103,7 +103,7 @@ def _run_export(model: str, out: Path, c: dict, ctx: dict, progress) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     fmt, ladder = c["format"].format, c["ladder"]
     target = out / "ladder" if ladder.ladder else out / "model.gguf" if fmt == "gguf" else out / "model"
-    rep = export_job.run_export(load_model(model), fmt, c["gguf"] if fmt == "gguf" else None, target,
+    rep = export_job.run_export(load_model(model), fmt, c["gguf"] if fmt == "gguf" else c["hf"], target,
                                 calib=c["calib"], progress=progress, ladder=ladder, load=lambda: load_model(model),
                                 overwrite=True)
     if ladder.ladder:

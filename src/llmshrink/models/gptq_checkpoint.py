@@ -2,6 +2,8 @@
 
 A module is quantized where the safetensors hold ``<name>.qweight``; everything else loads as
 usual, so mixed checkpoints (some blocks packed, the rest full precision) need nothing special.
+A checkpoint whose modules are named as another reader names them (GPTQModel's Mixtral experts,
+its split Phi-3 MLP: :mod:`llmshrink.models.gptq_layout`) is read back into the usual names.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from ..errors import UserError
 from ..quant.qlinear import QuantLinear
 from .arch import ArchSpec, arch_of, prepare_modules
 from .files import check_safetensors, check_tensors
+from .gptq_layout import Layout, read_layout
 from .gptq_rules import packed_per_config
 
 
@@ -43,9 +46,11 @@ def load_gptq(folder: Path, config: dict, dtype: torch.dtype, trust_remote_code:
     model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype, trust_remote_code=trust_remote_code)
     arch = arch_of(model)
     prepare_modules(model, arch)
-    state = {arch.from_disk(k): v for k, v in state.items()}
+    found = read_layout(hf_cfg.model_type, state)
+    layout = found[1] if found else None
+    state = {arch.from_disk(k): v for k, v in (layout.read(state) if layout else state).items()}
     packed = sorted(k.removesuffix(".qweight") for k in state if k.endswith(".qweight"))
-    _check_rules(folder, qc, model, arch, set(packed))
+    _check_rules(folder, qc, model, arch, set(packed), layout)
     for name in packed:
         lacking = [p for p in ("qzeros", "scales", "g_idx") if f"{name}.{p}" not in state]
         if lacking:
@@ -68,14 +73,16 @@ def load_gptq(folder: Path, config: dict, dtype: torch.dtype, trust_remote_code:
     return model
 
 
-def _check_rules(folder: Path, qc: dict, model: torch.nn.Module, arch: ArchSpec, packed: set[str]) -> None:
+def _check_rules(folder: Path, qc: dict, model: torch.nn.Module, arch: ArchSpec, packed: set[str],
+                 layout: Layout | None) -> None:
     """The config's module rules (``dynamic``, ``modules_in_block_to_quantize``) must say what the
     safetensors hold, or other loaders would read this checkpoint wrongly."""
     layers = arch.layers + "."
     for name, mod in model.named_modules():
         if not (isinstance(mod, torch.nn.Linear) and name.startswith(layers)):
             continue
-        said = packed_per_config(qc, arch.to_disk(name))  # the rules name modules as the checkpoint does
+        disk = arch.to_disk(name)  # the rules name modules as the checkpoint does
+        said = packed_per_config(qc, layout.name(disk)[0] if layout else disk)
         if said is None or said == (name in packed):
             continue
         held = "packed" if name in packed else "full-precision"
