@@ -37,16 +37,15 @@ ARCHS: dict[str, tuple[str, str, dict]] = {
 def make_arch_model(model_type: str, vocab_size: int, *, seed: int = 0, layers: int = 2, std: float = 0.3,
                     tie: bool = True, **overrides):
     """A tiny random model of ``model_type`` (hidden 32, 4 heads, 2 KV heads) in eval mode, its
-    weights widened so that logits differ visibly per token; ``overrides``: config fields."""
+    weights widened so that logits differ visibly per token; ``overrides``: config fields (the
+    shape's too)."""
     cfg_name, model_name, extra = ARCHS[model_type]
     tf = importlib.import_module("transformers")
     torch.manual_seed(seed)
-    extra = {**extra, **overrides}
-    cfg = getattr(tf, cfg_name)(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=tie,
-        bos_token_id=1, eos_token_id=2, pad_token_id=2, **extra,
-    )
+    shape = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=tie,
+                 bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    cfg = getattr(tf, cfg_name)(**{**shape, **extra, **overrides})
     model = getattr(tf, model_name)(cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():

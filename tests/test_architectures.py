@@ -308,14 +308,22 @@ def test_each_expert_is_solved_on_its_own_tokens_or_counted_as_a_fallback(tmp_pa
 
 
 @pytest.mark.parametrize("model_type", [t for t in NAMES if ARCHITECTURES[t].experts is not None])
-def test_a_mixture_of_experts_refuses_llama_cpp_type_mixes(tmp_path, capsys, model_type):
+def test_a_mixture_of_experts_exports_a_llama_cpp_mix_that_runs(tmp_path, model_type):
+    """By the CLI, GPTQ-solved (rows of 32: llama.cpp's fallbacks); the types themselves are
+    tests/exporters/test_gguf_mix.py's."""
+    pytest.importorskip("llama_cpp")
+    from llmshrink.eval.llamacpp import load_llamacpp
+
     tok = make_tokenizer()
     src = save_model_dir(tmp_path / "moe", make_arch_model(model_type, len(tok)), tok)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT * 8)
     out = tmp_path / "m-q4_k_m.gguf"
-    capsys.readouterr()
-    assert main(["-q", "export", str(src), "--format", "gguf", "--type", "q4_k_m", "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert "single type" in err and len(err.strip().splitlines()) == 1 and not out.exists()
+    assert main(["-q", "export", str(src), "--format", "gguf", "--type", "q4_k_m", "--out", str(out),
+                 "--calib", str(corpus), "--nsamples", "8", "--seqlen", "24"]) == 0
+    prompt = tok(SHORT, add_special_tokens=False)["input_ids"]
+    got = load_llamacpp(out, n_ctx=64).model.greedy(prompt, 4)
+    assert len(got) >= 1 and all(0 <= x < len(tok) for x in got)
 
 
 @pytest.mark.parametrize("true_sequential", [True, False])

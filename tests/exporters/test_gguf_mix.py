@@ -118,6 +118,54 @@ def test_gptq_mixes_hold_the_solution_and_run_in_llama_cpp(tmp_path, k_models, f
     assert ours < 0.15 * scale and ours < 1.5 * theirs, (ours, theirs, scale)
 
 
+@pytest.fixture(scope="module")
+def moe_models(tmp_path_factory, tokenizer):
+    """Tiny mixtures of experts whose rows hold whole super-blocks, each with its F16 file: Mixtral
+    with 8 experts (llama.cpp's 8-expert rules apply) and Qwen3-MoE with 4 (its attention output,
+    64 wide, falls back)."""
+    from tests.archs import make_arch_model
+
+    root = tmp_path_factory.mktemp("moe")
+    shapes = {"mixtral": dict(num_local_experts=8, intermediate_size=256), "qwen3_moe": dict(moe_intermediate_size=256)}
+    models = {}
+    for arch, kw in shapes.items():
+        model = make_arch_model(arch, len(tokenizer), layers=8, std=0.08, tie=False, hidden_size=256, **kw)
+        folder = save_model_dir(root / arch, model, tokenizer)
+        export_gguf(load_model(str(folder)), GGUFConfig(type="f16"), root / f"{arch}.gguf")
+        models[arch] = (folder, root / f"{arch}.gguf")
+    return models
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "qwen3_moe"])
+@pytest.mark.parametrize("mix", list(MIXES))
+def test_mixtures_of_experts_get_llama_quantizes_types(tmp_path, moe_models, arch, mix):
+    folder, f16 = moe_models[arch]
+    theirs = _llama_cpp_types(str(f16), mix, str(tmp_path / "theirs.gguf"))
+    ours = tmp_path / "ours.gguf"
+    export_gguf(load_model(str(folder)), GGUFConfig(type=mix, method="rtn", mse=False), ours)
+    assert _types(ours) == theirs
+    assert _tensor_bytes(ours) == _tensor_bytes(tmp_path / "theirs.gguf")
+
+
+def test_gptq_mix_of_experts_holds_each_experts_solution_and_runs_in_llama_cpp(tmp_path, moe_models, text_file):
+    from llmshrink.eval.llamacpp import load_llamacpp
+
+    lm = load_model(str(moe_models["mixtral"][0]))
+    out = tmp_path / "q4_k_m.gguf"
+    rep = export_gguf(lm, GGUFConfig(type="q4_k_m", mse=False), out, calib=CalibConfig(str(text_file), 8, 32, batch_size=4))
+    assert len(rep.solved) == 8 * (4 + 8 * 3)
+    tensors = {t.name: t for t in gguf.GGUFReader(out).tensors}
+    assert tensors["blk.0.attn_v.weight"].tensor_type.name == "Q8_0"  # llama.cpp's 8-expert rule
+    t = tensors["blk.5.ffn_down_exps.weight"]
+    assert t.tensor_type.name == "Q4_K"
+    w = gguf.quants.dequantize(t.data, t.tensor_type).reshape(8, 256, 256)
+    for e in (0, 7):
+        np.testing.assert_array_equal(w[e], lm.model.model.layers[5].mlp.experts[e].w2.weight.detach().numpy())
+    prompt = lm.tokenizer("To be, or not to be", add_special_tokens=False)["input_ids"]
+    got = load_llamacpp(out, n_ctx=64).model.greedy(prompt, 8)
+    assert len(got) >= 1 and all(0 <= x < lm.model.config.vocab_size for x in got)
+
+
 def _gap_to_transformers(path, prompt) -> tuple[float, float]:
     """Mean |llama.cpp logits − transformers logits| on the file's weights, and the logits' spread."""
     from llmshrink.eval.llamacpp import load_llamacpp

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..models.experts import expert_count
 from ..models.load import LoadedModel
 from ..models.origin import source_general
 from ..paths import atomic_file, output_path
@@ -152,20 +153,31 @@ def plan_tensor_types(lm: LoadedModel, cfg: GGUFConfig) -> TypePlan:
         return TypePlan(dict.fromkeys(linears, t), et, None if tied else et, t.file_type)
     gguf_name = _tensor_names(lm)
     width = model.config.hidden_size
-    order = [(f"{arch.embed}.weight", width), *((f"{n}.weight", m.in_features) for n, m in linears.items())]
+    tensor = {n: f"{_stacked(arch, n)}.weight" for n in linears}  # a linear -> the file's tensor holding it
+    order = [(f"{arch.embed}.weight", width),
+             *dict.fromkeys((tensor[n], m.in_features) for n, m in linears.items())]
     if not tied:
         order.append((f"{arch.lm_head}.weight", width))
     by_gguf = {gguf_name(n): n for n, _ in order}
     n_kv = getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads
     plan = plan_types(cfg.mix, [(gguf_name(n), w) for n, w in order],
-                      n_gqa=model.config.num_attention_heads // n_kv, tied=tied)
+                      n_gqa=model.config.num_attention_heads // n_kv, tied=tied,
+                      n_expert=expert_count(model, arch.layers, arch.experts) if arch.experts else 0)
     types = {by_gguf[g]: ggml_type(t, internal=True) for g, t in plan.items()}
     if forced is not None:  # the forced type still obeys the row-width fallback
         types[f"{arch.embed}.weight"] = ggml_type(fallback(forced.name, width, "token_embd.weight"), internal=True)
         types[f"{arch.lm_head}.weight"] = types[f"{arch.embed}.weight"]
     embed = types[f"{arch.embed}.weight"]
     output = None if tied else types[f"{arch.lm_head}.weight"]
-    return TypePlan({n: types[f"{n}.weight"] for n in linears}, embed, output, cfg.mix.file_type)
+    return TypePlan({n: types[tensor[n]] for n in linears}, embed, output, cfg.mix.file_type)
+
+
+def _stacked(arch, full: str) -> str:
+    """A linear's full name, or for an expert's linear the stacked tensor of its block and kind."""
+    block, _, local = full.partition(f"{arch.layers}.")[2].partition(".")
+    if arch.expert_of(local) is None:
+        return full
+    return f"{arch.layers}.{block}.{arch.experts}.{local.rsplit('.', 1)[1]}"
 
 
 def check_exportable(lm: LoadedModel, cfg: GGUFConfig) -> None:
@@ -173,9 +185,6 @@ def check_exportable(lm: LoadedModel, cfg: GGUFConfig) -> None:
     would compute otherwise), the tokenizer."""
     config = lm.model.config
     check_gguf_arch(gguf_arch_of(getattr(config, "model_type", None)), config, _is_tied(lm))
-    if lm.arch.experts is not None and cfg.mix is not None:
-        raise UserError(f"llama.cpp's {cfg.type} is a mix of types per tensor, which llmshrink does not plan for "
-                        "experts yet: export a mixture of experts with a single type (q8_0, q4_0, q4_1, q5_0, ...)")
     rope_of(config)
     read_vocab(lm.tokenizer, config.vocab_size)
 

@@ -3,10 +3,11 @@
 ``llama-quantize MODEL Q4_K_M`` does not write every tensor as Q4_K: ``llama_tensor_get_type``
 (``src/llama-quant.cpp``) gives more bits to some ``attn_v`` and ``ffn_down`` tensors, to the
 output (and a tied embedding), and falls back to a 32-weight type where a row is not a multiple
-of 256. The rules here are that function's, for the mixes and the dense architectures we export
-(no Falcon, no 70B or mixture-of-experts special cases), so a file we write has, tensor for
-tensor, the types llama.cpp's own quantizer would give it (``tests/exporters/test_gguf_mix.py``
-compares the two on the same F16 file).
+of 256. The rules here are that function's, for the mixes and the architectures we export
+(no Falcon or 70B special cases; a mixture of experts' stacked expert tensors each get one type,
+and a model of exactly 8 experts, as Mixtral, gets llama.cpp's 8-expert rules), so a file we write
+has, tensor for tensor, the types llama.cpp's own quantizer would give it
+(``tests/exporters/test_gguf_mix.py`` compares the two on the same F16 file).
 """
 
 from __future__ import annotations
@@ -45,30 +46,33 @@ class Mix:
     attn_v: Callable[[int, int, int], str | None] = _keep  # (i, n, n_gqa) -> type, or None: keep base
     ffn_down: Callable[[int, int], str | None] = _keep  # (i, n) -> type, or None
     attn_output: str | None = None
+    # with exactly 8 experts llama.cpp keeps attn_v and attn_k at q8_0, and gives attn_output q5_k
+    # in these mixes (in the others it keeps the base type, where dense models follow ``attn_output``)
+    attn_output_8_experts: bool = False
 
 
 F = LlamaFileType
 MIXES: dict[str, Mix] = {m.name: m for m in (
     Mix("q2_k", "q2_k", F.MOSTLY_Q2_K, attn_v=lambda i, n, g: "q4_k" if g >= 4 else "q3_k",
-        ffn_down=lambda i, n: "q3_k", attn_output="q3_k"),
-    Mix("q3_k_s", "q3_k", F.MOSTLY_Q3_K_S),
+        ffn_down=lambda i, n: "q3_k", attn_output="q3_k", attn_output_8_experts=True),
+    Mix("q3_k_s", "q3_k", F.MOSTLY_Q3_K_S, attn_output_8_experts=True),
     Mix("q3_k_m", "q3_k", F.MOSTLY_Q3_K_M, attn_v=lambda i, n, g: "q5_k" if i < 2 else "q4_k",
-        ffn_down=lambda i, n: "q5_k" if i < n // 16 else "q4_k", attn_output="q4_k"),
+        ffn_down=lambda i, n: "q5_k" if i < n // 16 else "q4_k", attn_output="q4_k", attn_output_8_experts=True),
     Mix("q3_k_l", "q3_k", F.MOSTLY_Q3_K_L, attn_v=lambda i, n, g: "q5_k", ffn_down=lambda i, n: "q5_k",
         attn_output="q5_k"),
     Mix("q4_k_s", "q4_k", F.MOSTLY_Q4_K_S, attn_v=lambda i, n, g: "q5_k" if i < 4 else None,
-        ffn_down=lambda i, n: "q5_k" if i < n // 8 else None),
+        ffn_down=lambda i, n: "q5_k" if i < n // 8 else None, attn_output_8_experts=True),
     Mix("q4_k_m", "q4_k", F.MOSTLY_Q4_K_M, attn_v=lambda i, n, g: "q6_k" if use_more_bits(i, n) else None,
-        ffn_down=lambda i, n: "q6_k" if use_more_bits(i, n) else None),
+        ffn_down=lambda i, n: "q6_k" if use_more_bits(i, n) else None, attn_output_8_experts=True),
     Mix("q5_k_s", "q5_k", F.MOSTLY_Q5_K_S),
     Mix("q5_k_m", "q5_k", F.MOSTLY_Q5_K_M, attn_v=lambda i, n, g: "q6_k" if use_more_bits(i, n) else None,
         ffn_down=lambda i, n: "q6_k" if use_more_bits(i, n) else None),
     Mix("q6_k", "q6_k", F.MOSTLY_Q6_K),
     # without an importance matrix (llama.cpp with one keeps ffn_down at iq4_nl)
     Mix("iq4_nl", "iq4_nl", F.MOSTLY_IQ4_NL, attn_v=lambda i, n, g: "q5_k" if g >= 4 else None,
-        ffn_down=lambda i, n: "q5_k" if i < n // 8 else None),
+        ffn_down=lambda i, n: "q5_k" if i < n // 8 else None, attn_output_8_experts=True),
     Mix("iq4_xs", "iq4_xs", F.MOSTLY_IQ4_XS, attn_v=lambda i, n, g: "q5_k" if g >= 4 else None,
-        ffn_down=lambda i, n: "q5_k" if i < n // 8 else None),
+        ffn_down=lambda i, n: "q5_k" if i < n // 8 else None, attn_output_8_experts=True),
 )}
 
 
@@ -99,12 +103,28 @@ def fallback(type_name: str, width: int, tensor: str) -> str:
     return new if width % GGML_TYPES[new].block == 0 else "f16"
 
 
-def plan_types(mix: Mix, tensors: list[tuple[str, int]], *, n_gqa: int, tied: bool) -> dict[str, str]:
+def _rule(mix: Mix, cat: str, i: int, n: int, n_gqa: int, eight: bool) -> str | None:
+    """The type ``mix`` gives the ``i``-th of ``n`` tensors of kind ``cat`` (None: the base type);
+    ``eight``: the model has exactly 8 experts."""
+    if cat in ("attn_v", "attn_qkv"):  # a fused qkv counts as attn_v, as in llama.cpp
+        return "q8_0" if eight else mix.attn_v(i, n, n_gqa)
+    if cat == "attn_k":
+        return "q8_0" if eight else None
+    if cat == "ffn_down":
+        return mix.ffn_down(i, n)
+    if cat == "attn_output":
+        return ("q5_k" if mix.attn_output_8_experts else None) if eight else mix.attn_output
+    return None
+
+
+def plan_types(mix: Mix, tensors: list[tuple[str, int]], *, n_gqa: int, tied: bool,
+               n_expert: int = 0) -> dict[str, str]:
     """Each quantizable tensor's type under ``mix``: ``tensors`` are (GGUF name, row width) in file
-    order (embedding, blocks, output); ``tied``: the embedding is also the output."""
-    n_v = sum(category(n) in ("attn_v", "attn_qkv") for n, _ in tensors)
-    n_down = sum(category(n) == "ffn_down" for n, _ in tensors)
-    i_v = i_down = 0
+    order (embedding, blocks, output; a block's experts as one stacked tensor per kind); ``tied``:
+    the embedding is also the output; ``n_expert``: experts per block (0: a dense model)."""
+    count = {c: sum(category(n) == c or (c == "attn_v" and category(n) == "attn_qkv") for n, _ in tensors)
+             for c in ("attn_v", "ffn_down")}
+    seen = dict.fromkeys(count, 0)
     plan: dict[str, str] = {}
     fell_back: dict[tuple[str, str, str], int] = {}  # (kind, type, fallback) -> tensors
     for name, width in tensors:
@@ -112,12 +132,12 @@ def plan_types(mix: Mix, tensors: list[tuple[str, int]], *, n_gqa: int, tied: bo
         if cat == "output" or (tied and cat == "token_embd"):
             base = GGML_TYPES[mix.base]
             new = "q8_0" if width % base.block else ("q6_k" if mix.base != "q8_0" else None)
-        elif cat in ("attn_v", "attn_qkv"):  # a fused qkv counts as attn_v, as in llama.cpp
-            new, i_v = mix.attn_v(i_v, n_v, n_gqa), i_v + 1
-        elif cat == "ffn_down":
-            new, i_down = mix.ffn_down(i_down, n_down), i_down + 1
-        elif cat == "attn_output":
-            new = mix.attn_output
+        elif cat != "token_embd":
+            kind = "attn_v" if cat == "attn_qkv" else cat
+            i, n = seen.get(kind, 0), count.get(kind, 0)
+            new = _rule(mix, cat, i, n, n_gqa, n_expert == 8)
+            if kind in seen:
+                seen[kind] += 1
         want = new or mix.base
         plan[name] = fallback(want, width, name)
         if plan[name] != want:
