@@ -5,7 +5,8 @@ Each spec sets what makes the architecture itself: Qwen2's biases and its slidin
 layers, Qwen3's own head_dim, Gemma's post-norms, soft-capping and sliding-window layers (Gemma 2
 alternating, Gemma 3 five sliding then a full one; a window of 8 tokens, shorter than the test
 windows, so the per-layer masks matter), Phi-3's fused projections, and the mixtures of experts
-(4 experts, 2 per token), given a module per expert as llmshrink loads them.
+(4 experts, 2 per token; Qwen2-MoE's shared expert beside them, and its own lm_head, as llama.cpp's
+qwen2moe reads it), given a module per expert as llmshrink loads them.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ ARCHS: dict[str, tuple[str, str, dict]] = {
     "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
                   {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32, "head_dim": 16,
                    "norm_topk_prob": True}),
+    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM",
+                  {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
+                   "shared_expert_intermediate_size": 64, "norm_topk_prob": False, "tie_word_embeddings": False}),
 }
 
 

@@ -121,12 +121,13 @@ def test_gptq_mixes_hold_the_solution_and_run_in_llama_cpp(tmp_path, k_models, f
 @pytest.fixture(scope="module")
 def moe_models(tmp_path_factory, tokenizer):
     """Tiny mixtures of experts whose rows hold whole super-blocks, each with its F16 file: Mixtral
-    with 8 experts (llama.cpp's 8-expert rules apply) and Qwen3-MoE with 4 (its attention output,
-    64 wide, falls back)."""
+    with 8 experts (llama.cpp's 8-expert rules apply), Qwen3-MoE with 4 (its attention output, 64
+    wide, falls back) and Qwen2-MoE with 4 and a shared expert (two ffn_down tensors per block)."""
     from tests.archs import make_arch_model
 
     root = tmp_path_factory.mktemp("moe")
-    shapes = {"mixtral": dict(num_local_experts=8, intermediate_size=256), "qwen3_moe": dict(moe_intermediate_size=256)}
+    shapes = {"mixtral": dict(num_local_experts=8, intermediate_size=256), "qwen3_moe": dict(moe_intermediate_size=256),
+              "qwen2_moe": dict(moe_intermediate_size=256, shared_expert_intermediate_size=256)}
     models = {}
     for arch, kw in shapes.items():
         model = make_arch_model(arch, len(tokenizer), layers=8, std=0.08, tie=False, hidden_size=256, **kw)
@@ -136,7 +137,7 @@ def moe_models(tmp_path_factory, tokenizer):
     return models
 
 
-@pytest.mark.parametrize("arch", ["mixtral", "qwen3_moe"])
+@pytest.mark.parametrize("arch", ["mixtral", "qwen3_moe", "qwen2_moe"])
 @pytest.mark.parametrize("mix", list(MIXES))
 def test_mixtures_of_experts_get_llama_quantizes_types(tmp_path, moe_models, arch, mix):
     folder, f16 = moe_models[arch]

@@ -38,6 +38,11 @@ def _qwen3_moe_keys(w: gguf.GGUFWriter, config) -> None:
     w.add_expert_feed_forward_length(int(config.moe_intermediate_size))
 
 
+def _qwen2_moe_keys(w: gguf.GGUFWriter, config) -> None:
+    _qwen3_moe_keys(w, config)
+    w.add_expert_shared_feed_forward_length(int(config.shared_expert_intermediate_size))
+
+
 def _llama_keys(w: gguf.GGUFWriter, config) -> None:
     if getattr(config, "num_local_experts", None):  # Mixtral: llama with experts
         w.add_expert_count(int(config.num_local_experts))
@@ -48,6 +53,15 @@ def _check_qwen3_moe(config) -> None:
     if not getattr(config, "norm_topk_prob", False):
         raise UserError("llama.cpp's qwen3moe renormalizes the chosen experts' weights, this model does not "
                         "(norm_topk_prob false): export a Hugging Face checkpoint instead")
+
+
+def _check_qwen2_moe(config) -> None:
+    if getattr(config, "norm_topk_prob", False):
+        raise UserError("llama.cpp's qwen2moe keeps the chosen experts' softmax weights as they are, this model "
+                        "renormalizes them (norm_topk_prob true): export a Hugging Face checkpoint instead")
+    if getattr(config, "tie_word_embeddings", False):
+        raise UserError("llama.cpp's qwen2moe reads an output matrix of its own, this model ties it to the "
+                        "embedding: export a Hugging Face checkpoint instead")
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,7 @@ GGUF_ARCHES: dict[str, GGUFArch] = {
                             local_rope=True, keys=_gemma_keys),
     "phi3": GGUFArch("phi3", gguf.MODEL_ARCH.PHI3),
     "qwen3_moe": GGUFArch("qwen3moe", gguf.MODEL_ARCH.QWEN3MOE, keys=_qwen3_moe_keys, check=_check_qwen3_moe),
+    "qwen2_moe": GGUFArch("qwen2moe", gguf.MODEL_ARCH.QWEN2MOE, keys=_qwen2_moe_keys, check=_check_qwen2_moe),
 }
 
 

@@ -122,9 +122,9 @@ def plan_types(mix: Mix, tensors: list[tuple[str, int]], *, n_gqa: int, tied: bo
     """Each quantizable tensor's type under ``mix``: ``tensors`` are (GGUF name, row width) in file
     order (embedding, blocks, output; a block's experts as one stacked tensor per kind); ``tied``:
     the embedding is also the output; ``n_expert``: experts per block (0: a dense model)."""
-    count = {c: sum(category(n) == c or (c == "attn_v" and category(n) == "attn_qkv") for n, _ in tensors)
-             for c in ("attn_v", "ffn_down")}
-    seen = dict.fromkeys(count, 0)
+    n_v = sum(category(n) in ("attn_v", "attn_qkv") for n, _ in tensors)
+    n_layer = len({n.split(".")[1] for n, _ in tensors if n.startswith("blk.")})
+    i_v = 0
     plan: dict[str, str] = {}
     fell_back: dict[tuple[str, str, str], int] = {}  # (kind, type, fallback) -> tensors
     for name, width in tensors:
@@ -132,12 +132,11 @@ def plan_types(mix: Mix, tensors: list[tuple[str, int]], *, n_gqa: int, tied: bo
         if cat == "output" or (tied and cat == "token_embd"):
             base = GGML_TYPES[mix.base]
             new = "q8_0" if width % base.block else ("q6_k" if mix.base != "q8_0" else None)
-        elif cat != "token_embd":
-            kind = "attn_v" if cat == "attn_qkv" else cat
-            i, n = seen.get(kind, 0), count.get(kind, 0)
-            new = _rule(mix, cat, i, n, n_gqa, n_expert == 8)
-            if kind in seen:
-                seen[kind] += 1
+        elif cat in ("attn_v", "attn_qkv"):  # the i-th of the file's attn_v tensors
+            new, i_v = _rule(mix, cat, i_v, n_v, n_gqa, n_expert == 8), i_v + 1
+        elif cat != "token_embd":  # ffn_down: its block of all blocks (a shared expert's down as well)
+            new = _rule(mix, cat, int(name.split(".")[1]) if name.startswith("blk.") else 0, n_layer, n_gqa,
+                        n_expert == 8)
         want = new or mix.base
         plan[name] = fallback(want, width, name)
         if plan[name] != want:

@@ -66,6 +66,10 @@ class ArchSpec:
     # Groups solved together, by index into ``sequential`` (None: one group per stage). Every
     # expert's gate/up reads its share of the same input, so they form one stage, their downs another.
     stages: tuple[tuple[int, ...], ...] | None = None
+    # A shared expert beside the routed ones (Qwen2-MoE): its gate/up group and its down group, solved
+    # in the routed experts' stages, first, as it runs first (it reads every token of the same
+    # input); its gate, like the router, stays in full precision.
+    shared: tuple[tuple[str, ...], ...] = ()
 
     def with_experts(self, n: int) -> ArchSpec:
         """This (registered) spec for a model of ``n`` experts per block: each expert's linears, staged."""
@@ -73,10 +77,13 @@ class ArchSpec:
             return self
         gate, up, down = self.expert_linears
         base = self.sequential
+        shared_up, shared_down = self.shared or ((), ())
         ups = tuple((f"{self.experts}.{e}.{gate}", f"{self.experts}.{e}.{up}") for e in range(n))
         downs = tuple((f"{self.experts}.{e}.{down}",) for e in range(n))
-        k = len(base)
-        stages = (*((i,) for i in range(k)), tuple(range(k, k + n)), tuple(range(k + n, k + 2 * n)))
+        # the shared expert runs before the routed ones (the stage ends at its last group's hook)
+        ups, downs = ((shared_up,) if shared_up else ()) + ups, ((shared_down,) if shared_down else ()) + downs
+        k, u = len(base), len(ups)
+        stages = (*((i,) for i in range(k)), tuple(range(k, k + u)), tuple(range(k + u, k + u + len(downs))))
         return replace(self, sequential=(*base, *ups, *downs), stages=stages)
 
     def to_disk(self, name: str) -> str:
@@ -198,6 +205,9 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "mixtral": ArchSpec("mixtral", sequential=LLAMA_SEQUENTIAL[:2], experts="mlp.experts",
                         expert_linears=("w1", "w3", "w2"), disk=(("mlp", "block_sparse_moe"),)),
     "qwen3_moe": ArchSpec("qwen3_moe", sequential=LLAMA_SEQUENTIAL[:2], experts="mlp.experts"),
+    "qwen2_moe": ArchSpec("qwen2_moe", sequential=LLAMA_SEQUENTIAL[:2], experts="mlp.experts",
+                          shared=(("mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj"),
+                                  ("mlp.shared_expert.down_proj",))),
 }
 
 

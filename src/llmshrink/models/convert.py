@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 GGUF_MAGIC = b"GGUF"
 # general.architecture in a GGUF -> model_type in transformers, for the architectures we handle
 GGUF_ARCHES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2",
-               "gemma3": "gemma3_text", "phi3": "phi3", "qwen3moe": "qwen3_moe"}
+               "gemma3": "gemma3_text", "phi3": "phi3", "qwen3moe": "qwen3_moe", "qwen2moe": "qwen2_moe"}
 MARKER = "llmshrink.json"
 # Bumped when a conversion's output changes: cached folders of older versions are converted again.
 # 2: the tokenizer splits text as the GGUF's pre-tokenizer says; the source's general.* kept.
