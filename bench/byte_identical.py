@@ -105,6 +105,8 @@ def cases(tiny: dict[str, Path], root: Path, default: bool) -> dict[str, tuple[l
     # GGUF from a GPTQ checkpoint: the input lives under --tiny (general.name holds its path), copied
     # there from the first run's own tiny-tied-q4 (which the compare proves identical in both runs).
     c["tiny-q4-then-gguf"] = (["export", str(tiny["q4"]), "--type", "q4_0", *cal], root / "tiny-q4-then-q4_0.gguf")
+    c["tiny-q4-then-hf-gptq"] = (["export", str(tiny["q4"]), "--format", "hf-gptq"], root / "tiny-q4-then-hf-gptq")
+    c["tiny-tied-q4_k_m"] = (["export", str(tiny["tied"]), "--type", "q4_k_m", *cal], root / "tiny-tied-q4_k_m.gguf")
     if default:
         d = "smollm2-135m"
         c["default-q4-g128"] = (["quantize", d, "--bits", "4", "--group-size", "128"], root / "default-q4-g128")
