@@ -137,8 +137,12 @@ def moe_models(tmp_path_factory, tokenizer):
     return models
 
 
+# the default tier: a mix of each family of rules (8-expert attn_output kept at base: q3_k_l); all in the slow tier
+MOE_QUICK = ("q2_k", "q3_k_l", "q4_k_m", "iq4_xs")
+
+
 @pytest.mark.parametrize("arch", ["mixtral", "qwen3_moe", "qwen2_moe"])
-@pytest.mark.parametrize("mix", list(MIXES))
+@pytest.mark.parametrize("mix", [m if m in MOE_QUICK else pytest.param(m, marks=pytest.mark.slow) for m in MIXES])
 def test_mixtures_of_experts_get_llama_quantizes_types(tmp_path, moe_models, arch, mix):
     folder, f16 = moe_models[arch]
     theirs = _llama_cpp_types(str(f16), mix, str(tmp_path / "theirs.gguf"))
