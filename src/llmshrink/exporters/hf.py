@@ -60,7 +60,7 @@ def quantization_config(scheme: dict, model: torch.nn.Module, layout: Layout | N
     name = layout.name if layout is not None else lambda n: [n]
     linears = [m for i in range(len(arch.blocks(model))) for n in arch.linear_names
                for m in name(arch.to_disk(f"{arch.layers}.{i}.{n}"))]
-    packed = [m for n in scheme["modules_in_block_to_quantize"][0] for m in name(arch.to_disk(arch.from_disk(n)))]
+    packed = [m for n in scheme["modules_in_block_to_quantize"][0] for m in name(arch.to_disk(n))]
     rules = skip_rules(packed, linears, arch.layers)
     scheme = {**scheme, "modules_in_block_to_quantize": [packed]}
     return {"quant_method": "gptq", "checkpoint_format": "gptq", **scheme, **({"dynamic": rules} if rules else {})}

@@ -46,8 +46,7 @@ def load_gptq(folder: Path, config: dict, dtype: torch.dtype, trust_remote_code:
     model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype, trust_remote_code=trust_remote_code)
     arch = arch_of(model)
     prepare_modules(model, arch)
-    found = read_layout(hf_cfg.model_type, state)
-    layout = found[1] if found else None
+    layout = read_layout(hf_cfg.model_type, state)
     state = {arch.from_disk(k): v for k, v in (layout.read(state) if layout else state).items()}
     packed = sorted(k.removesuffix(".qweight") for k in state if k.endswith(".qweight"))
     _check_rules(folder, qc, model, arch, set(packed), layout)

@@ -103,11 +103,16 @@ def _kind(key: str) -> str:
     return key.rpartition(".")[2]
 
 
+def _out_dim(kind: str) -> int:
+    """The dimension of a tensor of this kind that runs over the layer's outputs."""
+    return -1 if kind in _OUT_LAST + _PACKED_OUT else 0
+
+
 def _split(key: str, t: torch.Tensor, n: int) -> list[torch.Tensor]:
     kind = _kind(key)
     if kind == "g_idx":  # the input's groups: the same for every slice of the outputs
         return [t.clone() for _ in range(n)]
-    dim = -1 if kind in _OUT_LAST + _PACKED_OUT else 0
+    dim = _out_dim(kind)
     # packed zero points split on whole words exactly when their outputs do (3-bit ones fill 3
     # words per 32 outputs: half of a whole number of words is then a whole number of runs)
     if t.shape[dim] % n:
@@ -122,7 +127,7 @@ def _join(key: str, pieces: list[torch.Tensor]) -> torch.Tensor:
         if any(not torch.equal(p, pieces[0]) for p in pieces[1:]):
             raise UserError(f"{key}: the parts of one fused layer have different g_idx: llmshrink cannot fuse them")
         return pieces[0]
-    return torch.cat(pieces, dim=-1 if kind in _OUT_LAST + _PACKED_OUT else 0)
+    return torch.cat(pieces, dim=_out_dim(kind))
 
 
 # GPTQModel (7.6, under transformers 5): the names its own module trees look for.
@@ -142,10 +147,7 @@ def layout_for(name: str, model_type: str) -> Layout | None:
     return LAYOUTS[name].get(model_type)
 
 
-def read_layout(model_type: str, keys) -> tuple[str, Layout] | None:
+def read_layout(model_type: str, keys) -> Layout | None:
     """The other layout a checkpoint of ``model_type`` with tensor names ``keys`` is written in, if any."""
-    for name, layouts in LAYOUTS.items():
-        layout = layouts.get(model_type)
-        if layout is not None and layout.holds(keys):
-            return name, layout
-    return None
+    found = (layouts.get(model_type) for layouts in LAYOUTS.values())
+    return next((layout for layout in found if layout is not None and layout.holds(keys)), None)
