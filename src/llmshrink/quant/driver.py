@@ -299,6 +299,8 @@ def quantize_block(i: int, block: torch.nn.Module, inputs: BlockInputs, arch: Ar
             for name in g:
                 _solve(block.get_submodule(name), f"{arch.layers}.{i}.{name}", H, cfg, report, expert)
             done.update(g)
+        H = None  # the stage's Hessians are spent (a 7B down_proj's is 0.97 GB): not held through the next
+        hessians.clear()
         release_freed()  # each stage's forward passes leave a differently shaped heap: trim between them
 
     # Final pass: each batch's output is written over its input (same buffer, no new allocation),

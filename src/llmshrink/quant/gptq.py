@@ -19,6 +19,7 @@ What differs from the reference:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -66,43 +67,73 @@ def accumulate_hessian(H: torch.Tensor | None, n: int, x: torch.Tensor) -> tuple
     """Running ``H = 2/n Σ x xᵀ`` over the rows of ``x`` [..., in]; returns (H, n).
 
     Each batch's product is formed in float32 (the cost of quantization is dominated by these
-    products and the forward passes) and summed into a float64 ``H``."""
+    products and the forward passes) and summed into a float64 ``H``, a band of rows at a time
+    (at 11008 columns a float64 copy of the product would be 0.97 GB)."""
     x = x.reshape(-1, x.shape[-1]).float()
     m = x.shape[0]
     if H is None:
         H = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
     H *= n / (n + m)
     n += m
-    H += (x.T @ x).double() * (2 / n)
+    xtx = x.T @ x
+    for r in range(0, xtx.shape[0], 1024):  # a band of rows at a time: no [in, in] float64 temporary
+        H[r:r + 1024] += xtx[r:r + 1024].double() * (2 / n)
     return H, n
 
 
 def weighted_error(W: torch.Tensor, Q: torch.Tensor, H: torch.Tensor) -> float:
-    D = (W.double() - Q.double())
-    return float(torch.einsum("ij,jk,ik->", D, H.double(), D))
+    """tr((W − Q) H (W − Q)ᵀ) in float64, a band of 1024 rows at a time (the whole difference in
+    float64 would be three [out, in] temporaries: 1 GB for a 7B model's down_proj)."""
+    H = H.double()
+    total = 0.0
+    for r in range(0, W.shape[0], 1024):
+        D = W[r:r + 1024].double() - Q[r:r + 1024].double()
+        total += float(((D @ H) * D).sum())
+    return total
 
 
-def _inverse_cholesky(H: torch.Tensor, damp: float, max_retries: int) -> tuple[torch.Tensor, float]:
-    """The upper Cholesky factor of the damped Hessian's inverse. At most three [in, in] matrices
-    live at once (11008² float64 is 0.97 GB: a 7B model's down_proj)."""
-    mean_diag = float(torch.diag(H).mean())
+def _inverse_cholesky(build: Callable[[], torch.Tensor], damp: float, max_retries: int) -> tuple[torch.Tensor, float]:
+    """The upper Cholesky factor of the damped Hessian's inverse, in float32. ``build`` returns a
+    fresh float64 copy of the Hessian (in solve order), which is factorised, inverted and
+    factorised again in place: through its transpose, a column-major view, which LAPACK
+    overwrites without a temporary. So one [in, in] float64 matrix lives beside the caller's
+    (11008² float64 is 0.97 GB: a 7B model's down_proj), bit for bit what the out-of-place
+    sequence gives."""
     for attempt in range(max_retries + 1):
+        A = build()
+        mean_diag = float(torch.diag(A).mean())
+        A.diagonal().add_(damp * mean_diag)  # H + damp·mean·I, bit for bit, without the identity
+        At = A.mT  # column-major: the out= of the factorisations below is their input's own memory
         try:
-            A = H.clone()
-            A.diagonal().add_(damp * mean_diag)  # H + damp·mean·I, bit for bit, without the identity
-            L = torch.linalg.cholesky(A)
-            del A
-            Hinv = torch.cholesky_inverse(L)
-            del L
-            return torch.linalg.cholesky(Hinv, upper=True), damp
+            torch.linalg.cholesky(At, out=At)
+            torch.cholesky_inverse(At, out=At)
+            torch.linalg.cholesky(At, upper=True, out=At)
         except torch.linalg.LinAlgError:
+            del A, At
             if attempt == max_retries:
                 break
             log.warning("Hessian not positive-definite with damp=%g; retrying with damp=%g", damp, damp * 10)
             damp *= 10
+            continue
+        return torch.empty(At.shape, dtype=torch.float32, device=At.device).copy_(At), damp
     raise UserError(
         f"the Hessian stayed singular up to damp={damp:g}: calibrate on more or more varied text (--nsamples)"
     )
+
+
+def _solve_order(H: torch.Tensor, dead: torch.Tensor, perm: torch.Tensor | None) -> torch.Tensor:
+    """A float64 copy of ``H`` with its dead columns' diagonal set to 1, rows and columns in solve
+    order (``perm``), made in one [in, in] allocation."""
+    if perm is None:
+        A = H.to(torch.float64, copy=True)
+    else:
+        A = H.index_select(0, perm).to(torch.float64)
+        for a in range(0, A.shape[0], 512):  # the columns, a band of rows at a time
+            A[a:a + 512] = A[a:a + 512].index_select(1, perm)
+    if dead.any():
+        d = dead[perm] if perm is not None else dead
+        A[d, d] = 1
+    return A
 
 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, max_retries: int = 4) -> QuantResult:
@@ -113,29 +144,24 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, max_ret
     maxq = cfg.maxq
     W0 = W.float()
     W = W0.clone()
-    H_orig = H.to(torch.float64)  # the caller's (never written), or a float64 copy
-    H = H_orig
+    H = H.to(torch.float64)  # the caller's (never written), or a float64 copy; kept for the loss
     dead = torch.diag(H) == 0
-    if dead.any():
-        H = H.clone()
-        H[dead, dead] = 1
     W[:, dead] = 0
+    diag = torch.where(dead, 1.0, torch.diag(H))
 
     gs = cfg.group_columns(in_f)
     span = GRID_KINDS[cfg.grid].super_cols or gs  # columns whose grids are fitted together
     static: list[Grid] | None = None
     if cfg.static_groups and not cfg.per_row:
-        static = fit_groups(W, maxq, cfg.grid, gs, sym=cfg.sym, mse=cfg.mse, col_weight=torch.diag(H).float())
+        static = fit_groups(W, maxq, cfg.grid, gs, sym=cfg.sym, mse=cfg.mse, col_weight=diag.float())
 
     perm = None
     if cfg.act_order:
-        perm = torch.argsort(torch.diag(H), descending=True)
-        W, H = W[:, perm], H[perm][:, perm]
+        perm = torch.argsort(diag, descending=True)
+        W = W[:, perm]
 
-    hdiag = torch.diag(H).float()  # weights of the MSE grid search, in solve order
-    Hinv, damp = _inverse_cholesky(H, cfg.damp, max_retries)
-    del H  # the permuted copy (H_orig stays for the loss)
-    Hinv = Hinv.float()
+    hdiag = (diag[perm] if perm is not None else diag).float()  # weights of the MSE grid search, in solve order
+    Hinv, damp = _inverse_cholesky(lambda: _solve_order(H, dead, perm), cfg.damp, max_retries)
 
     Q = torch.zeros_like(W)
     Qint = torch.zeros_like(W)
@@ -180,7 +206,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, max_ret
         Q, Qint = Q[:, inv], Qint[:, inv]
     final = static if static is not None else [grids[g] for g in range(len(grids))]
     res = _stack(final, g_idx, Qint, perm, damp)
-    res.loss = weighted_error(W0, Q, H_orig)
+    res.loss = weighted_error(W0, Q, H)
     return res
 
 
