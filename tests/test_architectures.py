@@ -106,6 +106,22 @@ def test_the_saved_checkpoint_computes_what_the_quantized_model_did(run, tmp_pat
     torch.testing.assert_close(_logits(load_model(out).model, ids), _logits(lm.model, ids), rtol=0, atol=1e-5)
 
 
+def test_blocks_spilled_to_disk_save_the_same_checkpoint(run, tmp_path):
+    """The CLI reads blocks one at a time and frees each finished packed block, saving it from its
+    resume file; a model held whole keeps its blocks: the two checkpoints are the same bytes."""
+    from llmshrink.data.calib import CalibConfig
+    from llmshrink.jobs.quantize import run_quantize
+    from llmshrink.quant.config import QuantConfig
+
+    calib = CalibConfig(str(run["corpus"]), nsamples=8, seqlen=24)
+    lm = load_model(run["plain"])
+    assert lm.blocks is None  # held whole: nothing spilled
+    _, out = run_quantize(lm, QuantConfig(bits=4, group_size=16), calib, tmp_path / "q", blocks="0:2")
+    files = sorted(p.name for p in run["q"].glob("*.safetensors"))
+    assert files == sorted(p.name for p in out.glob("*.safetensors")) == ["model.safetensors"]
+    assert (out / files[0]).read_bytes() == (run["q"] / files[0]).read_bytes()
+
+
 def test_finetune_trains_the_float_tail_of_the_mixed_checkpoint(run):
     out = run["root"] / "ft"
     rc = main(["-q", "finetune", str(run["q"]), "--out", str(out), "--train", "last:1", "--data", str(run["corpus"]),

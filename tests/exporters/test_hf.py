@@ -148,3 +148,37 @@ def test_release_files_are_16_bit_where_not_packed(tmp_path, tokenizer):
     assert torch.equal(model.model.layers[2].mlp.up_proj.weight, before)  # the model in memory is untouched
     lm = load_model(str(out))
     assert torch.equal(lm.model.model.layers[2].mlp.up_proj.weight, before.half().float())
+
+
+@pytest.mark.parametrize("max_shard", [10**9, 600])
+def test_merge_weights_adds_stored_tensors_in_one_file_or_indexed_shards(tmp_path, max_shard):
+    from safetensors.torch import load_file, save_file
+
+    from llmshrink.exporters.hf import merge_weights
+    from llmshrink.models.files import stored_tensors
+
+    saved = {"model.embed_tokens.weight": torch.randn(8, 16).half(), "model.norm.weight": torch.ones(16).half()}
+    spilled = {"model.layers.0.mlp.down_proj.qweight": torch.randint(-99, 99, (4, 16), dtype=torch.int32),
+               "model.layers.0.mlp.down_proj.scales": torch.randn(2, 16).half()}
+    folder, side = tmp_path / "out", tmp_path / "block-00000.safetensors"
+    folder.mkdir()
+    save_file(saved, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    save_file({k.removeprefix("model.layers.0."): v for k, v in spilled.items()}, str(side))
+    stored = {f"model.layers.0.{k}": v for k, v in stored_tensors(side).items()}
+    merge_weights(folder, stored, max_shard_size=max_shard)
+    files = sorted(p.name for p in folder.iterdir())
+    back = {k: v for f in folder.glob("*.safetensors") for k, v in load_file(f).items()}
+    assert back.keys() == {**saved, **spilled}.keys()
+    assert all(torch.equal(back[k], v) for k, v in {**saved, **spilled}.items())
+    if max_shard > 10**6:
+        assert files == ["model.safetensors"]
+        ref = tmp_path / "ref.safetensors"
+        save_file({**saved, **spilled}, str(ref), metadata={"format": "pt"})  # what one save_pretrained writes
+        assert (folder / "model.safetensors").read_bytes() == ref.read_bytes()
+    else:
+        index = json.loads((folder / "model.safetensors.index.json").read_text())
+        shards = sorted(set(index["weight_map"].values()))
+        assert len(shards) > 1 and files == sorted([*shards, "model.safetensors.index.json"])
+        assert shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+        assert index["metadata"]["total_size"] == sum(v.numel() * v.element_size() for v in back.values())
+        assert all(k in load_file(folder / f) for k, f in index["weight_map"].items())

@@ -85,3 +85,29 @@ def test_load_gptq_refuses_other_formats_and_incomplete_checkpoints(quantized, t
 def test_scope_validation():
     with pytest.raises(UserError, match="blocks: must be a range A:B written as a string"):
         QuantizeScope(blocks=3)
+
+
+def test_finished_blocks_leave_memory_and_are_saved_from_their_files(tiny_model_dir, tmp_path, monkeypatch):
+    """Blocks read one at a time: each finished block's packed tensors are freed (left on meta)
+    once its resume file is written, and the checkpoint copies them from there."""
+    import llmshrink.jobs.quantize as job
+    from tests.conftest import TEXT
+
+    seen = {}
+
+    def spy(model, tokenizer, report, out, **kw):
+        seen["meta"] = [m.qweight.is_meta for m in model.modules() if isinstance(m, QuantLinear)]
+        seen["spilled"] = sorted(kw["spilled"])
+        return save(model, tokenizer, report, out, **kw)
+
+    save = job.save_quantized
+    monkeypatch.setattr(job, "save_quantized", spy)
+    (tmp_path / "c.txt").write_text(TEXT * 8)
+    calib = CalibConfig(data=str(tmp_path / "c.txt"), nsamples=4, seqlen=16, batch_size=2)
+    report, out = run_quantize(load_model(str(tiny_model_dir), lazy_blocks=True), QuantConfig(bits=4, group_size=16),
+                               calib, tmp_path / "q")
+    assert seen["meta"] and all(seen["meta"])
+    names = [r.name for r in report.layers]
+    assert seen["spilled"] == sorted(f"{n}.{leaf}" for n in names for leaf in QuantLinear.PACKED)
+    state = load_file(out / "model.safetensors")
+    assert all(f"{n}.qweight" in state for n in names)

@@ -178,20 +178,6 @@ def test_a_killed_iterative_pruning_does_not_score_its_finished_rounds_again(set
     assert not resume_mod.state_dir(tmp_path / "p").exists()
 
 
-def test_activations_are_written_as_safetensors_without_copying_them(tmp_path):
-    import torch
-    from safetensors.torch import load_file
-
-    buf = torch.randn(6, 5, 3)
-    views = list(buf.split([2, 4]))  # one buffer, as the driver keeps a batch's activations
-    odd = torch.randn(3, 4, dtype=torch.bfloat16).T  # not contiguous
-    resume_mod._write_safetensors(tmp_path / "h.safetensors", {"h0": views[0], "h1": views[1], "x": odd},
-                                  {"done": "7"})
-    back = load_file(tmp_path / "h.safetensors")
-    assert torch.equal(back["h0"], views[0]) and torch.equal(back["h1"], views[1]) and torch.equal(back["x"], odd)
-    assert resume_mod._metadata(tmp_path / "h.safetensors") == {"done": "7"}
-
-
 def test_a_resume_point_of_other_weights_is_refused(setup, tmp_path, monkeypatch):
     import shutil
 

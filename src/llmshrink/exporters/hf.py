@@ -17,6 +17,7 @@ import torch
 
 from ..errors import UserError
 from ..models.arch import ArchSpec, arch_of
+from ..models.files import StoredTensor, metadata_of, stored_tensors, write_safetensors
 from ..models.gptq_layout import Layout
 from ..models.gptq_rules import skip_rules
 from ..models.load import DTYPES
@@ -83,18 +84,58 @@ def _packed_names(model: torch.nn.Module) -> set[str]:
     return {name for name, m in model.named_modules() if isinstance(m, QuantLinear)}
 
 
-def _state_in(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def _state_in(model: torch.nn.Module, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     """``model``'s state with its float tensors in ``dtype``; packed layers' tensors as they are
     (GPTQ scales stay float16); a tied tensor once, under its first name (the cast copies would
-    otherwise be written twice: a tied lm_head is the embedding)."""
+    otherwise be written twice: a tied lm_head is the embedding); tensors on ``meta`` (spilled to
+    files) left out."""
     packed = _packed_names(model)
     state, seen = {}, set()
     for k, v in model.state_dict().items():
+        if v.is_meta:  # spilled to a file, saved from there
+            continue
         if v.numel() and (v.data_ptr(), v.shape) in seen:
             continue
         seen.add((v.data_ptr(), v.shape))
-        state[k] = v.to(dtype) if v.is_floating_point() and k.rpartition(".")[0] not in packed else v
+        cast = dtype is not None and v.is_floating_point() and k.rpartition(".")[0] not in packed
+        state[k] = v.to(dtype) if cast else v
     return state
+
+
+def merge_weights(folder: Path, stored: dict[str, StoredTensor], max_shard_size: int = 50 * 10**9) -> None:
+    """Rewrite the weight files ``save_pretrained`` wrote into ``folder`` with the ``stored``
+    tensors added, each tensor streamed from its file: one ``model.safetensors``, or shards of at
+    most ``max_shard_size`` bytes with an index, as transformers names them."""
+    index = folder / "model.safetensors.index.json"
+    written = sorted(folder.glob("*.safetensors"))
+    tensors = {name: t for shard in written for name, t in stored_tensors(shard).items()}
+    clash = sorted(set(tensors) & set(stored))
+    if clash:
+        raise ValueError(f"{clash[0]} is both in memory and spilled")
+    tensors.update(stored)
+    meta = metadata_of(written[0]) if written else {"format": "pt"}
+    shards: list[dict[str, StoredTensor]] = [{}]
+    size = 0
+    for name in tensors:  # in order: the saved files' tensors, then the spilled ones
+        n = tensors[name].nbytes
+        if shards[-1] and size + n > max_shard_size:
+            shards.append({})
+            size = 0
+        shards[-1][name], size = tensors[name], size + n
+    names = ["model.safetensors"] if len(shards) == 1 else \
+        [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    for name, shard in zip(names, shards, strict=True):
+        write_safetensors(folder / f".{name}.merging", shard, meta)
+    for old in written:
+        old.unlink()
+    index.unlink(missing_ok=True)
+    for name in names:
+        (folder / f".{name}.merging").rename(folder / name)
+    if len(shards) > 1:
+        weight_map = {t: name for name, shard in zip(names, shards, strict=True) for t in shard}
+        total = sum(t.nbytes for t in tensors.values())
+        index.write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
+                                    indent=2) + "\n")
 
 
 def round_to(model: torch.nn.Module, dtype: torch.dtype) -> None:
@@ -110,15 +151,19 @@ def round_to(model: torch.nn.Module, dtype: torch.dtype) -> None:
 def save_folder(model: torch.nn.Module, tokenizer, out: Path, *, quantization_config: dict | None = None,
                 files: dict[str, Extra] | None = None, copy_from: Path | None = None,
                 copy: tuple[str, ...] = (), dtype: torch.dtype | None = None,
-                after: Callable[[Path], None] | None = None) -> Path:
+                after: Callable[[Path], None] | None = None, spilled: dict[str, StoredTensor] | None = None) -> Path:
     """Write ``model`` (safetensors, float tensors in ``dtype`` if given) and ``tokenizer`` into the
     folder ``out``, atomically, with ``quantization_config`` in its ``config.json``, the extra
     ``files``, and the files named in ``copy`` that ``copy_from`` holds; ``after`` may then rewrite
-    the folder before it appears."""
+    the folder before it appears. ``spilled``: tensors of ``model`` left on ``meta`` whose bytes
+    are in files (full names), copied from there into the weight files."""
     out = output_path(out)
     with atomic_dir(out) as tmp:
-        state = _state_in(model, dtype) if dtype is not None else None
+        state = _state_in(model, dtype) if dtype is not None or spilled else None
         model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        if spilled:
+            arch = arch_of(model)
+            merge_weights(tmp, {arch.to_disk(k): v for k, v in spilled.items()})
         tokenizer.save_pretrained(tmp)
         cfg_path = tmp / "config.json"
         cfg = json.loads(cfg_path.read_text())
@@ -161,12 +206,14 @@ def relayout(folder: Path, layout: Layout) -> None:
 
 
 def save_quantized(model: torch.nn.Module, tokenizer, report: QuantizeReport, out_dir: Path, *,
-                   extra_files: dict[str, Extra] | None = None, dtype: torch.dtype | None = None) -> Path:
-    """The ``hf-gptq`` exporter: pack the driver's result into the model and write the checkpoint."""
+                   extra_files: dict[str, Extra] | None = None, dtype: torch.dtype | None = None,
+                   spilled: dict[str, StoredTensor] | None = None) -> Path:
+    """The ``hf-gptq`` exporter: pack the driver's result into the model and write the checkpoint
+    (``spilled``: packed tensors already in files, see :func:`save_folder`)."""
     if report.config.grid != "zero":
         raise UserError(f"HF GPTQ checkpoints store scale/zero-point grids, not {report.config.grid!r} grids: "
                         "quantize with grid=zero, or export to GGUF")
     output_path(out_dir)
     pack_model(model, report)
     return save_folder(model, tokenizer, out_dir, quantization_config=quantization_config(report.scheme, model),
-                       files=extra_files, dtype=dtype)
+                       files=extra_files, dtype=dtype, spilled=spilled)

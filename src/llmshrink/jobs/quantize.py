@@ -72,7 +72,10 @@ def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Pat
     done = {"config": cfg.to_dict(), "calibration": dataclasses.asdict(calib) if windows is not None else None,
             "blocks": [todo.start, todo.stop], "lm_head": lm_head}
     # each finished block is kept beside the output: a killed run continues from there
-    with BlockState.open(out, {**lm.identity, **done}, lm.arch, cfg.bits, discard_other=overwrite) as state:
+    # ... and, when blocks are read from disk one at a time, leaves memory once written: the
+    # checkpoint is assembled from those files (the model in memory is then not whole)
+    with BlockState.open(out, {**lm.identity, **done}, lm.arch, cfg.bits, discard_other=overwrite,
+                         spill=todo if lm.blocks is not None else None) as state:
         store = state.folder / "activations.bin" if activations == "disk" else None
         report = _quantize_blocks(lm, cfg, windows, calib, todo, lm_head, state, store, progress)
         layers = "".join(json.dumps(r.row()) + "\n" for r in report.layers)
@@ -84,7 +87,7 @@ def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Pat
         saved = save_quantized(lm.model, lm.tokenizer, report, out, dtype=release_dtype(save_dtype, lm.path, True),
                                extra_files={"quantize_layers.jsonl": layers,
                                             "llmshrink_quantize.json": json.dumps(run, indent=2) + "\n",
-                                            CARD: card_file(out)})
+                                            CARD: card_file(out)}, spilled=state.spilled)
     log.info("quantized and saved in %.1f s -> %s", time.perf_counter() - t0, saved)
     return report, saved
 

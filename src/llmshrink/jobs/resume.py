@@ -22,7 +22,9 @@ import torch
 
 from ..config import settings_difference
 from ..errors import UserError
+from ..memory import release_freed
 from ..models.arch import ArchSpec
+from ..models.files import StoredTensor, stored_tensors, write_safetensors
 from ..paths import atomic_file, read_record
 from ..quant.driver import LayerRecord
 from ..quant.gptq import QuantResult
@@ -102,14 +104,21 @@ class BlockState(_State):
     """The resume point of one quantize run (see the module's doc); ``done`` blocks of the run's
     range are finished."""
 
-    def __init__(self, folder: Path, arch: ArchSpec, bits: int, done: int = 0):
+    def __init__(self, folder: Path, arch: ArchSpec, bits: int, done: int = 0, *, spill: range | None = None):
         self.folder, self.arch, self.bits, self.done = folder, arch, bits, done
+        self.blocks = spill  # the run's block indices, given to spill finished packed blocks
+        # packed tensors left in the block files (full names): the saver copies them from there
+        self.spilled: dict[str, StoredTensor] = {}
 
     @classmethod
-    def open(cls, out: Path, settings: dict, arch: ArchSpec, bits: int, *, discard_other: bool = False) -> BlockState:
+    def open(cls, out: Path, settings: dict, arch: ArchSpec, bits: int, *, discard_other: bool = False,
+             spill: range | None = None) -> BlockState:
         """The state beside ``out``: new, or continued when made with the same ``settings``; one
-        made with others is refused (``discard_other``: removed, the run starts over)."""
-        state = cls(open_state_dir(out, settings, discard_other=discard_other), arch, bits)
+        made with others is refused (``discard_other``: removed, the run starts over). With
+        ``spill`` (the run's block indices), each finished packed block's GPTQ tensors are freed
+        from memory once its file is written, and read from there when the checkpoint is saved
+        (:attr:`spilled`): memory does not grow with the blocks done."""
+        state = cls(open_state_dir(out, settings, discard_other=discard_other), arch, bits, spill=spill)
         hidden = state.folder / "hidden.safetensors"
         if hidden.is_file():
             state.done = int(_metadata(hidden).get("done", 0))
@@ -123,8 +132,6 @@ class BlockState(_State):
              results: dict[str, QuantResult]) -> None:
         """Keep the ``k``-th block of the run (its solutions, or the block packed) and what leaves
         it; then it counts as done."""
-        from safetensors.torch import save_file
-
         if results:
             tensors = {f"{name}::{f}": t.contiguous() for name, res in results.items()
                        for f in _TENSORS if (t := getattr(res, f)) is not None}
@@ -134,10 +141,24 @@ class BlockState(_State):
             solved = {}
         meta = {"records": json.dumps([dataclasses.asdict(r) for r in records]), "results": json.dumps(solved)}
         with atomic_file(self._block(k)) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
+            write_safetensors(tmp, tensors, meta)
         with atomic_file(self.folder / "hidden.safetensors") as tmp:
-            _write_safetensors(tmp, {f"h{b}": t for b, t in enumerate(outs)}, {"done": str(k + 1)})
+            write_safetensors(tmp, {f"h{b}": t for b, t in enumerate(outs)}, {"done": str(k + 1)})
         self.done = k + 1
+        if self.blocks is not None and not results:
+            self._spill(k, block)
+
+    def _spill(self, k: int, block: torch.nn.Module) -> None:
+        """Free the packed layers' GPTQ tensors of the ``k``-th block (left on ``meta``), noting
+        where its file holds them."""
+        stored = stored_tensors(self._block(k))
+        prefix = f"{self.arch.layers}.{self.blocks[k]}."
+        for name, mod in block.named_modules():
+            if isinstance(mod, QuantLinear):
+                for leaf in QuantLinear.PACKED:
+                    self.spilled[prefix + f"{name}.{leaf}"] = stored[f"{name}.{leaf}"]
+                    mod._buffers[leaf] = torch.empty_like(mod._buffers[leaf], device="meta")
+        release_freed()
 
     def restore(self, k: int, block: torch.nn.Module) -> tuple[list[LayerRecord], dict[str, QuantResult]]:
         """Put the ``k``-th finished block back as it was saved; its layers' records and solutions."""
@@ -158,6 +179,8 @@ class BlockState(_State):
             block.set_submodule(name, QuantLinear(linear.in_features, linear.out_features, self.bits,
                                                   scales.shape[0], bias=f"{name}.bias" in state, dtype=scales.dtype))
         block.load_state_dict(state, strict=True, assign=True)
+        if self.blocks is not None:
+            self._spill(k, block)
         return records, {}
 
     def _put_back_solutions(self, block: torch.nn.Module, state: dict, solved: dict) -> dict[str, QuantResult]:
@@ -177,28 +200,6 @@ class BlockState(_State):
 
         saved = load_file(str(self.folder / "hidden.safetensors"))
         return [saved[f"h{b}"] for b in range(len(saved))]
-
-
-_ST_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
-
-
-def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """A safetensors file written tensor by tensor from the tensors' own memory: no copy of them
-    (the activations are views of one buffer, which ``safetensors`` would have copied whole)."""
-    header: dict = {"__metadata__": metadata}
-    offset = 0
-    for name, t in tensors.items():
-        n = t.numel() * t.element_size()
-        header[name] = {"dtype": _ST_DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as fh:
-        fh.write(len(raw).to_bytes(8, "little"))
-        fh.write(raw)
-        for t in tensors.values():
-            t = t.detach().cpu()
-            fh.write(memoryview((t if t.is_contiguous() else t.contiguous()).reshape(-1).view(torch.uint8).numpy()))
 
 
 def _metadata(path: Path) -> dict:

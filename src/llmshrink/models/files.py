@@ -109,3 +109,80 @@ def check_tensors(expected: dict, found: dict[str, tuple[tuple[int, ...], bool]]
             kind = "floating-point" if want.is_floating_point() else "integer"
             raise UserError(f"{folder}: tensor {name} should hold {kind} values and does not: the weights are "
                             "damaged; restore them")
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """A tensor left in a safetensors file: where its bytes are, not the bytes."""
+
+    path: Path
+    entry: HeaderEntry
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.entry.dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.entry.shape
+
+    @property
+    def nbytes(self) -> int:
+        return self.entry.end - self.entry.start
+
+
+def stored_tensors(path: Path) -> dict[str, StoredTensor]:
+    """Every tensor of a safetensors file, as :class:`StoredTensor` (its header read and checked)."""
+    return {name: StoredTensor(path, e) for name, e in read_header(path).items()}
+
+
+def metadata_of(path: Path) -> dict[str, str]:
+    """A safetensors file's ``__metadata__`` (``{}`` when it has none)."""
+    with open(path, "rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        return json.loads(fh.read(n)).get("__metadata__") or {}
+
+
+# safetensors' own order of the data section: dtypes from the widest (its enum, descending), then names
+_ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
+_ST_RANK = ("I64", "F64", "F32", "I32", "BF16", "F16", "I16", "I8", "U8", "BOOL")
+_CHUNK = 64 << 20
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor | StoredTensor], metadata: dict[str, str]) -> None:
+    """A safetensors file, byte for byte what ``safetensors.torch.save_file`` writes for the same
+    tensors, written one tensor at a time: an in-memory tensor from its own memory (no copy), a
+    :class:`StoredTensor` copied from its file in chunks (never resident in this process). So a
+    file larger than memory can be assembled from files already on disk."""
+    order = sorted(tensors, key=lambda n: (_ST_RANK.index(_ST_NAMES[tensors[n].dtype]), n))
+    header: dict = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name in order:
+        t = tensors[name]
+        n = t.nbytes if isinstance(t, StoredTensor) else t.numel() * t.element_size()
+        header[name] = {"dtype": _ST_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as fh:
+        fh.write(len(raw).to_bytes(8, "little"))
+        fh.write(raw)
+        for name in order:
+            t = tensors[name]
+            if isinstance(t, StoredTensor):
+                _copy_range(t, fh)
+            else:
+                t = t.detach().cpu()
+                fh.write(memoryview((t if t.is_contiguous() else t.contiguous()).reshape(-1).view(torch.uint8).numpy()))
+
+
+def _copy_range(t: StoredTensor, out) -> None:
+    with open(t.path, "rb") as src:
+        src.seek(t.entry.start)
+        left = t.nbytes
+        while left:
+            chunk = src.read(min(left, _CHUNK))
+            if not chunk:
+                raise UserError(f"{t.path} ends inside a tensor: the file is truncated; restore it")
+            out.write(chunk)
+            left -= len(chunk)

@@ -35,6 +35,8 @@ from .pack import pack_qweight, pack_qzeros, unpack_qweight, unpack_qzeros
 
 
 class QuantLinear(torch.nn.Module):
+    PACKED = ("qweight", "qzeros", "scales", "g_idx")  # the GPTQ tensors (buffers; a bias is a parameter)
+
     def __init__(self, in_features: int, out_features: int, bits: int, n_groups: int, *, bias: bool = False,
                  dtype: torch.dtype = torch.float16) -> None:
         super().__init__()
