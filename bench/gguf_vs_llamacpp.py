@@ -13,9 +13,13 @@ With ``--mixes``, the llama.cpp K-quant mixes instead (``q4_k_m`` and so on): ll
 llama.cpp's from our F16 with its default types, without and with the importance matrix; rows in
 runs/bench/gguf-k/results.json.
 
+With ``--score NAME=FILE``, a GGUF file another tool made (AutoRound's export,
+``bench/peers/autoround_gguf.py``) is scored beside them as the row NAME.
+
 Resumable: finished rows are kept in the results file; delete it to start over.
 
     python bench/gguf_vs_llamacpp.py [--nsamples 128] [--max-tokens N] [--mixes q4_k_m,q3_k_m,...]
+        [--score 'AutoRound q4_k_m (iters 0)=runs/ar/q4km-i0/model-Q4_K_M.gguf']
 """
 
 from __future__ import annotations
@@ -78,6 +82,8 @@ def main() -> None:
     ap.add_argument("--nsamples", type=int, default=CalibConfig.nsamples)
     ap.add_argument("--max-tokens", type=int, default=None)
     ap.add_argument("--mixes", default=None, help="comma-separated llama.cpp K mixes to compare instead")
+    ap.add_argument("--score", action="append", default=[], metavar="NAME=FILE",
+                    help="a GGUF file another tool made, scored as the row NAME")
     args = ap.parse_args()
     if args.mixes:
         ROOT = Path("runs/bench/gguf-k")
@@ -140,6 +146,7 @@ def main() -> None:
     for t in OURS:
         order += [(f"llmshrink gptq {t}", lambda t=t: ours(t)), (f"llama.cpp {t}", lambda t=t: theirs(f"llama.cpp {t}"))]
     order += [(n, lambda n=n: theirs(n)) for n in THEIRS if n not in dict(order)]
+    order += [(n, lambda f=f: Path(f)) for n, _, f in (s.partition("=") for s in args.score)]
     for name, make in order:
         if name in rows:
             continue
