@@ -46,12 +46,15 @@ class QuantResult:
     levels: torch.Tensor | None = None  # [n]: ``table`` grids: code q stands for scale · levels[q]
 
     def dequantize(self) -> torch.Tensor:
+        """Ŵ [out, in] in float32, built in place: one [out, in] temporary beside it."""
         cols = self.g_idx.long()
         if self.levels is not None:
-            return self.scales.T[:, cols] * self.levels[self.q.long()]
+            w = self.levels[self.q.int()]
+            return w.mul_(self.scales.T[:, cols])
+        w = self.q.float()
         if self.mins is not None:
-            return self.scales.T[:, cols] * self.q.float() + self.mins.T[:, cols]
-        return self.scales.T[:, cols] * (self.q.float() - self.zeros.T[:, cols].float())
+            return w.mul_(self.scales.T[:, cols]).add_(self.mins.T[:, cols])
+        return w.sub_(self.zeros.T[:, cols]).mul_(self.scales.T[:, cols])
 
 
 def _stack(grids: list[Grid], g_idx: torch.Tensor, q: torch.Tensor, perm, damp: float) -> QuantResult:
@@ -94,11 +97,11 @@ def weighted_error(W: torch.Tensor, Q: torch.Tensor, H: torch.Tensor) -> float:
 
 def _inverse_cholesky(build: Callable[[], torch.Tensor], damp: float, max_retries: int) -> tuple[torch.Tensor, float]:
     """The upper Cholesky factor of the damped Hessian's inverse, in float32. ``build`` returns a
-    fresh float64 copy of the Hessian (in solve order), which is factorised, inverted and
-    factorised again in place: through its transpose, a column-major view, which LAPACK
-    overwrites without a temporary. So one [in, in] float64 matrix lives beside the caller's
-    (11008² float64 is 0.97 GB: a 7B model's down_proj), bit for bit what the out-of-place
-    sequence gives."""
+    fresh copy of the Hessian in solve order (float64 or float32: the precision of the
+    factorisations), which is factorised, inverted and factorised again in place: through its
+    transpose, a column-major view, which LAPACK overwrites without a temporary. So one [in, in]
+    matrix lives beside the caller's (11008² float64 is 0.97 GB: a 7B model's down_proj), and
+    the float64 result is bit for bit what the out-of-place sequence gives."""
     for attempt in range(max_retries + 1):
         A = build()
         mean_diag = float(torch.diag(A).mean())
@@ -115,21 +118,22 @@ def _inverse_cholesky(build: Callable[[], torch.Tensor], damp: float, max_retrie
             log.warning("Hessian not positive-definite with damp=%g; retrying with damp=%g", damp, damp * 10)
             damp *= 10
             continue
+        if At.dtype == torch.float32:
+            return At, damp  # column-major, no copy
         return torch.empty(At.shape, dtype=torch.float32, device=At.device).copy_(At), damp
     raise UserError(
         f"the Hessian stayed singular up to damp={damp:g}: calibrate on more or more varied text (--nsamples)"
     )
 
 
-def _solve_order(H: torch.Tensor, dead: torch.Tensor, perm: torch.Tensor | None) -> torch.Tensor:
-    """A float64 copy of ``H`` with its dead columns' diagonal set to 1, rows and columns in solve
-    order (``perm``), made in one [in, in] allocation."""
-    if perm is None:
-        A = H.to(torch.float64, copy=True)
-    else:
-        A = H.index_select(0, perm).to(torch.float64)
-        for a in range(0, A.shape[0], 512):  # the columns, a band of rows at a time
-            A[a:a + 512] = A[a:a + 512].index_select(1, perm)
+def _solve_order(H: torch.Tensor, dead: torch.Tensor, perm: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """A ``dtype`` copy of ``H`` with its dead columns' diagonal set to 1, rows and columns in
+    solve order (``perm``), filled a band of rows at a time into one [in, in] allocation."""
+    n = H.shape[0]
+    A = torch.empty((n, n), dtype=dtype, device=H.device)
+    for a in range(0, n, 512):
+        band = H[a:a + 512] if perm is None else H.index_select(0, perm[a:a + 512]).index_select(1, perm)
+        A[a:a + 512] = band
     if dead.any():
         d = dead[perm] if perm is not None else dead
         A[d, d] = 1
@@ -161,10 +165,11 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, max_ret
         W = W[:, perm]
 
     hdiag = (diag[perm] if perm is not None else diag).float()  # weights of the MSE grid search, in solve order
-    Hinv, damp = _inverse_cholesky(lambda: _solve_order(H, dead, perm), cfg.damp, max_retries)
+    dtype = torch.float64 if cfg.solve_precision(in_f) == "float64" else torch.float32
+    Hinv, damp = _inverse_cholesky(lambda: _solve_order(H, dead, perm, dtype), cfg.damp, max_retries)
 
     Q = torch.zeros_like(W)
-    Qint = torch.zeros_like(W)
+    Qint = torch.zeros_like(W, dtype=torch.uint8)  # codes are <= 8 bits
     g_idx = torch.empty(in_f, dtype=torch.int32, device=W.device)
     order = perm.tolist() if perm is not None else None  # one host copy, not one sync per column
     grids: dict[int, Grid] = {}
@@ -200,6 +205,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, max_ret
             Err1[:, i] = err
             g_idx[orig] = g
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    del Hinv, Hinv1, d, W, W1, Err1  # spent (views included): only the solution and its loss are left
 
     if perm is not None:
         inv = torch.argsort(perm)
@@ -229,7 +235,8 @@ def rtn_quantize(W: torch.Tensor, cfg: QuantConfig, H: torch.Tensor | None = Non
     gs = cfg.group_columns(W0.shape[1])
     bounds = group_bounds(W0.shape[1], gs)
     grids = fit_groups(W0, cfg.maxq, cfg.grid, gs, sym=cfg.sym, mse=cfg.mse)
-    q = torch.cat([gr.quantize(W0[:, a:b], cfg.maxq) for gr, (a, b) in zip(grids, bounds, strict=True)], dim=1)
+    q = torch.cat([gr.quantize(W0[:, a:b], cfg.maxq).to(torch.uint8) for gr, (a, b) in zip(grids, bounds, strict=True)],
+                  dim=1)
     g_idx = torch.cat([torch.full((b - a,), g, dtype=torch.int32, device=W0.device) for g, (a, b) in enumerate(bounds)])
     res = _stack(grids, g_idx, q, None, 0.0)
     if H is not None:
