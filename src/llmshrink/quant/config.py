@@ -41,7 +41,7 @@ class QuantConfig(Config):
     solve_dtype: str = field(default="auto", metadata={
         "help": f"precision of the inverse Hessian's factorisations: float64, float32 (GPTQ's reference), or "
                 f"auto: float64 below {WIDE} input columns, float32 from there (a 7B model's 11008-wide "
-                "down_proj: half the memory, a ninth of the time)", "choices": SOLVE_DTYPES})
+                "down_proj: half the memory)", "choices": SOLVE_DTYPES})
     block_size: int = field(default=128, metadata={"help": "columns per lazy-update block", "cli": False})
     mse: bool = field(default=True, metadata={"help": "search shrunk ranges for the lowest (Hessian-weighted, "
                                                       "for GPTQ) error per group; --no-mse: plain min/max ranges"})

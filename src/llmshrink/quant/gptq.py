@@ -8,6 +8,8 @@ What differs from the reference:
 - pure: tensors in, a :class:`QuantResult` out (integer codes, per-group scales/zeros, g_idx,
   loss, the damping used); nothing is printed and no module is touched;
 - a group size that does not divide the width makes the last group shorter (no padding);
+- the inverse Hessian is factorised in float64, and in float32 (the reference's precision) from
+  8192 input columns (``QuantConfig.solve_dtype``), in place;
 - if the Cholesky factorisation fails (H not positive-definite after damping), damping is raised
   tenfold and the solve retried, up to ``max_retries`` times; the damping used is returned;
 - the loss reported is the H-weighted reconstruction error tr((W−Q) H (W−Q)ᵀ) on the undamped H;
