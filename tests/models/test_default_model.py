@@ -45,7 +45,7 @@ def test_conversion_preserves_logits_and_tokenizer(cached):
     assert diff <= 1e-5
 
 
-def test_cli_eval_json_and_demo(capsys, tmp_path):
+def test_cli_eval_json(capsys):
     import json
 
     from llmshrink.cli import main
@@ -56,6 +56,14 @@ def test_cli_eval_json_and_demo(capsys, tmp_path):
     ppl, tokens = library_perplexity(DEFAULT_MODEL, "shakespeare:eval", 512, max_tokens=2048)
     assert rec["perplexity"] == pytest.approx(ppl, rel=1e-9) and rec["tokens"] == tokens == 4 * 511
     assert abs(rec["perplexity"] / 33.999 - 1) < 0.25  # near the whole corpus' 33.999 (BENCHMARKS.md)
+
+
+@pytest.mark.slow  # five minutes of the default tier's fifteen: CI runs it in its slow step
+def test_cli_demo_quantizes_tunes_generates_and_exports(capsys, tmp_path):
+    import json
+
+    from llmshrink.cli import main
+
     assert main(["demo", "--max-tokens", "1024", "--steps", "3", "--calib-samples", "4",
                  "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
