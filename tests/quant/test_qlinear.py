@@ -55,3 +55,35 @@ def test_int4_kernel_declines_what_it_cannot_express():
     m.kernel = "int4"
     with pytest.raises(ValueError, match="kernel='dequant'"):
         m(torch.randn(1, 96))
+
+
+@pytest.mark.parametrize(("bits", "act_order", "sym"), [(4, True, False), (3, False, True)])
+def test_trainable_scales_learn_and_are_written_back_in_the_gptq_layout(bits, act_order, sym):
+    """Within scales_trainable the layer computes (q - zero) * scale with a float32 scale parameter
+    (the same output as before at the start); gradients reach the scales only, and leaving writes
+    the learnt scales (fp16) back, codes and zeros untouched."""
+    m = _layer(bits, 32, act_order, sym)
+    m.kernel = "dequant"
+    x = torch.randn(5, 96, generator=torch.Generator().manual_seed(3))
+    y0 = m(x)
+    packed = {k: getattr(m, k).clone() for k in ("qweight", "qzeros", "g_idx")}
+    with m.scales_trainable() as scale:
+        assert scale.dtype == torch.float32 and scale.shape == m.scales.shape and scale.requires_grad
+        assert dict(m.named_parameters())["scale_gain"] is scale and torch.equal(scale, torch.ones_like(scale))
+        torch.testing.assert_close(m(x), y0, rtol=1e-5, atol=1e-5)
+        target = (y0 * 1.1 - m.bias * 0.1).detach()  # reachable exactly: every scale times 1.1
+        opt = torch.optim.Adam([scale], lr=1e-2)
+        first = None
+        for _ in range(50):
+            loss = (m(x) - target).pow(2).mean()
+            first = first if first is not None else loss.item()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        assert loss.item() < first / 10
+        learnt, y_in, s0 = scale.detach().clone(), m(x).detach(), m.scales.float()
+    assert "scale_gain" not in dict(m.named_parameters()) and m._base is None
+    assert m.scales.dtype == torch.float16 and torch.equal(m.scales, (s0 * learnt).half())
+    assert all(torch.equal(getattr(m, k), v) for k, v in packed.items())
+    assert (m(x) - y_in).abs().max() < 1e-3 * y_in.abs().max()  # the fp16 rounding of the scales only
+    assert (m(x) - target).norm() < (y0 - target).norm() / 3

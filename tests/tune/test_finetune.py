@@ -143,9 +143,10 @@ def test_head_lr_and_the_hidden_state_loss(dirs, tmp_path):
         _cfg(dirs, head_lr=0)
 
 
-@pytest.mark.parametrize("loss_tokens", [1.0, 0.5])
-def test_an_interrupted_run_resumes_to_the_same_weights(dirs, tmp_path, monkeypatch, loss_tokens):
-    cfg = _cfg(dirs, steps=6, save_every=2, distill_from=str(dirs["plain"]), loss_tokens=loss_tokens)
+@pytest.mark.parametrize(("loss_tokens", "tune_scales"), [(1.0, False), (0.5, False), (1.0, True)])
+def test_an_interrupted_run_resumes_to_the_same_weights(dirs, tmp_path, monkeypatch, loss_tokens, tune_scales):
+    cfg = _cfg(dirs, steps=6, save_every=2, distill_from=str(dirs["plain"]), loss_tokens=loss_tokens,
+               tune_scales=tune_scales)
     straight = load_model(dirs["q"])
     finetune_job.finetune(straight, cfg, tmp_path / "a")
 
@@ -165,7 +166,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights(dirs, tmp_path, monkeypa
         finetune_job.finetune(load_model(dirs["q"]), cfg, tmp_path / "b")
     with pytest.raises(UserError, match="other settings"):
         finetune_job.finetune(load_model(dirs["q"]), _cfg(dirs, steps=7, distill_from=str(dirs["plain"]),
-                                                loss_tokens=loss_tokens), tmp_path / "b",
+                                                loss_tokens=loss_tokens, tune_scales=tune_scales), tmp_path / "b",
                     resume=True)
     resumed = load_model(dirs["q"])
     res = finetune_job.finetune(resumed, cfg, tmp_path / "b", resume=True)
@@ -330,3 +331,34 @@ def test_auto_streams_when_the_cache_would_not_fit(dirs, monkeypatch, caplog):
     assert front.choose_front("cache", lm, ids, 2) is False and front.choose_front("stream", lm, ids, 2) is True
     with pytest.raises(UserError, match="front"):
         _cfg(dirs, front="disk")
+
+
+def test_tune_scales_trains_the_fronts_scales_and_norms_end_to_end_and_stays_gptq(dirs, tmp_path):
+    """--tune-scales: the packed blocks' scales (not codes, zeros or g_idx) and the front's norms
+    change along with the tail, distillation gets closer to the original than tuning the tail
+    alone, and the saved checkpoint is the same GPTQ layout, loading with the learnt scales."""
+    base = dict(distill_from=str(dirs["plain"]), lm_head=False, steps=12, lr=3e-3, eval_data=str(dirs["corpus"]))
+    tail_only = load_model(dirs["q"])
+    r_tail = finetune_job.finetune(tail_only, _cfg(dirs, **base), tmp_path / "tail")
+    lm = load_model(dirs["q"])
+    before = _snapshot(lm.model)
+    res = finetune_job.finetune(lm, _cfg(dirs, **base, tune_scales=True, scale_lr=1e-3), tmp_path / "scales")
+    after = _snapshot(lm.model)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    front = {k for k in changed if k.startswith(("model.layers.0.", "model.layers.1."))}
+    assert any(k.endswith(".scales") for k in front) and any(k.endswith("layernorm.weight") for k in front)
+    assert all(k.endswith((".scales", "layernorm.weight", ".bias")) for k in front), front
+    assert not any(k.endswith((".qweight", ".qzeros", ".g_idx")) or "embed_tokens" in k for k in changed)
+    assert res.trainable > r_tail.trainable
+    kl = {name: r.evaluation["held_out"]["after"]["kl"] for name, r in (("tail", r_tail), ("scales", res))}
+    assert kl["scales"] < kl["tail"] < r_tail.evaluation["held_out"]["before"]["kl"]  # the front's error shrinks too
+    assert all(p.grad is None and not p.requires_grad for p in lm.model.parameters())
+    again = load_model(tmp_path / "scales")
+    layer = again.model.model.layers[0].self_attn.q_proj
+    assert type(layer).__name__ == "QuantLinear" and not hasattr(layer, "scale_gain")
+    assert torch.equal(layer.scales, lm.model.model.layers[0].self_attn.q_proj.scales)
+    assert not torch.equal(layer.scales, before["model.layers.0.self_attn.q_proj.scales"])
+    with pytest.raises(UserError, match="--distill-from"):
+        _cfg(dirs, tune_scales=True)
+    with pytest.raises(UserError, match="no block before the tail is quantized"):
+        finetune_job.finetune(load_model(dirs["plain"]), _cfg(dirs, **base, tune_scales=True), tmp_path / "p")

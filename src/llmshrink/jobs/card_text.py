@@ -119,6 +119,9 @@ def _finetune(f: dict) -> list[str]:
     data = f"{c['nsamples']} windows of `{c['data']}`" if c.get("nsamples") else f"`{c['data']}`"
     gen = f" and {c['generated']} windows written by the original model" if c.get("generated") else ""
     teacher = f", teacher `{c['distill_from']}`" if c.get("distill_from") and "kd" in c["loss"] else ""
+    if c.get("tune_scales"):
+        head += (", with the quantized blocks' GPTQ scales and every block's norms trained end to end (codes "
+                 f"and zero points unchanged; scale learning rate {c['scale_lr']})")
     return [f"Fine-tuned blocks {f['blocks'][0]}:{f['blocks'][1]}{head} ({c['method']}, "
             f"{f['trainable_parameters']:,} parameters) for {f['steps']} steps ({f['tokens']:,} tokens) on {data}{gen}, "
             f"loss `{c['loss']}`{teacher}, learning rate {c['lr']}, batch {c['batch_size']} x {c['seqlen']} tokens."]

@@ -54,6 +54,7 @@ class QuantLinear(torch.nn.Module):
         self._int4: tuple | None = None  # (packed, kernel group, float32 scales+mins, column order)
         self._int4_sz: torch.Tensor | None = None  # the scales+mins in int4_dtype
         self._int4_ok: bool | None = None
+        self._base: torch.Tensor | None = None  # (q - zero) per weight while the scales train
 
     @classmethod
     def from_result(cls, linear: torch.nn.Linear, res: QuantResult, bits: int) -> QuantLinear:
@@ -79,6 +80,28 @@ class QuantLinear(torch.nn.Module):
             self._cache = old
             if not old:
                 self._w = None
+
+    @contextlib.contextmanager
+    def scales_trainable(self) -> Iterator[torch.nn.Parameter]:
+        """Within the block, the GPTQ scales learn by backpropagation while codes and zeros stay
+        fixed (EfficientQAT's end-to-end step-size training): forward multiplies by
+        ``(q - zero) · scales · scale_gain``, ``scale_gain`` a float32 parameter of the scales'
+        shape starting at 1, so one learning rate moves every scale by the same relative amount,
+        whatever the model's weight magnitudes. On leaving, ``scales · scale_gain`` is written
+        back to ``scales`` in its dtype: the layer is as plain GPTQ as before."""
+        q = unpack_qweight(self.qweight, self.bits).float()
+        g = self.g_idx.long()
+        self._base = q - unpack_qzeros(self.qzeros, self.bits).float().T[:, g]
+        self._scales0 = self.scales.float()
+        self.scale_gain = torch.nn.Parameter(torch.ones_like(self._scales0))
+        self._w, self._int4, self._int4_sz = None, None, None
+        try:
+            yield self.scale_gain
+        finally:
+            with torch.no_grad():
+                self.scales.copy_((self._scales0 * self.scale_gain).to(self.scales.dtype))
+            del self.scale_gain
+            self._base, self._scales0, self._w, self._int4, self._int4_sz = None, None, None, None, None
 
     def dequantized_weight(self) -> torch.Tensor:
         """[out, in] float32: scale · (q − zero), per input column's group."""
@@ -131,6 +154,9 @@ class QuantLinear(torch.nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._base is not None:  # the scales are training
+            w = (self._base * (self._scales0 * self.scale_gain).T[:, self.g_idx.long()]).to(x.dtype)
+            return F.linear(x, w, self.bias.to(x.dtype) if self.bias is not None else None)
         rows = x.numel() // self.in_features
         if self.kernel == "int4" or (self.kernel == "auto" and self._w is None and rows <= self.int4_max_rows
                                      and x.dtype in (torch.float32, torch.bfloat16) and self.int4_supported()):

@@ -48,6 +48,12 @@ class FinetuneConfig(Config):
         "help": "with --distill-from: windows of text sampled from the original model itself (from a random "
                 "first token) added to the training windows, distillation loss only: the tail learns to match the "
                 "original beyond the corpus' genre"})
+    tune_scales: bool = field(default=False, metadata={
+        "help": "with --distill-from: also train the quantized blocks' GPTQ scales (codes and zeros fixed) and the "
+                "front's norms and biases, end to end through the whole model (EfficientQAT's E2E-QP): the front's "
+                "error shrinks on any text, and the checkpoint stays plain GPTQ; each step then runs every block"})
+    scale_lr: float = field(default=3e-3, metadata={"help": "learning rate of the GPTQ scales (--tune-scales), "
+                                                            "relative: each scale trains as a factor starting at 1"})
     epochs: float | None = field(default=None, metadata={"help": "passes over the data (default 1 unless steps)"})
     steps: int | None = field(default=None, metadata={"help": "optimizer steps (instead of epochs)"})
     lr: float = field(default=1e-4, metadata={"help": "learning rate"})
@@ -113,6 +119,9 @@ class FinetuneConfig(Config):
                    "is distillation data: give --distill-from MODEL")
         self.check(self.generated == 0 or self.format == "text", "generated",
                    "adds text windows: use it with --format text")
+        self.check(not self.tune_scales or self.loss != "task", "tune_scales",
+                   "distils the quantized front towards the original: give --distill-from MODEL")
+        self.check(self.scale_lr > 0, "scale_lr", f"must be > 0, got {self.scale_lr!r}")
         self.check(self.hidden_loss >= 0, "hidden_loss", f"must be >= 0, got {self.hidden_loss!r}")
         self.check(self.hidden_loss == 0 or self.loss != "task", "hidden_loss",
                    "matches the teacher's hidden states: give --distill-from MODEL")

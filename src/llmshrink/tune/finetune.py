@@ -9,12 +9,19 @@ loss is the KL divergence from the original model with no second model held in m
 those caches would not fit in memory they are streamed instead (``tune.front``: the front, and
 the original, run per batch), and several processes can share each step (``tune.parallel``).
 
+With ``tune_scales`` the packed front trains too, within the GPTQ format: its scales (codes and
+zeros fixed, ``QuantLinear.scales_trainable``) and its norms and biases, so each step runs the
+whole model from the cached embedding outputs (EfficientQAT's end-to-end step-size training).
+Distilled on varied text, this shrinks the front's error on any text, which the tail alone
+cannot undo.
+
 Losses: ``task`` (next-token cross-entropy on the labels: every token for text, the response
 tokens for instruction data), ``kd`` (KL from the original model on every real token) or both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -34,6 +41,7 @@ from ..data.windows import bos_id, sample_windows, tokenize_corpus
 from ..errors import UserError
 from ..models.arch import logit_cap, soft_cap, untie_lm_head
 from ..models.load import LoadedModel
+from ..quant.qlinear import QuantLinear
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import FinetuneConfig
 from .front import CachedFront, StreamedFront, choose_front
@@ -132,9 +140,11 @@ def check_tail(lm: LoadedModel, cfg: FinetuneConfig) -> int:
     return first
 
 
-def select_trainable(lm: LoadedModel, cfg: FinetuneConfig) -> tuple[torch.nn.Module, int]:
+def select_trainable(lm: LoadedModel, cfg: FinetuneConfig,
+                     stack: contextlib.ExitStack | None = None) -> tuple[torch.nn.Module, int]:
     """Freeze everything, then make the tail (its blocks, the final norm, and lm_head if asked) trainable; returns the module whose
-    named trainable parameters are checkpointed (a peft wrapper for LoRA) and the first tail block."""
+    named trainable parameters are checkpointed (a peft wrapper for LoRA) and the first tail block.
+    With ``cfg.tune_scales`` the front's GPTQ scales train too, within ``stack`` (see :func:`front_trainable`)."""
     first = check_tail(lm, cfg)
     blocks = lm.arch.blocks(lm.model)
     n = len(blocks)
@@ -159,12 +169,34 @@ def select_trainable(lm: LoadedModel, cfg: FinetuneConfig) -> tuple[torch.nn.Mod
         p.requires_grad_(True)
     if cfg.lm_head:
         lm.model.get_submodule(lm.arch.lm_head).weight.requires_grad_(True)
+    if cfg.tune_scales:
+        if stack is None:
+            raise ValueError("tune_scales needs an ExitStack that outlives the training")
+        front_trainable(list(blocks)[:first], stack)
     return root, first
 
 
+def front_trainable(front: list[torch.nn.Module], stack: contextlib.ExitStack) -> int:
+    """Make the front's GPTQ scales trainable (until ``stack`` closes, which writes them back into
+    the packed layers) and its norms and biases (every 1-D float parameter); returns the number of
+    packed layers. Codes, zero points and the embedding stay as they are."""
+    packed = [m for block in front for m in block.modules() if isinstance(m, QuantLinear)]
+    if not packed:
+        raise UserError("--tune-scales trains the quantized blocks' scales, but no block before the tail is "
+                        "quantized: quantize the front first (llmshrink quantize --blocks 0:K)")
+    for m in packed:
+        stack.enter_context(m.scales_trainable())
+    for block in front:
+        for p in block.parameters():
+            if p.ndim == 1 and p.is_floating_point():
+                p.requires_grad_(True)
+    return len(packed)
+
+
 class TailLoss:
-    """Loss of one batch: the tail, the final norm and lm_head, against labels and/or the teacher.
-    ``front(j)`` gives what enters the tail for batch ``j`` (cached or computed, see ``tune.front``);
+    """Loss of one batch: the blocks from ``first`` on (the tail; every block with ``tune_scales``),
+    the final norm and lm_head, against labels and/or the teacher.
+    ``front(j)`` gives what enters block ``first`` for batch ``j`` (cached or computed, see ``tune.front``);
     ``teacher`` is ``(teacher_front, lm_head weight, logit cap)``, ``teacher_front(j)`` the
     teacher's final normed hidden states."""
 
@@ -308,23 +340,40 @@ def train_tail(lm: LoadedModel, cfg: FinetuneConfig, ckpt_dir: Path, *, resume: 
     the ``distill_from`` model already loaded by the caller (it is not loaded twice); ``before()``
     runs once the data is read and before any weight changes (the caller's "before" scores: bad
     data fails first, not after minutes of scoring). ``parallel``: this process's share of each
-    step's batches (data-parallel, see ``tune.parallel``); only the main process checkpoints."""
+    step's batches (data-parallel, see ``tune.parallel``); only the main process checkpoints.
+    With ``cfg.tune_scales`` every step runs the whole model, the front's scales training too."""
     parallel.check(cfg.grad_accum)
-    root, first = select_trainable(lm, cfg)
-    params = {name: p for name, p in root.named_parameters() if p.requires_grad}
-    if cfg.loss == "task":
-        teacher_lm = None
-    else:  # the caller's copy of the original (the evaluation's reference), or a fresh load
-        teacher_lm = load_teacher(lm, cfg) if original is None else check_vocabulary(lm, original, cfg)
-    batches, held_out = training_batches(lm, cfg, teacher_lm, progress)
-    if before is not None:
-        before()
+    with contextlib.ExitStack() as stack:  # closing it writes trained GPTQ scales back
+        root, first = select_trainable(lm, cfg, stack)
+        params = {name: p for name, p in root.named_parameters() if p.requires_grad}
+        if cfg.loss == "task":
+            teacher_lm = None
+        else:  # the caller's copy of the original (the evaluation's reference), or a fresh load
+            teacher_lm = load_teacher(lm, cfg) if original is None else check_vocabulary(lm, original, cfg)
+        batches, held_out = training_batches(lm, cfg, teacher_lm, progress)
+        if before is not None:
+            before()
+        teacher = [teacher_lm]  # handed over: _run drops it once its outputs are cached
+        del teacher_lm
+        run = _run(lm, cfg, ckpt_dir, root, first, params, teacher, batches, held_out, resume, parallel, progress)
+    for p in lm.model.parameters():
+        p.requires_grad_(False)
+    return run
+
+
+def _run(lm: LoadedModel, cfg: FinetuneConfig, ckpt_dir: Path, root: torch.nn.Module, first: int, params: dict,
+         teacher: list[LoadedModel | None], batches: Batches, held_out: Batches | None, resume: bool,
+         parallel: Parallel, progress) -> TailRun:
+    """:func:`train_tail` once the trainable parameters and the data are chosen (``teacher``: a
+    one-item list, emptied here, so no caller frame keeps the original model alive)."""
+    teacher_lm = teacher.pop()
     n_train = len(batches)
     if held_out is not None:  # cached alongside, scored before and after training
         batches = Batches(batches.ids + held_out.ids, batches.labels + held_out.labels, batches.real + held_out.real)
     steps = cfg.steps or max(1, math.ceil((cfg.epochs or 1.0) * n_train / cfg.grad_accum))
-    log.info("fine-tuning blocks %d:%d%s (%s, %d trainable parameters) for %d steps of %d x %d micro-batches, "
-             "%s loss", first, first + cfg.n_train, " and lm_head" if cfg.lm_head else "", cfg.method,
+    log.info("fine-tuning blocks %d:%d%s%s (%s, %d trainable parameters) for %d steps of %d x %d micro-batches, "
+             "%s loss", first, first + cfg.n_train, " and lm_head" if cfg.lm_head else "",
+             ", and the front's scales and norms" if cfg.tune_scales else "", cfg.method,
              sum(p.numel() for p in params.values()), steps, cfg.grad_accum, cfg.batch_size, cfg.loss)
     chash = config_hash(lm, cfg)
     start, opt_state, losses, tokens = 0, None, [], 0
@@ -338,7 +387,8 @@ def train_tail(lm: LoadedModel, cfg: FinetuneConfig, ckpt_dir: Path, *, resume: 
     items = list(itertools.islice(parallel.share(_order(n_train, cfg.seed), cfg.grad_accum),
                                   start * cfg.grad_accum // parallel.world, steps * cfg.grad_accum // parallel.world))
     wanted = sorted({j for _, j in items} | set(range(n_train, len(batches))))
-    loss = TailLoss(lm, first, cfg, batches, *_sources(lm, cfg, batches, first, teacher_lm, wanted, progress))
+    span = 0 if cfg.tune_scales else first  # the first block a step runs
+    loss = TailLoss(lm, span, cfg, batches, *_sources(lm, cfg, batches, span, teacher_lm, wanted, progress))
     del teacher_lm
     evaluation: dict = {}
     if held_out is not None:
@@ -357,8 +407,6 @@ def train_tail(lm: LoadedModel, cfg: FinetuneConfig, ckpt_dir: Path, *, resume: 
     del loss
     if cfg.method == "lora":
         root.merge_and_unload()
-    for p in lm.model.parameters():
-        p.requires_grad_(False)
     return TailRun(stats, sum(p.numel() for p in params.values()), first, evaluation)
 
 
@@ -384,9 +432,13 @@ def _train(lm: LoadedModel, cfg: FinetuneConfig, loss: TailLoss, params: dict, i
     for block in loss.tail:
         block.train()
     head_w = lm.model.get_submodule(lm.arch.lm_head).weight
-    groups = [{"params": [p for p in params.values() if p is not head_w], "lr": cfg.lr}]
+    scales = [m.scale_gain for m in lm.model.modules() if isinstance(m, QuantLinear) and hasattr(m, "scale_gain")]
+    special = {id(head_w)} | {id(p) for p in scales}
+    groups = [{"params": [p for p in params.values() if id(p) not in special], "lr": cfg.lr}]
     if any(p is head_w for p in params.values()):
         groups.append({"params": [head_w], "lr": cfg.head_lr or cfg.lr})
+    if scales:
+        groups.append({"params": scales, "lr": cfg.scale_lr})
     try:
         return train_loop(groups, items, loss, steps=steps, lr=cfg.lr, grad_accum=cfg.grad_accum,
                           tokens_of=lambda item: int(loss.batches.real[item[1]].sum()),
