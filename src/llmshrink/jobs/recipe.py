@@ -317,14 +317,14 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, progress=None) 
 
 def demo_recipe(model: str, out: str, *, bits: int = 4, steps: int = 40, nsamples: int = 32) -> Recipe:
     """``llmshrink demo``: the partial-quantization recipe with a small budget: 32 corpus windows
-    and up to 32 written by the original model (2 per step); its own table scores the result, so
-    the fine-tune does not."""
+    and up to 32 written by the original model (2 per step), the tail and the quantized blocks'
+    scales distilled from the original; its own table scores the result, so the fine-tune does not."""
     return parse_recipe({
         "model": model, "out": out,
         "stages": [
             {"quantize": {"bits": bits, "group_size": 128, "blocks": "0:-4", "calib": {"nsamples": nsamples}}},
-            {"finetune": {"train": "last:4", "distill_from": "original", "loss": "kd", "steps": steps,
-                          "batch_size": 4, "seqlen": 256, "nsamples": 32, "generated": min(32, 2 * steps), "lr": 1e-4,
-                          "eval_data": "none", "ood_data": "none"}},
+            {"finetune": {"train": "last:4", "distill_from": "original", "loss": "kd", "tune_scales": True,
+                          "steps": steps, "batch_size": 4, "seqlen": 256, "nsamples": 32,
+                          "generated": min(32, 2 * steps), "lr": 1e-4, "eval_data": "none", "ood_data": "none"}},
         ],
     }, "demo")
