@@ -59,9 +59,9 @@ def test_int4_kernel_declines_what_it_cannot_express():
 
 @pytest.mark.parametrize(("bits", "act_order", "sym"), [(4, True, False), (3, False, True)])
 def test_trainable_scales_learn_and_are_written_back_in_the_gptq_layout(bits, act_order, sym):
-    """Within scales_trainable the layer computes (q - zero) * scale with a float32 scale parameter
-    (the same output as before at the start); gradients reach the scales only, and leaving writes
-    the learnt scales (fp16) back, codes and zeros untouched."""
+    """Within scales_trainable the layer computes (q - zero) * scales * scale_gain with a float32
+    gain parameter from 1 (the same output as before at the start); gradients reach the gains
+    only, and leaving writes the learnt scales (fp16) back, codes and zeros untouched."""
     m = _layer(bits, 32, act_order, sym)
     m.kernel = "dequant"
     x = torch.randn(5, 96, generator=torch.Generator().manual_seed(3))

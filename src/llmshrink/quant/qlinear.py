@@ -89,9 +89,7 @@ class QuantLinear(torch.nn.Module):
         shape starting at 1, so one learning rate moves every scale by the same relative amount,
         whatever the model's weight magnitudes. On leaving, ``scales · scale_gain`` is written
         back to ``scales`` in its dtype: the layer is as plain GPTQ as before."""
-        q = unpack_qweight(self.qweight, self.bits).float()
-        g = self.g_idx.long()
-        self._base = q - unpack_qzeros(self.qzeros, self.bits).float().T[:, g]
+        self._base = self._offsets()
         self._scales0 = self.scales.float()
         self.scale_gain = torch.nn.Parameter(torch.ones_like(self._scales0))
         self._w, self._int4, self._int4_sz = None, None, None
@@ -103,13 +101,15 @@ class QuantLinear(torch.nn.Module):
             del self.scale_gain
             self._base, self._scales0, self._w, self._int4, self._int4_sz = None, None, None, None, None
 
-    def dequantized_weight(self) -> torch.Tensor:
-        """[out, in] float32: scale · (q − zero), per input column's group."""
+    def _offsets(self) -> torch.Tensor:
+        """[out, in] float32: q − zero, per input column's group."""
         q = unpack_qweight(self.qweight, self.bits).float()
         zeros = unpack_qzeros(self.qzeros, self.bits).float()
-        g = self.g_idx.long()
-        scales = self.scales.float()
-        return scales.T[:, g] * (q - zeros.T[:, g])
+        return q - zeros.T[:, self.g_idx.long()]
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """[out, in] float32: scale · (q − zero), per input column's group."""
+        return self.scales.float().T[:, self.g_idx.long()] * self._offsets()
 
     def int4_supported(self) -> bool:
         if self._int4_ok is None:

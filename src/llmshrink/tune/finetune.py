@@ -176,10 +176,10 @@ def select_trainable(lm: LoadedModel, cfg: FinetuneConfig,
     return root, first
 
 
-def front_trainable(front: list[torch.nn.Module], stack: contextlib.ExitStack) -> int:
+def front_trainable(front: list[torch.nn.Module], stack: contextlib.ExitStack) -> None:
     """Make the front's GPTQ scales trainable (until ``stack`` closes, which writes them back into
-    the packed layers) and its norms and biases (every 1-D float parameter); returns the number of
-    packed layers. Codes, zero points and the embedding stay as they are."""
+    the packed layers) and its norms and biases (every 1-D float parameter). Codes, zero points
+    and the embedding stay as they are."""
     packed = [m for block in front for m in block.modules() if isinstance(m, QuantLinear)]
     if not packed:
         raise UserError("--tune-scales trains the quantized blocks' scales, but no block before the tail is "
@@ -190,7 +190,6 @@ def front_trainable(front: list[torch.nn.Module], stack: contextlib.ExitStack) -
         for p in block.parameters():
             if p.ndim == 1 and p.is_floating_point():
                 p.requires_grad_(True)
-    return len(packed)
 
 
 class TailLoss:
