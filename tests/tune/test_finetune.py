@@ -272,6 +272,22 @@ def test_generated_windows_join_the_training_data_with_distillation_targets_only
         _cfg(dirs, generated=2)  # no teacher to sample from
 
 
+def test_a_weighted_mix_shares_the_training_windows_out_by_weight(dirs):
+    lm = load_model(dirs["q"])
+    mix = f"{dirs['corpus']}:3,{dirs['other']}:1"
+    ids = torch.cat(ft.text_batches(lm, _cfg(dirs, data=mix, nsamples=8), None).ids)
+    assert ids.shape == (8, 16)
+    alone = {str(p): torch.cat(ft.text_batches(lm, _cfg(dirs, data=str(p), nsamples=n), None).ids)
+             for p, n in ((dirs["corpus"], 6), (dirs["other"], 2))}
+    rows = [next(str(p) for p, w in alone.items() if any(torch.equal(r, x) for x in w)) for r in ids]
+    assert rows.count(str(dirs["corpus"])) == 6 and rows.count(str(dirs["other"])) == 2
+    assert torch.equal(ids, torch.cat(ft.text_batches(lm, _cfg(dirs, data=mix, nsamples=8), None).ids))
+    assert torch.cat(ft.text_batches(lm, _cfg(dirs, data=mix), 6).ids).shape == (6, 16)  # as many as the steps use
+    with pytest.raises(UserError, match="--nsamples or --steps"):  # epochs over a mix: no count to share out
+        ft.text_batches(lm, _cfg(dirs, data=mix, steps=None, epochs=1.0), None)
+    assert finetune_job.eval_split(_cfg(dirs, data="shakespeare:calib:2,brown:calib:1")) == "shakespeare:eval"
+
+
 def test_recovery_is_the_share_of_the_gap_to_the_original_closed():
     entry = {"before": {"perplexity": 40.0}, "after": {"perplexity": 37.0, "original_perplexity": 34.0}}
     assert finetune_job.recovery(entry) == pytest.approx(0.5)

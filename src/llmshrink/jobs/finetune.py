@@ -13,6 +13,7 @@ import torch
 
 from ..config import Part, command_line
 from ..data.corpora import NAMED
+from ..data.mix import parse_mix
 from ..errors import UserError
 from ..eval.config import EvalConfig
 from ..eval.run import evaluate_perplexity
@@ -139,10 +140,11 @@ def check_resume(out: Path, resume: bool) -> None:
 
 
 def eval_split(cfg: FinetuneConfig) -> str | None:
-    """A named corpus' held-out split, for text data (``shakespeare:calib`` -> ``shakespeare:eval``)."""
+    """A named corpus' held-out split, for text data (``shakespeare:calib`` -> ``shakespeare:eval``;
+    for a mix, its first part's)."""
     if cfg.format != "text":
         return None
-    name, _, split = cfg.data.partition(":")
+    name, _, split = parse_mix(cfg.data)[0].data.partition(":")
     named = NAMED.get(name)
     if named is None or "eval" not in named.splits or split == "eval":
         return None

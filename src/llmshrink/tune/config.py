@@ -11,6 +11,10 @@ from ..data.templates import TEMPLATES, get_template
 
 FRONTS = ("auto", "cache", "stream")
 
+# The recipe's and the demo's distillation text: three genres (plays, speeches, a novel), none
+# of them the out-of-domain corpus it is scored on (brown:eval).
+DISTILL_DATA = "shakespeare:calib:0.25,sotu:calib:0.375,moby:calib:0.375"
+
 FINETUNE_METHODS = ("full", "lora")
 FINETUNE_LOSSES = ("task", "kd", "task+kd")
 
@@ -32,8 +36,9 @@ class FinetuneConfig(Config):
     lm_head: bool = field(default=False, metadata={"help": "train lm_head too (untied from the embedding)"})
     method: str = field(default="full", metadata={"help": "full: every weight of the tail; lora: LoRA adapters, "
                                                           "merged at the end", "choices": FINETUNE_METHODS})
-    data: str = field(default="shakespeare:calib", metadata={"help": "corpus (name[:split], .txt, .jsonl, folder) "
-                                                                     "or instruction JSONL"})
+    data: str = field(default="shakespeare:calib", metadata={
+        "help": "corpus (name[:split], .txt, .jsonl, folder), a weighted mix of them (CORPUS:WEIGHT,CORPUS:WEIGHT,"
+                "...: --nsamples windows shared out by weight) or instruction JSONL"})
     format: str = field(default="text", metadata={"help": "text (language-model loss) or an instruction format "
                                                           "(response-only loss)", "choices": FORMATS})
     template: str = field(default="chat", metadata={"help": "prompt template for instruction data",

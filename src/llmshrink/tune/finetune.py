@@ -35,8 +35,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..data.calib import corpus_windows
 from ..data.corpora import load_corpus
 from ..data.instruct import IGNORE, collate, read_conversations, tokenize_dataset
+from ..data.mix import parse_mix
 from ..data.windows import bos_id, sample_windows, tokenize_corpus
 from ..errors import UserError
 from ..models.arch import logit_cap, soft_cap, untie_lm_head
@@ -75,17 +77,14 @@ def text_batches(lm: LoadedModel, cfg: FinetuneConfig, needed: int | None,
                  generated: torch.Tensor | None = None) -> Batches:
     """Windows of ``seqlen`` tokens over a corpus (all of it, or ``needed`` windows), every token a
     target, shuffled together with the ``generated`` windows (no task targets) if any."""
-    stream = tokenize_corpus(load_corpus(cfg.data), lm.tokenizer)
     bos = bos_id(lm.tokenizer)
-    n = cfg.nsamples
-    if n is None:
-        length = cfg.seqlen - (bos is not None)
-        n_all = stream.numel() // length
-        if n_all < 1:
-            raise UserError(f"corpus {cfg.data} has {stream.numel()} tokens, fewer than one window of "
-                            f"{cfg.seqlen}: give more text or a smaller --seqlen")
-        n = n_all if needed is None else min(n_all, needed)
-    windows = sample_windows(stream, n, cfg.seqlen, seed=cfg.seed, bos=bos, name=f"training corpus {cfg.data}")
+    if len(parse_mix(cfg.data)) > 1:
+        n = cfg.nsamples or needed
+        if n is None:
+            raise UserError(f"the mix {cfg.data!r} has no window count: give --nsamples or --steps")
+        windows = corpus_windows(cfg.data, lm.tokenizer, n, cfg.seqlen, seed=cfg.seed, role="training")
+    else:
+        windows = _corpus_windows(lm, cfg, needed, bos)
     labels = windows.clone()
     if bos is not None:
         labels[:, 0] = IGNORE
@@ -95,6 +94,20 @@ def text_batches(lm: LoadedModel, cfg: FinetuneConfig, needed: int | None,
         labels = torch.cat([labels, torch.full_like(generated, IGNORE)])[order]
     ids = list(windows.split(cfg.batch_size))
     return Batches(ids, list(labels.split(cfg.batch_size)), [torch.ones_like(x, dtype=torch.bool) for x in ids])
+
+
+def _corpus_windows(lm: LoadedModel, cfg: FinetuneConfig, needed: int | None, bos: int | None) -> torch.Tensor:
+    """``cfg.nsamples`` windows of one corpus, or all of it (at most ``needed``)."""
+    stream = tokenize_corpus(load_corpus(cfg.data), lm.tokenizer)
+    n = cfg.nsamples
+    if n is None:
+        length = cfg.seqlen - (bos is not None)
+        n_all = stream.numel() // length
+        if n_all < 1:
+            raise UserError(f"corpus {cfg.data} has {stream.numel()} tokens, fewer than one window of "
+                            f"{cfg.seqlen}: give more text or a smaller --seqlen")
+        n = n_all if needed is None else min(n_all, needed)
+    return sample_windows(stream, n, cfg.seqlen, seed=cfg.seed, bos=bos, name=f"training corpus {cfg.data}")
 
 
 def instruct_batches(lm: LoadedModel, cfg: FinetuneConfig) -> tuple[Batches, Batches | None]:
