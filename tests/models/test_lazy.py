@@ -85,11 +85,52 @@ def test_quantizing_a_lazy_model_equals_quantizing_a_loaded_one(tmp_path, tokeni
         assert torch.equal(ta[k], tb[k]), k
 
 
-def test_lazy_loading_refuses_quantized_checkpoints(tmp_path, tiny_model_dir, text_file):
+@pytest.mark.parametrize(("bits", "lm_head"), [(4, False), (8, True)])  # 8 bits: the 300-token head packs
+def test_a_gptq_checkpoint_loads_lazily_block_by_block_as_it_loads_whole(tmp_path, tokenizer, text_file, bits,
+                                                                         lm_head):
+    """A mixed checkpoint (blocks 0:1 packed, the rest float; lm_head packed or tied): lazily, the
+    packed layers sit on meta until their block is read, their fp16 scales stay fp16, and once
+    every block is read the model is the eagerly loaded one; a released block goes back to meta
+    and reads again the same."""
+    from llmshrink.quant.qlinear import QuantLinear
+
+    model_dir = save_model_dir(tmp_path / "m", make_tiny_model(len(tokenizer), tie=not lm_head), tokenizer)
+    _, out = run_quantize(load_model(str(model_dir)), QuantConfig(bits=bits, group_size=16),
+                          CalibConfig(str(text_file), nsamples=2, seqlen=32), tmp_path / "q", blocks="0:1",
+                          lm_head=lm_head)
+    eager, lazy = load_model(str(out)), load_model(str(out), lazy_blocks=True)
+    blocks = lazy.arch.blocks(lazy.model)
+    assert lazy.blocks is not None and not any(lazy.blocks.is_materialized(b) for b in blocks)
+    packed = blocks[0].self_attn.q_proj
+    assert isinstance(packed, QuantLinear) and packed.qweight.is_meta
+    if lm_head:  # outside the blocks: read at once, its scales as stored
+        assert isinstance(lazy.model.lm_head, QuantLinear) and lazy.model.lm_head.scales.dtype == torch.float16
+    else:
+        assert lazy.model.lm_head.weight is lazy.model.model.embed_tokens.weight
+    for i, b in enumerate(blocks):
+        lazy.blocks.materialize(i, b)
+    want = eager.model.state_dict()
+    got = lazy.model.state_dict()
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k].dtype == want[k].dtype and torch.equal(got[k], want[k]), k
+    assert packed.scales.dtype == torch.float16
+    ids = torch.randint(0, 200, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(lazy.model(ids).logits, eager.model(ids).logits, rtol=0, atol=0)
+    lazy.blocks.release(blocks[0])
+    assert packed.qweight.is_meta and not lazy.blocks.is_materialized(blocks[0])
+    lazy.blocks.materialize(0, blocks[0])
+    assert torch.equal(packed.qweight, eager.model.model.layers[0].self_attn.q_proj.qweight)
+
+
+def test_quantizing_a_quantized_checkpoint_is_refused(tmp_path, tiny_model_dir, text_file):
     _, out = run_quantize(load_model(str(tiny_model_dir)), QuantConfig(group_size=16),
                           CalibConfig(str(text_file), nsamples=2, seqlen=32), tmp_path / "q")
     with pytest.raises(UserError, match="already gptq-quantized"):
-        load_model(str(out), lazy_blocks=True)
+        run_quantize(load_model(str(out), lazy_blocks=True), QuantConfig(group_size=16),
+                     CalibConfig(str(text_file), nsamples=2, seqlen=32), tmp_path / "qq")
+    assert not (tmp_path / "qq").exists()
 
 
 def test_a_model_whose_one_block_does_not_fit_is_refused_before_reading(tiny_model_dir, monkeypatch, capsys):

@@ -19,7 +19,7 @@ from ..exporters.gptq_compat import compatibility_notes, resolve_group_size
 from ..exporters.hf import check_packable, release_dtype, save_quantized
 from ..memory import short_of
 from ..models.arch import block_range, check_range_syntax
-from ..models.load import LoadedModel
+from ..models.load import LoadedModel, read_config
 from ..paths import claim_output
 from ..quant.config import QuantConfig
 from ..quant.driver import QuantizeReport, quantize_model
@@ -58,6 +58,9 @@ PARTS = (Part("quant", QuantConfig), Part("scope", QuantizeScope), Part("calib",
 def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Path, *, blocks: str | None = None,
                  lm_head: bool = False, save_dtype: str = "auto", activations: str = "memory", overwrite: bool = False,
                  progress=None) -> tuple[QuantizeReport, Path]:
+    method = (read_config(lm.path).get("quantization_config") or {}).get("quant_method")
+    if method is not None:
+        raise UserError(f"{lm.path} is already {method}-quantized: quantize the original model instead")
     out = claim_output(out, inputs=lm.sources, overwrite=overwrite, need_bytes=lm.size_on_disk)
     if cfg.method != "rtn":
         check_activations(lm, calib, activations)

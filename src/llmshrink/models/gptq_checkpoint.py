@@ -8,6 +8,7 @@ its split Phi-3 MLP: :mod:`llmshrink.models.gptq_layout`) is read back into the 
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -18,13 +19,10 @@ from .arch import ArchSpec, arch_of, prepare_modules
 from .files import check_safetensors, check_tensors
 from .gptq_layout import Layout, read_layout
 from .gptq_rules import packed_per_config
+from .lazy import LazyBlocks, SafetensorsIndex, check_block_fits, load_outside_blocks
 
 
-def load_gptq(folder: Path, config: dict, dtype: torch.dtype, trust_remote_code: bool) -> torch.nn.Module:
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    qc = config["quantization_config"]
+def _bits(folder: Path, qc: dict) -> int:
     fmt = qc.get("checkpoint_format", "gptq")
     if fmt != "gptq":
         raise UserError(f"{folder}: GPTQ checkpoint_format {fmt!r} is not supported; llmshrink reads 'gptq' (v1)")
@@ -35,41 +33,90 @@ def load_gptq(folder: Path, config: dict, dtype: torch.dtype, trust_remote_code:
     if bits not in (2, 3, 4, 8):
         raise UserError(f"{folder}/config.json: quantization_config says bits {bits}; GPTQ checkpoints llmshrink "
                         "reads have 2, 3, 4 or 8: restore the file")
-    shards = sorted(folder.glob("*.safetensors"))
-    check_safetensors(shards)
-    state: dict[str, torch.Tensor] = {}
-    for shard in shards:
-        state.update(load_file(shard))
+    return bits
+
+
+def _skeleton(folder: Path, dtype: torch.dtype, trust_remote_code: bool, *, empty: bool = False):
+    """The model of ``folder``'s config with plain linears (parameters on ``meta`` when ``empty``)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     hf_cfg = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
     if hasattr(hf_cfg, "quantization_config"):
         del hf_cfg.quantization_config
-    model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype, trust_remote_code=trust_remote_code)
+    with init_empty_weights(include_buffers=False) if empty else contextlib.nullcontext():
+        model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype, trust_remote_code=trust_remote_code)
     arch = arch_of(model)
     prepare_modules(model, arch)
-    layout = read_layout(hf_cfg.model_type, state)
-    state = {arch.from_disk(k): v for k, v in (layout.read(state) if layout else state).items()}
-    packed = sorted(k.removesuffix(".qweight") for k in state if k.endswith(".qweight"))
+    return model, arch
+
+
+def _install_packed(folder: Path, qc: dict, model: torch.nn.Module, arch: ArchSpec,
+                    found: dict[str, tuple[tuple[int, ...], torch.dtype]], layout: Layout | None, *,
+                    device: str | None = None) -> None:
+    """Swap a :class:`QuantLinear` in for each linear whose ``qweight`` the files hold (``found``:
+    tensor name -> (shape, dtype), our names), on ``device`` (``meta``: no memory); check every
+    tensor's shape and kind against the model before any is read."""
+    bits = _bits(folder, qc)
+    packed = sorted(k.removesuffix(".qweight") for k in found if k.endswith(".qweight"))
     _check_rules(folder, qc, model, arch, set(packed), layout)
     for name in packed:
-        lacking = [p for p in ("qzeros", "scales", "g_idx") if f"{name}.{p}" not in state]
+        lacking = [p for p in ("qzeros", "scales", "g_idx") if f"{name}.{p}" not in found]
         if lacking:
             raise UserError(f"{folder}: {name} has packed weights but no {', '.join(lacking)}: "
                             "the checkpoint is incomplete")
         linear = model.get_submodule(name)
         if not isinstance(linear, torch.nn.Linear):
             raise UserError(f"{folder}: {name} holds packed weights but is not a linear layer in this architecture")
-        model.set_submodule(name, QuantLinear(linear.in_features, linear.out_features, bits,
-                                           state[f"{name}.scales"].shape[0], bias=f"{name}.bias" in state,
-                                           dtype=state[f"{name}.scales"].dtype))
-    check_tensors(model.state_dict(), {n: (tuple(t.shape), t.is_floating_point()) for n, t in state.items()}, folder)
+        shape, scale_dtype = found[f"{name}.scales"]
+        with torch.device(device) if device else contextlib.nullcontext():
+            model.set_submodule(name, QuantLinear(linear.in_features, linear.out_features, bits, shape[0],
+                                                  bias=f"{name}.bias" in found, dtype=scale_dtype))
+    check_tensors(model.state_dict(), {n: (tuple(shape), dt.is_floating_point) for n, (shape, dt) in found.items()},
+                  folder)
+
+
+def load_gptq(folder: Path, config: dict, dtype: torch.dtype, trust_remote_code: bool) -> torch.nn.Module:
+    from safetensors.torch import load_file
+
+    qc = config["quantization_config"]
+    _bits(folder, qc)
+    shards = sorted(folder.glob("*.safetensors"))
+    check_safetensors(shards)
+    state: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        state.update(load_file(shard))
+    model, arch = _skeleton(folder, dtype, trust_remote_code)
+    layout = read_layout(model.config.model_type, state)
+    state = {arch.from_disk(k): v for k, v in (layout.read(state) if layout else state).items()}
+    _install_packed(folder, qc, model, arch, {n: (tuple(t.shape), t.dtype) for n, t in state.items()}, layout)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    tied = {"lm_head.weight"} if getattr(hf_cfg, "tie_word_embeddings", False) else set()
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
     missing = sorted(set(missing) - tied)
     if missing or unexpected:
         raise UserError(f"{folder}: weights do not match the model (missing {missing[:3]}, "
                         f"unexpected {sorted(unexpected)[:3]}): the checkpoint is incomplete")
     model.tie_weights()
     return model
+
+
+def load_gptq_lazy(folder: Path, config: dict, dtype: torch.dtype, device: str,
+                   trust_remote_code: bool) -> tuple[torch.nn.Module, LazyBlocks] | None:
+    """A GPTQ checkpoint with its decoder blocks left on disk (packed ones included), read one at
+    a time through the returned :class:`LazyBlocks`; None for a checkpoint written in another
+    reader's layout (read whole)."""
+    qc = config["quantization_config"]
+    _bits(folder, qc)
+    shards = sorted(folder.glob("*.safetensors"))
+    check_safetensors(shards)
+    index = SafetensorsIndex(shards)
+    if read_layout(config.get("model_type"), index.entries) is not None:
+        return None
+    model, arch = _skeleton(folder, dtype, trust_remote_code, empty=True)
+    check_block_fits(folder, index, arch, dtype, device)
+    found = {arch.from_disk(k): (e.shape, e.dtype) for k, e in index.entries.items()}
+    _install_packed(folder, qc, model, arch, found, None, device="meta")
+    return load_outside_blocks(folder, model, index, arch, dtype, device)
 
 
 def _check_rules(folder: Path, qc: dict, model: torch.nn.Module, arch: ArchSpec, packed: set[str],

@@ -96,15 +96,28 @@ class LazyBlocks:
         return not any(p.is_meta for p in block.parameters())
 
     def materialize(self, i: int, block: torch.nn.Module) -> None:
+        """Read block ``i``'s tensors: parameters as the model's dtype, buffers (a packed layer's
+        codes, zeros, fp16 scales) as stored."""
         if self.is_materialized(block):
             return
         prefix = f"{self.arch.layers}.{i}."
-        state = {self.arch.from_disk(k[len(prefix):]): self.index.read(k, self.dtype).to(self.device)
-                 for k in self.index.entries if k.startswith(prefix)}
+        params = {name for name, _ in block.named_parameters()}
+        state = {}
+        for k in self.index.entries:
+            if k.startswith(prefix):
+                local = self.arch.from_disk(k[len(prefix):])
+                state[local] = self.index.read(k, self.dtype if local in params else None).to(self.device)
         missing, unexpected = block.load_state_dict(state, strict=False, assign=True)
         if missing or unexpected:
             raise UserError(f"block {i} in the checkpoint does not match the model (missing {missing[:3]}, "
                             f"unexpected {unexpected[:3]}): the checkpoint is incomplete")
+
+
+    @staticmethod
+    def release(block: torch.nn.Module) -> None:
+        """Free a block's tensors (back on ``meta``) once a job is done with it; ``materialize``
+        reads them again."""
+        block.to_empty(device="meta")
 
 
 def load_lazy(folder: Path, shards: list[Path], arch: ArchSpec, dtype: torch.dtype, device: str,
@@ -120,10 +133,21 @@ def load_lazy(folder: Path, shards: list[Path], arch: ArchSpec, dtype: torch.dty
     with init_empty_weights(include_buffers=False):
         model = prepare_modules(AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype,
                                                                  trust_remote_code=trust_remote_code), arch)
+    return load_outside_blocks(folder, model, index, arch, dtype, device)
+
+
+def load_outside_blocks(folder: Path, model: torch.nn.Module, index: SafetensorsIndex, arch: ArchSpec,
+                        dtype: torch.dtype, device: str) -> tuple[torch.nn.Module, LazyBlocks]:
+    """Read into ``model`` (built on ``meta``) every tensor outside the decoder blocks: parameters
+    as ``dtype``, buffers (a packed lm_head's) as stored; ties the head to the embedding where
+    the config says so."""
     prefix = arch.layers + "."
-    state = {k: index.read(k, dtype).to(device) for k in index.entries if not k.startswith(prefix)}
+    params = {name for name, _ in model.named_parameters()}
+    state = {k: index.read(k, dtype if arch.from_disk(k) in params else None).to(device)
+             for k in index.entries if not k.startswith(prefix)}
+    state = {arch.from_disk(k): v for k, v in state.items()}
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    tied = {f"{arch.lm_head}.weight"} if getattr(hf_cfg, "tie_word_embeddings", False) else set()
+    tied = {f"{arch.lm_head}.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
     missing = [k for k in missing if not k.startswith(prefix) and k not in tied]
     if missing or unexpected:
         raise UserError(f"{folder}: weights do not match the model (missing {missing[:3]}, unexpected "
@@ -131,7 +155,7 @@ def load_lazy(folder: Path, shards: list[Path], arch: ArchSpec, dtype: torch.dty
     if tied:
         model.get_submodule(arch.lm_head).weight = model.get_submodule(arch.embed).weight
     for buf_name, buf in model.named_buffers():  # rotary tables etc. were built on the CPU
-        if buf.device != torch.device(device):
+        if buf.device != torch.device(device) and not buf.is_meta:
             owner, _, leaf = buf_name.rpartition(".")
             model.get_submodule(owner)._buffers[leaf] = buf.to(device)
     return model.eval(), LazyBlocks(index, arch, dtype, device)

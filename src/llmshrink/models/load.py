@@ -221,6 +221,22 @@ def load_tokenizer(folder: Path, *, trust_remote_code: bool = False):
         raise UserError(f"could not load a tokenizer from {folder} ({exc}): copy the tokenizer files into it") from exc
 
 
+def _load_lazy(folder: Path, config: dict, method: str | None, arch, dtype: torch.dtype, device: str,
+               trust_remote_code: bool):
+    """(model, LazyBlocks) with the decoder blocks left on disk; None where this checkpoint is read
+    whole (a GPTQ checkpoint in another reader's layout)."""
+    if method is None:
+        from .lazy import load_lazy
+
+        return load_lazy(folder, list_shards(folder), arch, dtype, device, trust_remote_code)
+    if method != "gptq":
+        raise UserError(f"{folder} is {method}-quantized, which llmshrink reads whole only: give the original model "
+                        "or a GPTQ checkpoint")
+    from .gptq_checkpoint import load_gptq_lazy
+
+    return load_gptq_lazy(folder, config, dtype, device, trust_remote_code)
+
+
 def load_model(
     spec: str,
     *,
@@ -232,7 +248,8 @@ def load_model(
     """Load MODEL (folder, .gguf or alias) for inference, on ``device``, in eval mode.
 
     ``lazy_blocks``: leave the decoder blocks on disk (parameters on ``meta``) for a job that
-    reads them one at a time through ``LoadedModel.blocks`` (plain checkpoints only)."""
+    reads them one at a time through ``LoadedModel.blocks`` (plain and GPTQ checkpoints; a GPTQ
+    checkpoint in another reader's layout is read whole, ``blocks`` None)."""
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -249,13 +266,11 @@ def load_model(
     else:
         raise UserError(f"{folder} is a {method!r}-quantized checkpoint, which llmshrink cannot load: give the original "
                         "model or a GPTQ checkpoint")
-    blocks = None
+    blocks = lazy = None
     if lazy_blocks:
-        if method is not None:
-            raise UserError(f"{folder} is already {method}-quantized: quantize the original model instead")
-        from .lazy import load_lazy
-
-        model, blocks = load_lazy(folder, list_shards(folder), arch, DTYPES[dtype], device, trust_remote_code)
+        lazy = _load_lazy(folder, config, method, arch, DTYPES[dtype], device, trust_remote_code)
+    if lazy is not None:
+        model, blocks = lazy
     else:
         check_fits(folder, DTYPES[dtype], device)
         model = loader(folder, config, DTYPES[dtype], trust_remote_code)
