@@ -124,6 +124,28 @@ def test_untied_pruned_and_partially_quantized_models_export(tmp_path, tokenizer
     np.testing.assert_array_equal(w["blk.0.ffn_up.weight"][1], packed.numpy())
 
 
+@pytest.mark.parametrize("blocks", [None, "0:2"])
+def test_a_gptq_checkpoint_read_block_by_block_exports_the_same_bytes(tmp_path, tiny, text_file, blocks):
+    """Loaded lazily (as ``llmshrink export`` loads a GPTQ checkpoint), the packed blocks are read
+    one at a time and freed once written; a plain block left to solve makes the export read them
+    all first. Either way the file is byte for byte the one an eagerly loaded model gives."""
+    from llmshrink.jobs.quantize import run_quantize
+
+    _, q = run_quantize(load_model(str(tiny)), QuantConfig(bits=4, group_size=16), _calib(text_file), tmp_path / "q",
+                        blocks=blocks)
+    export_gguf(load_model(str(q)), GGUFConfig(type="q4_0"), tmp_path / "eager.gguf", calib=_calib(text_file))
+    lazy = load_model(str(q), lazy_blocks=True)
+    assert lazy.blocks is not None
+    export_gguf(lazy, GGUFConfig(type="q4_0"), tmp_path / "lazy.gguf", calib=_calib(text_file))
+    assert (tmp_path / "lazy.gguf").read_bytes() == (tmp_path / "eager.gguf").read_bytes()
+    held = [lazy.blocks.is_materialized(b) for b in lazy.arch.blocks(lazy.model)]
+    assert held == ([False] * 3 if blocks is None else [True] * 3)  # streamed: every block freed again
+    if blocks is None:  # the command loads a packed checkpoint lazily and writes the same file
+        assert main(["-q", "export", str(q), "--type", "q4_0", "--out", str(tmp_path / "cli.gguf")]) == 0
+        assert (tmp_path / "cli.gguf").read_bytes() == (tmp_path / "eager.gguf").read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no spool or part file left
+
+
 def test_bad_input_one_line_error_and_nothing_left(tmp_path, tiny, capsys):
     assert main(["export", str(tiny), "--type", "q7_k", "--out", str(tmp_path / "a.gguf")]) == 2
     assert "unsupported GGUF type 'q7_k'" in capsys.readouterr().err

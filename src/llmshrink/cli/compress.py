@@ -68,9 +68,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     fmt, gguf_cfg, hf_cfg, ladder, calib = (config(args, part) for part in PARTS)
     solves = fmt.format == "gguf" and (gguf_cfg.method == "gptq" or bool(ladder.ladder))
-    preflight(args.model, corpora=[calib.data if solves else None, ladder.eval_data if ladder.ladder else None])
+    model_cfg = preflight(args.model, corpora=[calib.data if solves else None,
+                                               ladder.eval_data if ladder.ladder else None])
     claim(args, folder=bool(ladder.ladder) or fmt.format != "gguf", resumes=bool(ladder.ladder))
-    rep = run_export(load(args), fmt.format, gguf_cfg if fmt.format == "gguf" else hf_cfg, args.out, calib=calib,
+    # a GPTQ checkpoint to one GGUF file: blocks read from disk one at a time (memory holds one)
+    lazy = fmt.format == "gguf" and not ladder.ladder and "quantization_config" in (model_cfg or {})
+    rep = run_export(load(args, lazy_blocks=lazy), fmt.format, gguf_cfg if fmt.format == "gguf" else hf_cfg, args.out, calib=calib,
                      progress=progress(), ladder=ladder, load=lambda: load(args), overwrite=args.overwrite)
     if ladder.ladder:
         print(rep.table)

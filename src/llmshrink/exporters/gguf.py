@@ -14,6 +14,7 @@ The file is written under a temporary name and renamed at the end.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,10 +190,81 @@ def check_exportable(lm: LoadedModel, cfg: GGUFConfig) -> None:
     read_vocab(lm.tokenizer, config.vocab_size)
 
 
+class _TensorSink:
+    """Each tensor handed to gguf-py's writer as soon as it is encoded, and spooled by it to a
+    file beside the output: memory never holds the encoded model, only the tensor at hand."""
+
+    def __init__(self, writer: gguf.GGUFWriter, names, report: GGUFReport):
+        self.writer, self.names, self.report = writer, names, report
+
+    def add(self, hf_name: str, data: np.ndarray, tt: GGMLType, rows: torch.Tensor | None = None) -> None:
+        name = self.names(hf_name)
+        if name is None:
+            raise UserError(f"no GGUF name for tensor {hf_name}: this model has parts llama.cpp's llama lacks")
+        raw = tt.ggml if tt.ggml == gguf.GGMLQuantizationType.BF16 or tt.quantized else None
+        self.writer.add_tensor(name, data[rows.cpu().numpy()] if rows is not None else data, raw_dtype=raw)
+        self.report.tensors[tt.name] = self.report.tensors.get(tt.name, 0) + 1
+
+
+def _add_block(sink: _TensorSink, lm: LoadedModel, cfg: GGUFConfig, plan: TypePlan, i: int, block: torch.nn.Module,
+               results: dict[str, QuantResult]) -> None:
+    """Block ``i``'s tensors: its linears on their planned types, norms (and biases) as F32."""
+    arch, config = lm.arch, lm.model.config
+    target = gguf_arch_of(getattr(config, "model_type", None))
+    heads = config.num_attention_heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    rope_heads = {"self_attn.q_proj": heads, "self_attn.k_proj": kv} if target.rope_rows else {}
+    f32 = ggml_type("f32", internal=True)
+    experts: dict[str, list[np.ndarray]] = {}  # gate_proj/up_proj/down_proj -> each expert's, stacked below
+    for local, mod in block.named_modules():
+        full = f"{arch.layers}.{i}.{local}"
+        if local in arch.linear_names:
+            t = plan.linears[full]
+            qcfg = cfg.quant_config(t.name) if t.quantized else None
+            rows = _rope_rows(mod.out_features, rope_heads[local]) if local in rope_heads else None
+            data = _linear_bytes(full, mod, t, qcfg, results, sink.report)
+            if arch.expert_of(local) is not None:
+                experts.setdefault(local.rsplit(".", 1)[1], []).append(data)
+                continue
+            sink.add(f"{full}.weight", data, t, rows)
+            if getattr(mod, "bias", None) is not None:
+                sink.add(f"{full}.bias", f32.encode(mod.bias.data[rows] if rows is not None else mod.bias.data), f32)
+        elif not any(local.startswith(n + ".") for n in arch.linear_names):
+            for pname, p in mod.named_parameters(recurse=False):
+                sink.add(f"{full}.{pname}", f32.encode(_norm(target, local, p.data)), f32)
+    for kind, arrays in experts.items():  # llama.cpp holds a block's experts as one [experts, out, in] tensor
+        sink.add(f"{arch.layers}.{i}.{arch.experts}.{kind}.weight", np.stack(arrays),
+                 plan.linears[f"{arch.layers}.{i}.{arch.experts}.0.{kind}"])
+
+
+def _add_tensors(sink: _TensorSink, lm: LoadedModel, cfg: GGUFConfig, plan: TypePlan,
+                 results: dict[str, QuantResult]) -> None:
+    """Every tensor in llama.cpp's order; a lazily loaded model's blocks are read one at a time and
+    freed again once written (those it held already stay)."""
+    model, arch = lm.model, lm.arch
+    target = gguf_arch_of(getattr(model.config, "model_type", None))
+    f32 = ggml_type("f32", internal=True)
+    sink.add(f"{arch.embed}.weight", plan.embed.encode(model.get_submodule(arch.embed).weight.data), plan.embed)
+    for i, block in enumerate(arch.blocks(model)):
+        read = lm.blocks is not None and not lm.blocks.is_materialized(block)
+        if read:
+            lm.blocks.materialize(i, block)
+        _add_block(sink, lm, cfg, plan, i, block, results)
+        if read:
+            lm.blocks.release(block)
+    norm = model.get_submodule(arch.norm).weight.data
+    sink.add(f"{arch.norm}.weight", f32.encode(_norm(target, arch.norm, norm)), f32)
+    if plan.output is not None:  # llama.cpp uses token_embd as the output when there is no output.weight
+        head = model.get_submodule(arch.lm_head)
+        w = head.dequantized_weight() if isinstance(head, QuantLinear) else head.weight.data
+        sink.add(f"{arch.lm_head}.weight", plan.output.encode(w), plan.output)
+
+
 def write_gguf(lm: LoadedModel, cfg: GGUFConfig, out: Path, results: dict[str, QuantResult], *,
                t0: float | None = None) -> GGUFReport:
     """Write ``lm`` to ``out`` as GGUF of ``cfg.type``, the layers in ``results`` (the driver's
-    solutions on the type's grid, consumed) as solved."""
+    solutions on the type's grid, consumed) as solved. Tensors are spooled to disk beside ``out``
+    as they are encoded; with a lazily loaded model (``lm.blocks``) memory holds one block."""
     t0 = time.perf_counter() if t0 is None else t0
     out = output_path(out)
     config = lm.model.config
@@ -200,63 +272,16 @@ def write_gguf(lm: LoadedModel, cfg: GGUFConfig, out: Path, results: dict[str, Q
     plan = plan_tensor_types(lm, cfg)
     quantized = cfg.mix is not None or ggml_type(cfg.type).quantized
     report = GGUFReport(out, cfg.type, plan.embed.name, cfg.method if quantized else "none")
-
-    model, arch = lm.model, lm.arch
-    blocks = arch.blocks(model)
-    gguf_name = _tensor_names(lm)
-    heads = config.num_attention_heads
-    kv = getattr(config, "num_key_value_heads", None) or heads
-    rope_heads = {"self_attn.q_proj": heads, "self_attn.k_proj": kv} if target.rope_rows else {}
-    tensors: list[tuple[str, np.ndarray, GGMLType]] = []
-
-    def add(hf_name: str, data: np.ndarray, tt: GGMLType, rows: torch.Tensor | None = None) -> None:
-        name = gguf_name(hf_name)
-        if name is None:
-            raise UserError(f"no GGUF name for tensor {hf_name}: this model has parts llama.cpp's llama lacks")
-        tensors.append((name, data[rows.cpu().numpy()] if rows is not None else data, tt))
-
-    f32 = ggml_type("f32", internal=True)
-    embed = model.get_submodule(arch.embed).weight.data
-    add(f"{arch.embed}.weight", plan.embed.encode(embed), plan.embed)
-    for i, block in enumerate(blocks):
-        experts: dict[str, list[np.ndarray]] = {}  # gate_proj/up_proj/down_proj -> each expert's, stacked below
-        for local, mod in block.named_modules():
-            full = f"{arch.layers}.{i}.{local}"
-            if local in arch.linear_names:
-                t = plan.linears[full]
-                qcfg = cfg.quant_config(t.name) if t.quantized else None
-                rows = _rope_rows(mod.out_features, rope_heads[local]) if local in rope_heads else None
-                data = _linear_bytes(full, mod, t, qcfg, results, report)
-                if arch.expert_of(local) is not None:
-                    experts.setdefault(local.rsplit(".", 1)[1], []).append(data)
-                    continue
-                add(f"{full}.weight", data, t, rows)
-                if getattr(mod, "bias", None) is not None:
-                    add(f"{full}.bias", f32.encode(mod.bias.data[rows] if rows is not None else mod.bias.data), f32)
-            elif not any(local.startswith(n + ".") for n in arch.linear_names):
-                for pname, p in mod.named_parameters(recurse=False):
-                    add(f"{full}.{pname}", f32.encode(_norm(target, local, p.data)), f32)
-        for kind, arrays in experts.items():  # llama.cpp holds a block's experts as one [experts, out, in] tensor
-            add(f"{arch.layers}.{i}.{arch.experts}.{kind}.weight", np.stack(arrays),
-                plan.linears[f"{arch.layers}.{i}.{arch.experts}.0.{kind}"])
-    add(f"{arch.norm}.weight", f32.encode(_norm(target, arch.norm, model.get_submodule(arch.norm).weight.data)), f32)
-    if plan.output is not None:  # llama.cpp uses token_embd as the output when there is no output.weight
-        head = model.get_submodule(arch.lm_head)
-        w = head.dequantized_weight() if isinstance(head, QuantLinear) else head.weight.data
-        add(f"{arch.lm_head}.weight", plan.output.encode(w), plan.output)
-
-    with atomic_file(out) as tmp:
-        w = gguf.GGUFWriter(tmp, target.name)
+    with atomic_file(out) as tmp, tempfile.TemporaryFile(dir=tmp.parent, prefix=f".{out.name}.") as spool:
+        w = gguf.GGUFWriter(tmp, target.name, use_temp_file=True)
+        w.temp_file = spool  # gguf-py spools to /tmp by default: keep it on the output's disk
+        _add_tensors(_TensorSink(w, _tensor_names(lm), report), lm, cfg, plan, results)
         add_general(w, source_general(lm.path), name=Path(lm.name).name or lm.name, n_params=lm.num_parameters, quantized=quantized)
-        add_hparams(w, config, len(blocks))
+        add_hparams(w, config, len(lm.arch.blocks(lm.model)))
         target.keys(w, config)
         add_tokenizer(w, lm.tokenizer, config.vocab_size)
         w.add_file_type(int(plan.file_type))
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        for name, data, tt in tensors:
-            raw = tt.ggml if tt.ggml == gguf.GGMLQuantizationType.BF16 or tt.quantized else None
-            w.add_tensor(name, data, raw_dtype=raw)
-            report.tensors[tt.name] = report.tensors.get(tt.name, 0) + 1
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file(progress=False)
