@@ -123,7 +123,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                           max_tokens=args.max_tokens, instruction=args.instruction, device=device,
                           progress=progress())
     print(f"\nllmshrink demo: {args.model}: GPTQ {args.bits}-bit g128 on all blocks but the last 4, then the last 4 "
-          f"and the quantized blocks' scales fine-tuned by distillation on the corpus and the original's own text "
+          f"and the quantized blocks' scales fine-tuned by distillation on plays, speeches and a novel "
           f"({args.steps} steps); stages in "
           f"{summary['out']}\n")
     print("| model | perplexity | size on disk | decode ms/token | load s |")

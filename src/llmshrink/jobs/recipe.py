@@ -38,6 +38,7 @@ from ..config import Part, from_mapping
 from ..errors import UserError
 from ..eval.config import EvalConfig
 from ..paths import atomic_file, check_inputs, claim_output
+from ..tune.config import DISTILL_DATA
 from . import export as export_job
 from . import finetune as finetune_job
 from . import prune as prune_job
@@ -316,15 +317,16 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, progress=None) 
 
 
 def demo_recipe(model: str, out: str, *, bits: int = 4, steps: int = 40, nsamples: int = 32) -> Recipe:
-    """``llmshrink demo``: the partial-quantization recipe with a small budget: 32 corpus windows
-    and up to 32 written by the original model (2 per step), the tail and the quantized blocks'
-    scales distilled from the original; its own table scores the result, so the fine-tune does not."""
+    """``llmshrink demo``: the partial-quantization recipe with a small budget: the tail and the
+    quantized blocks' scales distilled from the original on the recipe's three-genre text, a
+    fresh window for every one a step reads; its own table scores the result, so the fine-tune
+    does not."""
     return parse_recipe({
         "model": model, "out": out,
         "stages": [
             {"quantize": {"bits": bits, "group_size": 128, "blocks": "0:-4", "calib": {"nsamples": nsamples}}},
             {"finetune": {"train": "last:4", "distill_from": "original", "loss": "kd", "tune_scales": True,
-                          "steps": steps, "batch_size": 4, "seqlen": 256, "nsamples": 32,
-                          "generated": min(32, 2 * steps), "lr": 1e-4, "eval_data": "none", "ood_data": "none"}},
+                          "data": DISTILL_DATA, "steps": steps, "batch_size": 4, "seqlen": 256, "lr": 1e-4,
+                          "eval_data": "none", "ood_data": "none"}},
         ],
     }, "demo")
