@@ -73,8 +73,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     claim(args, folder=bool(ladder.ladder) or fmt.format != "gguf", resumes=bool(ladder.ladder))
     # a GPTQ checkpoint to one GGUF file: blocks read from disk one at a time (memory holds one)
     lazy = fmt.format == "gguf" and not ladder.ladder and "quantization_config" in (model_cfg or {})
-    rep = run_export(load(args, lazy_blocks=lazy), fmt.format, gguf_cfg if fmt.format == "gguf" else hf_cfg, args.out, calib=calib,
-                     progress=progress(), ladder=ladder, load=lambda: load(args), overwrite=args.overwrite)
+    rep = run_export(load(args, lazy_blocks=lazy), fmt.format, gguf_cfg if fmt.format == "gguf" else hf_cfg, args.out,
+                     calib=calib, progress=progress(), ladder=ladder, load=lambda: load(args), overwrite=args.overwrite)
     if ladder.ladder:
         print(rep.table)
         print(f"\nsaved {len(rep.rows)} files, ladder.md and ladder.json in {rep.out}")

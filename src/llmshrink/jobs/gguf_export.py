@@ -63,10 +63,10 @@ def export_gguf(lm: LoadedModel, cfg: GGUFConfig, out: Path, *, calib: CalibConf
     made_from = {"windows": hashlib.sha256(windows.numpy().tobytes()).hexdigest()} if windows is not None else \
         calib.to_dict() if qcfg.method == "gptq" else None
     settings = {**lm.identity, "gguf": cfg.to_dict(), "calibration": made_from}
-    # each finished block's solutions are kept beside the file: a killed export continues from there
     if lm.blocks is not None and float_blocks(lm) is not None:  # the driver solves on a model in memory
         for i, block in enumerate(lm.arch.blocks(lm.model)):
             lm.blocks.materialize(i, block)
+    # each finished block's solutions are kept beside the file: a killed export continues from there
     with BlockState.open(out, settings, lm.arch, qcfg.bits, discard_other=overwrite) as state:
         results = solve_blocks(lm, qcfg, calib, progress, layer_config=_layer_configs(lm, cfg), windows=windows,
                                resume=state)

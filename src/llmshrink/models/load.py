@@ -223,15 +223,12 @@ def load_tokenizer(folder: Path, *, trust_remote_code: bool = False):
 
 def _load_lazy(folder: Path, config: dict, method: str | None, arch, dtype: torch.dtype, device: str,
                trust_remote_code: bool):
-    """(model, LazyBlocks) with the decoder blocks left on disk; None where this checkpoint is read
-    whole (a GPTQ checkpoint in another reader's layout)."""
+    """(model, LazyBlocks) with the decoder blocks left on disk (a plain or, ``method`` gptq, a GPTQ
+    checkpoint); None where the checkpoint is read whole (GPTQ in another reader's layout)."""
     if method is None:
         from .lazy import load_lazy
 
         return load_lazy(folder, list_shards(folder), arch, dtype, device, trust_remote_code)
-    if method != "gptq":
-        raise UserError(f"{folder} is {method}-quantized, which llmshrink reads whole only: give the original model "
-                        "or a GPTQ checkpoint")
     from .gptq_checkpoint import load_gptq_lazy
 
     return load_gptq_lazy(folder, config, dtype, device, trust_remote_code)
