@@ -51,13 +51,12 @@ def _skeleton(folder: Path, dtype: torch.dtype, trust_remote_code: bool, *, empt
     return model, arch
 
 
-def _install_packed(folder: Path, qc: dict, model: torch.nn.Module, arch: ArchSpec,
+def _install_packed(folder: Path, qc: dict, bits: int, model: torch.nn.Module, arch: ArchSpec,
                     found: dict[str, tuple[tuple[int, ...], torch.dtype]], layout: Layout | None, *,
                     device: str | None = None) -> None:
     """Swap a :class:`QuantLinear` in for each linear whose ``qweight`` the files hold (``found``:
     tensor name -> (shape, dtype), our names), on ``device`` (``meta``: no memory); check every
     tensor's shape and kind against the model before any is read."""
-    bits = _bits(folder, qc)
     packed = sorted(k.removesuffix(".qweight") for k in found if k.endswith(".qweight"))
     _check_rules(folder, qc, model, arch, set(packed), layout)
     for name in packed:
@@ -80,7 +79,7 @@ def load_gptq(folder: Path, config: dict, dtype: torch.dtype, trust_remote_code:
     from safetensors.torch import load_file
 
     qc = config["quantization_config"]
-    _bits(folder, qc)
+    bits = _bits(folder, qc)
     shards = sorted(folder.glob("*.safetensors"))
     check_safetensors(shards)
     state: dict[str, torch.Tensor] = {}
@@ -89,7 +88,7 @@ def load_gptq(folder: Path, config: dict, dtype: torch.dtype, trust_remote_code:
     model, arch = _skeleton(folder, dtype, trust_remote_code)
     layout = read_layout(model.config.model_type, state)
     state = {arch.from_disk(k): v for k, v in (layout.read(state) if layout else state).items()}
-    _install_packed(folder, qc, model, arch, {n: (tuple(t.shape), t.dtype) for n, t in state.items()}, layout)
+    _install_packed(folder, qc, bits, model, arch, {n: (tuple(t.shape), t.dtype) for n, t in state.items()}, layout)
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
     missing = sorted(set(missing) - tied)
@@ -106,7 +105,7 @@ def load_gptq_lazy(folder: Path, config: dict, dtype: torch.dtype, device: str,
     a time through the returned :class:`LazyBlocks`; None for a checkpoint written in another
     reader's layout (read whole)."""
     qc = config["quantization_config"]
-    _bits(folder, qc)
+    bits = _bits(folder, qc)
     shards = sorted(folder.glob("*.safetensors"))
     check_safetensors(shards)
     index = SafetensorsIndex(shards)
@@ -115,7 +114,7 @@ def load_gptq_lazy(folder: Path, config: dict, dtype: torch.dtype, device: str,
     model, arch = _skeleton(folder, dtype, trust_remote_code, empty=True)
     check_block_fits(folder, index, arch, dtype, device)
     found = {arch.from_disk(k): (e.shape, e.dtype) for k, e in index.entries.items()}
-    _install_packed(folder, qc, model, arch, found, None, device="meta")
+    _install_packed(folder, qc, bits, model, arch, found, None, device="meta")
     return load_outside_blocks(folder, model, index, arch, dtype, device)
 
 
