@@ -378,3 +378,24 @@ def test_tune_scales_trains_the_fronts_scales_and_norms_end_to_end_and_stays_gpt
         _cfg(dirs, tune_scales=True)
     with pytest.raises(UserError, match="no block before the tail is quantized"):
         finetune_job.finetune(load_model(dirs["plain"]), _cfg(dirs, **base, tune_scales=True), tmp_path / "p")
+
+
+def test_amp_runs_the_training_products_in_bfloat16_and_keeps_float32_weights(dirs, tmp_path):
+    """--amp: every linear layer of a training step (the tail's and, with --tune-scales, the packed
+    front's) computes in bfloat16; the weights, their updates and the scoring stay float32; the
+    first loss is the float32 run's within bfloat16's precision, not exactly it."""
+    base = dict(distill_from=str(dirs["plain"]), lm_head=False, tune_scales=True, steps=4, lr=3e-3, scale_lr=1e-3)
+    plain = finetune_job.finetune(load_model(dirs["q"]), _cfg(dirs, **base), tmp_path / "fp32")
+    lm = load_model(dirs["q"])
+    tail, front = lm.model.model.layers[-1].mlp.down_proj, lm.model.model.layers[0].mlp.down_proj
+    seen = []
+    for m in (tail, front):
+        m.register_forward_hook(lambda m, i, o: seen.append((m is tail, o.dtype, torch.is_grad_enabled())))
+    res = finetune_job.finetune(lm, _cfg(dirs, **base, amp="on", eval_data=str(dirs["corpus"])), tmp_path / "amp")
+    training = {(is_tail, dtype) for is_tail, dtype, grad in seen if grad}
+    assert training == {(True, torch.bfloat16), (False, torch.bfloat16)}
+    assert {dtype for _, dtype, grad in seen if not grad} == {torch.float32}  # the before/after scores
+    assert all(p.dtype == torch.float32 for p in lm.model.parameters() if p.is_floating_point())
+    first, ref = res.stats.losses[0], plain.stats.losses[0]
+    assert first != ref and abs(first - ref) < 0.05 * ref, (first, ref)
+    assert res.evaluation["held_out"]["after"]["kl"] < res.evaluation["held_out"]["before"]["kl"]

@@ -319,14 +319,14 @@ def run_recipe(recipe: Recipe, *, out: str | Path | None = None, progress=None) 
 def demo_recipe(model: str, out: str, *, bits: int = 4, steps: int = 40, nsamples: int = 32) -> Recipe:
     """``llmshrink demo``: the partial-quantization recipe with a small budget: the tail and the
     quantized blocks' scales distilled from the original on the recipe's three-genre text, a
-    fresh window for every one a step reads; its own table scores the result, so the fine-tune
-    does not."""
+    fresh window for every one a step reads, in bfloat16 autocast where the CPU has it natively;
+    its own table scores the result, so the fine-tune does not."""
     return parse_recipe({
         "model": model, "out": out,
         "stages": [
             {"quantize": {"bits": bits, "group_size": 128, "blocks": "0:-4", "calib": {"nsamples": nsamples}}},
             {"finetune": {"train": "last:4", "distill_from": "original", "loss": "kd", "tune_scales": True,
                           "data": DISTILL_DATA, "steps": steps, "batch_size": 4, "seqlen": 256, "lr": 1e-4,
-                          "eval_data": "none", "ood_data": "none"}},
+                          "amp": "auto", "eval_data": "none", "ood_data": "none"}},
         ],
     }, "demo")

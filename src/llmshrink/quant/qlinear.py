@@ -155,7 +155,9 @@ class QuantLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._base is not None:  # the scales are training
-            w = (self._base * (self._scales0 * self.scale_gain).T[:, self.g_idx.long()]).to(x.dtype)
+            # index_select, not indexing: its backward (index_add_) is several times faster on CPU
+            s = torch.index_select(self._scales0 * self.scale_gain, 0, self.g_idx.long())  # [in, out]
+            w = (self._base * s.T).to(x.dtype)
             return F.linear(x, w, self.bias.to(x.dtype) if self.bias is not None else None)
         rows = x.numel() // self.in_features
         if self.kernel == "int4" or (self.kernel == "auto" and self._w is None and rows <= self.int4_max_rows

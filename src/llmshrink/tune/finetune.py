@@ -41,9 +41,11 @@ from ..data.instruct import IGNORE, collate, read_conversations, tokenize_datase
 from ..data.mix import parse_mix
 from ..data.windows import bos_id, sample_windows, tokenize_corpus
 from ..errors import UserError
+from ..memory import heap_kept
 from ..models.arch import logit_cap, soft_cap, untie_lm_head
 from ..models.load import LoadedModel
 from ..quant.qlinear import QuantLinear
+from .amp import amp, use_amp
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import FinetuneConfig
 from .front import CachedFront, StreamedFront, choose_front
@@ -212,7 +214,9 @@ class TailLoss:
     ``teacher`` is ``(teacher_front, lm_head weight, logit cap)``, ``teacher_front(j)`` the
     teacher's final normed hidden states."""
 
-    def __init__(self, lm: LoadedModel, first: int, cfg: FinetuneConfig, batches: Batches, front, teacher):
+    def __init__(self, lm: LoadedModel, first: int, cfg: FinetuneConfig, batches: Batches, front, teacher, *,
+                 amp: bool = False):
+        self.amp = amp  # bfloat16 autocast of the steps (see use_amp)
         self.cap, self.first = logit_cap(lm.model), first
         self.tail = list(lm.arch.blocks(lm.model))[first:]
         self.norm = lm.model.get_submodule(lm.arch.norm)
@@ -244,8 +248,9 @@ class TailLoss:
 
     def parts(self, j: int) -> dict[str, torch.Tensor]:
         keep = self.positions(j)
-        hs = self.hidden(j)[:, :-1][keep]
-        logits = soft_cap(self.head(hs), self.cap).float()
+        with amp(self.head.weight.device.type, self.amp):
+            hs = self.hidden(j)[:, :-1][keep]
+            logits = soft_cap(self.head(hs), self.cap).float()
         out = {}
         if self.cfg.loss in ("task", "task+kd"):
             labels = self.batches.labels[j][:, 1:][keep]
@@ -253,7 +258,8 @@ class TailLoss:
         if self.cfg.loss in ("kd", "task+kd"):
             front, weight, cap = self.teacher
             with torch.no_grad():
-                ht = front(j)[0][:, :-1][keep]
+                with amp(weight.device.type, self.amp):  # a streamed teacher runs as a cached one
+                    ht = front(j)[0][:, :-1][keep]
                 t = F.log_softmax(soft_cap(ht @ weight.T, cap).float(), dim=-1)
             s = F.log_softmax(logits, dim=-1)
             out["kd"] = (t.exp() * (t - s)).sum(-1).mean()
@@ -400,7 +406,9 @@ def _run(lm: LoadedModel, cfg: FinetuneConfig, ckpt_dir: Path, root: torch.nn.Mo
                                   start * cfg.grad_accum // parallel.world, steps * cfg.grad_accum // parallel.world))
     wanted = sorted({j for _, j in items} | set(range(n_train, len(batches))))
     span = 0 if cfg.tune_scales else first  # the first block a step runs
-    loss = TailLoss(lm, span, cfg, batches, *_sources(lm, cfg, batches, span, teacher_lm, wanted, progress))
+    autocast = use_amp(cfg.amp, str(next(lm.model.parameters()).device))
+    loss = TailLoss(lm, span, cfg, batches, *_sources(lm, cfg, batches, span, teacher_lm, wanted, autocast, progress),
+                    amp=autocast)
     del teacher_lm
     evaluation: dict = {}
     if held_out is not None:
@@ -423,16 +431,17 @@ def _run(lm: LoadedModel, cfg: FinetuneConfig, ckpt_dir: Path, root: torch.nn.Mo
 
 
 def _sources(lm: LoadedModel, cfg: FinetuneConfig, batches: Batches, first: int, teacher_lm: LoadedModel | None,
-             wanted: list[int], progress):
+             wanted: list[int], autocast: bool, progress):
     """What the tail reads per batch (the front's outputs) and the teacher's, cached for the
     ``wanted`` batches or streamed (``cfg.front``)."""
     ids = [batches.ids[j] for j in wanted]
     stream = choose_front(cfg.front, lm, ids, 1 + (teacher_lm is not None))
-    front = (StreamedFront(lm, batches.ids, first) if stream
-             else CachedFront(lm, batches.ids, first, wanted=wanted, progress=progress))
-    teacher = None
-    if teacher_lm is not None:
-        teacher = teacher_outputs(teacher_lm, batches, stream=stream, wanted=wanted, progress=progress)
+    with amp(str(next(lm.model.parameters()).device), autocast):  # the caches as the steps compute
+        front = (StreamedFront(lm, batches.ids, first) if stream
+                 else CachedFront(lm, batches.ids, first, wanted=wanted, progress=progress))
+        teacher = None
+        if teacher_lm is not None:
+            teacher = teacher_outputs(teacher_lm, batches, stream=stream, wanted=wanted, progress=progress)
     return front, teacher
 
 
@@ -452,11 +461,12 @@ def _train(lm: LoadedModel, cfg: FinetuneConfig, loss: TailLoss, params: dict, i
     if scales:
         groups.append({"params": scales, "lr": cfg.scale_lr})
     try:
-        return train_loop(groups, items, loss, steps=steps, lr=cfg.lr, grad_accum=cfg.grad_accum,
-                          tokens_of=lambda item: int(loss.batches.real[item[1]].sum()),
-                          start_step=start, opt_state=opt_state, on_step=on_step,
-                          sync=parallel.reduce if parallel.world > 1 else None, world=parallel.world,
-                          progress=progress if parallel.is_main else None)
+        with heap_kept():  # each step's large tensors reuse warm pages
+            return train_loop(groups, items, loss, steps=steps, lr=cfg.lr, grad_accum=cfg.grad_accum,
+                              tokens_of=lambda item: int(loss.batches.real[item[1]].sum()),
+                              start_step=start, opt_state=opt_state, on_step=on_step,
+                              sync=parallel.reduce if parallel.world > 1 else None, world=parallel.world,
+                              progress=progress if parallel.is_main else None)
     finally:
         for block in loss.tail:
             block.eval()
