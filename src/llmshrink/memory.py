@@ -50,7 +50,7 @@ def heap_kept() -> Iterator[None]:
     """Within, glibc serves even large allocations from its heap and keeps what is freed there
     (no mmap, no trimming). A training step allocates and frees the same tensors every time
     (vocabulary-sized logits, a block's activations); served by mmap, their pages are faulted in
-    afresh each step: 0.6 s of a 4.6 s distillation step on a 2-core machine. The heap settles
+    afresh each step: 0.8 s of a 4.8 s distillation step on a 2-core machine. The heap settles
     at a few copies of a step's large tensors (posix_memalign asks a little more than the chunk
     last freed). On leaving, glibc's default limits come back and the free pages are returned.
     Elsewhere: nothing."""
