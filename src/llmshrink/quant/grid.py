@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 FP16_TINY = 2.0**-24  # smallest fp16 subnormal: the floor of a scale's magnitude
+MSE_CHUNK = 1 << 22  # elements of one [candidates, rows, cols] temporary of the MSE range search
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class Grid:
     levels: torch.Tensor | None = None  # [n]: ``table`` grids: the code values
 
     def _cols(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return t if like.dim() == 1 else t[:, None]
+        return t if like.dim() == 1 else t[..., None]  # [rows] (or [candidates, rows]) against [rows, cols]
 
     def quantize(self, w: torch.Tensor, maxq: int) -> torch.Tensor:
         """Integer codes for ``w`` ([rows] or [rows, cols])."""
@@ -164,17 +165,24 @@ def fit_grid(w: torch.Tensor, maxq: int, *, sym: bool, mse: bool = False, col_we
     best = make(1.0)
     if not mse:
         return best
+    # the shrink factors' grids evaluated a chunk at a time ([chunk, rows, cols] temporaries of at
+    # most MSE_CHUNK elements); the first factor with the lowest error wins, as a loop over them would
+    shrink = 1 - torch.arange(int(max_shrink * grid_steps), dtype=torch.float64) / grid_steps
     best_err = torch.full_like(best.scale, float("inf"))
-    for i in range(int(max_shrink * grid_steps)):
-        cand = make(1 - i / grid_steps)
+    step = max(1, MSE_CHUNK // max(w.numel(), 1))
+    for c in range(0, len(shrink), step):
+        p = shrink[c:c + step].to(w.dtype).to(w.device)[:, None]  # [chunk, 1]
+        cand = make(p)
         err = (cand.dequantize(cand.quantize(w, maxq)) - w).abs().pow(norm)
-        err = (err * col_weight).sum(dim=1) if col_weight is not None else err.sum(dim=1)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best.scale = torch.where(better, cand.scale, best.scale)
-        best.zero = torch.where(better, cand.zero, best.zero)
+        err = (err * col_weight).sum(dim=-1) if col_weight is not None else err.sum(dim=-1)  # [chunk, rows]
+        low, at = err.min(dim=0)  # the first minimum within the chunk
+        better = low < best_err
+        best_err = torch.where(better, low, best_err)
+        pick = at[None]
+        best.scale = torch.where(better, cand.scale.gather(0, pick)[0], best.scale)
+        best.zero = torch.where(better, cand.zero.gather(0, pick)[0], best.zero)
         if best.offset is not None:
-            best.offset = torch.where(better, cand.offset, best.offset)
+            best.offset = torch.where(better, cand.offset.gather(0, pick)[0], best.offset)
     return best
 
 
