@@ -1,8 +1,7 @@
 """Intel AutoRound's GGUF export, on the same model and calibration windows as llmshrink's.
 
-Runs inside the peers' environment (``bash bench/peers/setup.sh``, then
-``bench/peers/.venv/bin/pip install auto-round==0.16.1``), which also has llmshrink installed,
-so AutoRound calibrates on the very windows ``llmshrink export --type MIX`` uses (128 x 512
+Runs inside the peers' environment (``bash bench/peers/setup.sh``, which installs AutoRound
+0.16.1), which also has llmshrink installed, so AutoRound calibrates on the very windows ``llmshrink export --type MIX`` uses (128 x 512
 tokens of ``shakespeare:calib`` by default):
 
     bench/peers/.venv/bin/python bench/peers/autoround_gguf.py --type q4_k_m --iters 0 --out DIR

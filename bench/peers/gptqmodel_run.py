@@ -4,6 +4,7 @@ Runs inside the peers' environment (``bash bench/peers/setup.sh``), which also h
 installed so that both tools see the very same token windows:
 
     bench/peers/.venv/bin/python bench/peers/gptqmodel_run.py quantize --bits 4 --group-size 128 --out DIR
+    bench/peers/.venv/bin/python bench/peers/gptqmodel_run.py quantize ... --gptaq 0.25   # GPTQ v2 (GPTAQ)
     bench/peers/.venv/bin/python bench/peers/gptqmodel_run.py eval DIR [--max-tokens N]
 
 Each prints one JSON line. ``quantize`` reports its wall time (model load excluded, save
@@ -42,15 +43,16 @@ def quantize(args) -> dict:
     stream = tokenize_corpus(load_corpus(args.calib), tok)
     windows = sample_windows(stream, args.nsamples, args.seqlen, seed=args.seed, bos=bos_id(tok))
     calib = [{"input_ids": w.unsqueeze(0), "attention_mask": torch.ones_like(w).unsqueeze(0)} for w in windows]
+    extra = {"gptaq": {"alpha": args.gptaq}} if args.gptaq is not None else {}
     cfg = QuantizeConfig(bits=args.bits, group_size=args.group_size, sym=not args.asym, desc_act=args.act_order,
                          act_group_aware=False if args.act_order else None, damp_percent=args.damp,
-                         true_sequential=True)
+                         true_sequential=True, **extra)
     model = GPTQModel.load(str(src), cfg)
     t0 = time.perf_counter()
     model.quantize(calib, batch_size=args.batch_size)
     model.save(args.out)
     secs = time.perf_counter() - t0
-    return {"tool": "gptqmodel", "version": gptqmodel.__version__, "quantize_seconds": secs, "peak_rss_mb": _rss_mb(), "out": args.out,
+    return {"tool": "gptqmodel", "version": gptqmodel.__version__, "gptaq": args.gptaq, "quantize_seconds": secs, "peak_rss_mb": _rss_mb(), "out": args.out,
             "windows": list(windows.shape)}
 
 
@@ -89,6 +91,8 @@ def main() -> None:
     q.add_argument("--seqlen", type=int, default=512)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--batch-size", type=int, default=8)
+    q.add_argument("--gptaq", type=float, default=None, metavar="ALPHA",
+                   help="GPTQ v2 (GPTAQ) with this alpha (GPTQModel's default: 0.25)")
     e = sub.add_parser("eval")
     e.add_argument("dir")
     e.add_argument("--data", default="shakespeare:eval")

@@ -181,3 +181,17 @@ def test_cli_export_prints_what_it_wrote(tmp_path, tiny, text_file, capsys):
     text = capsys.readouterr().out
     assert "21 q4_1" in text and "layers solved        21 (gptq)" in text
     assert gguf.GGUFReader(out).fields["general.file_type"].contents() == int(gguf.LlamaFileType.MOSTLY_Q4_1)
+
+
+@pytest.mark.parametrize("type_name", ["q4_0", "q4_k_m"])
+def test_gptaq_solves_on_the_gguf_grids_too(tmp_path, tiny, text_file, type_name):
+    """``--method gptaq`` reaches every GGML grid (a mix's per-tensor grids included): block 0's
+    q/k/v read the same inputs in both models and are solved alike; what reads quantized
+    outputs differs."""
+    calib = _calib(text_file)
+    export_gguf(load_model(str(tiny)), GGUFConfig(type=type_name, method="gptaq"), tmp_path / "a.gguf", calib=calib)
+    export_gguf(load_model(str(tiny)), GGUFConfig(type=type_name), tmp_path / "b.gguf", calib=calib)
+    (_, a), (_, b) = _reader_weights(tmp_path / "a.gguf"), _reader_weights(tmp_path / "b.gguf")
+    assert {k: v[0] for k, v in a.items()} == {k: v[0] for k, v in b.items()}
+    np.testing.assert_array_equal(a["blk.0.attn_q.weight"][1], b["blk.0.attn_q.weight"][1])
+    assert not np.array_equal(a["blk.1.attn_q.weight"][1], b["blk.1.attn_q.weight"][1])

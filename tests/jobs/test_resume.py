@@ -61,6 +61,8 @@ def _quantize(model, calib, out, cfg, **kw):
     (QuantConfig(bits=8, group_size=8, sym=False), {"blocks": "1:4", "lm_head": True}, 1),
     (QuantConfig(bits=8, group_size=8, sym=False), {"blocks": "1:4", "lm_head": True}, 3),  # during lm_head
     (QuantConfig(bits=4, group_size=16, method="rtn"), {}, 3),
+    (QuantConfig(bits=4, group_size=16, method="gptaq"), {}, 2),  # the original model's stream is kept too
+    (QuantConfig(bits=4, group_size=16, method="recon", recon_steps=4), {"blocks": "1:4"}, 1),
 ])
 def test_a_killed_run_resumes_to_the_same_bytes(setup, tmp_path, monkeypatch, cfg, kw, kill_after):
     _, model, calib = setup

@@ -101,7 +101,7 @@ def test_a_skipped_branch_on_the_carried_residual_gives_the_block_output_bit_for
     next branch's norm, run through the block with the finished branch skipped, is the block's output
     (Gemma's post-norm maps the skipped branch's zero to zero)."""
     from llmshrink.blockwise import capture_block_inputs
-    from llmshrink.quant.driver import _Skip
+    from llmshrink.quant.stages import Skip
 
     model = make_arch_model(model_type, 64)
     arch = arch_of(model)
@@ -116,7 +116,7 @@ def test_a_skipped_branch_on_the_carried_residual_gives_the_block_output_bit_for
     hook.remove()
     out = out[0] if isinstance(out, tuple) else out
     attn = block.get_submodule(arch.parts[0])
-    block.set_submodule(arch.parts[0], _Skip(tuple_output=True))
+    block.set_submodule(arch.parts[0], Skip(tuple_output=True))
     with torch.no_grad():
         again = block(carried["h"], **kw)
     block.set_submodule(arch.parts[0], attn)

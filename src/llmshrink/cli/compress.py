@@ -67,7 +67,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ..jobs.preflight import preflight
 
     fmt, gguf_cfg, hf_cfg, ladder, calib = (config(args, part) for part in PARTS)
-    solves = fmt.format == "gguf" and (gguf_cfg.method == "gptq" or bool(ladder.ladder))
+    solves = fmt.format == "gguf" and (gguf_cfg.method != "rtn" or bool(ladder.ladder))
     model_cfg = preflight(args.model, corpora=[calib.data if solves else None,
                                                ladder.eval_data if ladder.ladder else None])
     claim(args, folder=bool(ladder.ladder) or fmt.format != "gguf", resumes=bool(ladder.ladder))

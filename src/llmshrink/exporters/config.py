@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from ..config import Config
 from ..models.gptq_layout import LAYOUTS
-from ..quant.config import QUANT_METHODS, QuantConfig
+from ..quant.config import GRID_METHODS, QuantConfig
 from .ggml import EXPORT_TYPES, ggml_type
 from .gguf_mix import MIXES, Mix
 
@@ -25,8 +25,9 @@ class GGUFConfig(Config):
                                                         + ", ".join(MIXES) + ")"})
     embed_type: str | None = field(default=None, metadata={"help": "type of token_embd/output; default q8_0 for "
                                                                    "quantized types, else the type itself"})
-    method: str = field(default="gptq", metadata={"help": "gptq: solve on the type's grid; rtn: round to nearest",
-                                                  "choices": QUANT_METHODS})
+    method: str = field(default="gptq", metadata={"help": "gptq: solve on the type's grid; gptaq: the same against the "
+                                                          "original model's outputs; rtn: round to nearest",
+                                                  "choices": GRID_METHODS})
     act_order: bool = field(default=True, metadata={"help": "GPTQ in order of decreasing Hessian diagonal"})
     damp: float = field(default=0.01, metadata={"help": "GPTQ damping, a fraction of the mean Hessian diagonal"})
     mse: bool = field(default=True, metadata={"help": "search each block's scale for the lowest error"})
@@ -38,7 +39,7 @@ class GGUFConfig(Config):
                        f"unsupported GGUF type {self.type!r}: use one of {', '.join(FILE_TYPES)}")
         if self.embed_type is not None:
             ggml_type(self.embed_type, internal=True)
-        self.one_of("method", QUANT_METHODS, "method")
+        self.one_of("method", GRID_METHODS, "method")
         self.check(0 < self.damp < 1, "damp", f"must be in (0, 1), got {self.damp!r}")
 
     @property

@@ -101,7 +101,12 @@ def summary(records: dict) -> str:
 def _quantize(q: dict) -> list[str]:
     c, cal = q["config"], q.get("calibration")
     how = [("symmetric" if c["sym"] else "asymmetric") + " grid"]
-    if c["method"] == "gptq":
+    if c["method"] != "rtn":
+        if c["method"] in ("gptaq", "recon"):
+            how += [f"solved against the original model's outputs (GPTAQ, alpha {c.get('alpha', 0.25)})"]
+        if c["method"] == "recon":
+            how += [f"then each block's rounding and scales tuned to the original block's outputs "
+                    f"({c.get('recon_steps')} signed-gradient steps)"]
         how += ["act-order" if c["act_order"] else "columns in order", f"damping {c['damp']}"]
         how += ["Hessian-weighted scale search"] if c.get("mse") else []
     lines = [f"{c['method'].upper()} {c['bits']}-bit, group size {c['group_size']} ({', '.join(how)}), decoder "

@@ -30,7 +30,7 @@ def solve_blocks(lm: LoadedModel, qcfg: QuantConfig, calib: CalibConfig, progres
     todo = float_blocks(lm)
     if todo is None:
         return {}
-    if qcfg.method != "gptq":
+    if not qcfg.solves:
         windows = None
     elif windows is None:
         windows = calibration_windows(lm.tokenizer, calib)
@@ -61,7 +61,7 @@ def export_gguf(lm: LoadedModel, cfg: GGUFConfig, out: Path, *, calib: CalibConf
         return write_gguf(lm, cfg, out, {}, t0=t0)
     calib = calib or CalibConfig()
     made_from = {"windows": hashlib.sha256(windows.numpy().tobytes()).hexdigest()} if windows is not None else \
-        calib.to_dict() if qcfg.method == "gptq" else None
+        calib.to_dict() if qcfg.solves else None
     settings = {**lm.identity, "gguf": cfg.to_dict(), "calibration": made_from}
     if lm.blocks is not None and float_blocks(lm) is not None:  # the driver solves on a model in memory
         for i, block in enumerate(lm.arch.blocks(lm.model)):

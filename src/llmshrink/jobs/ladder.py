@@ -201,7 +201,7 @@ def run_ladder(lm: LoadedModel, load: Callable[[], LoadedModel], gcfg: GGUFConfi
         t0 = time.perf_counter()
         made_by = _made_by(t, gcfg)
         if not path.is_file():
-            if windows is None and t != "f16" and (t in LLAMACPP_TYPES or gcfg.method == "gptq"):
+            if windows is None and t != "f16" and (t in LLAMACPP_TYPES or gcfg.method != "rtn"):
                 windows = calibration_windows(lm.tokenizer, calib)  # one set for every solve and the imatrix
             if t in LLAMACPP_TYPES:
                 if imatrix is None:  # one matrix for every llama.cpp-made file

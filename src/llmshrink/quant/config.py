@@ -8,7 +8,16 @@ from typing import ClassVar
 from ..config import Config
 from .grid import GRID_KINDS
 
-QUANT_METHODS = ("gptq", "rtn")
+# method -> what it is; every method but rtn calibrates and runs the GPTQ solve
+QUANT_METHODS = {
+    "gptq": "error-compensating solve on the quantized model's layer inputs",
+    "gptaq": "GPTQ solved against the original model's outputs: also corrects the drift between the quantized "
+             "and the original model's layer inputs (GPTQModel's v2)",
+    "recon": "gptaq, then each block's rounding and scales tuned to the original block's outputs (as AutoRound "
+             "does; --recon-steps)",
+    "rtn": "round to nearest, no calibration",
+}
+GRID_METHODS = ("gptq", "gptaq", "rtn")  # the methods for every grid (recon: the GPTQ checkpoint's only)
 SOLVE_DTYPES = ("auto", "float64", "float32")
 WIDE = 8192  # solve_dtype auto: input columns from which the inverse Hessian is factorised in float32
 AUTO_GROUP = "auto"  # ``group_size: auto``: the job picks the largest standard size dividing every width
@@ -23,9 +32,8 @@ class QuantConfig(Config):
     """Weight quantization: the grid and the GPTQ solve."""
 
     kind: ClassVar[str] = "quantize"
-    method: str = field(default="gptq", metadata={"help": "gptq (error-compensating solve) or rtn "
-                                                          "(round to nearest, no calibration)",
-                                                  "choices": QUANT_METHODS})
+    method: str = field(default="gptq", metadata={"help": "; ".join(f"{k}: {v}" for k, v in QUANT_METHODS.items()),
+                                                  "choices": tuple(QUANT_METHODS)})
     bits: int = field(default=4, metadata={"help": "bits per weight: 2, 3, 4 or 8"})
     group_size: int | str = field(default=128, metadata={"help": "input columns per scale/zero group; -1 for one "
                                                            "group per row; auto: the largest of 128, 64, 32 that "
@@ -42,6 +50,15 @@ class QuantConfig(Config):
         "help": f"precision of the inverse Hessian's factorisations: float64, float32 (GPTQ's reference), or "
                 f"auto: float64 below {WIDE} input columns, float32 from there (a 7B model's 11008-wide "
                 "down_proj: half the memory)", "choices": SOLVE_DTYPES})
+    alpha: float = field(default=0.25, metadata={"help": "gptaq: the share of the input drift's correction "
+                                                         "applied (GPTQModel's default 0.25)"})
+    drift_solve: str = field(default="target", metadata={
+        "help": "gptaq: target (GPTQ on the least-squares target W + alpha W dX X~^T H^-1) or columns (the "
+                "GPTAQ paper's column-by-column update, GPTQModel's v2)", "choices": ("target", "columns")})
+    recon_steps: int = field(default=100, metadata={"help": "recon: signed-gradient steps per block (one "
+                                                            "calibration batch each)"})
+    recon_lr: float = field(default=0.005, metadata={"help": "recon: the rounding offsets' first signed step, in grid "
+                                                          "units, decaying linearly (AutoRound's 1 / its 200 steps)"})
     block_size: int = field(default=128, metadata={"help": "columns per lazy-update block", "cli": False})
     mse: bool = field(default=True, metadata={"help": "search shrunk ranges for the lowest (Hessian-weighted, "
                                                       "for GPTQ) error per group; --no-mse: plain min/max ranges"})
@@ -63,7 +80,13 @@ class QuantConfig(Config):
         self.check(gs == AUTO_GROUP or (isinstance(gs, int) and not isinstance(gs, bool) and (gs == -1 or gs >= 1)),
                    "group_size", f"must be -1 (one group per row), auto or >= 1, got {gs!r}")
         self.check(0 < self.damp < 1, "damp", f"must be in (0, 1), got {self.damp!r}")
+        self.check(0 <= self.alpha <= 1, "alpha", f"must be in [0, 1], got {self.alpha!r}")
         self.positive("block_size")
+        self.positive("recon_steps")
+        self.one_of("drift_solve", ("target", "columns"), "drift solve")
+        self.check(self.recon_lr > 0, "recon_lr", f"must be > 0, got {self.recon_lr!r}")
+        self.check(self.method != "recon" or self.grid == "zero", "method",
+                   f"recon tunes GPTQ checkpoints' grids only, not {self.grid}: use gptaq")
         base = GRID_KINDS[self.grid].base
         symmetric = base in ("signed", "table")
         self.check(not ((symmetric and not self.sym) or (base == "min" and self.sym)), "sym",
@@ -82,6 +105,16 @@ class QuantConfig(Config):
         return "float64" if cols < WIDE else "float32"
 
     @property
+    def solves(self) -> bool:
+        """Calibrated and solved with GPTQ's column-by-column error compensation (not RTN)."""
+        return self.method != "rtn"
+
+    @property
+    def drifts(self) -> bool:
+        """The solve needs the original model's layer inputs beside the quantized model's (GPTAQ)."""
+        return self.method in ("gptaq", "recon")
+
+    @property
     def maxq(self) -> int:
         return (1 << self.bits) - 1
 
@@ -89,7 +122,7 @@ class QuantConfig(Config):
     def permuted_groups(self) -> bool:
         """Groups follow the act-order solve (a non-trivial ``g_idx``: GPTQ's ``desc_act``), rather
         than consecutive columns (static groups, per-row, RTN)."""
-        return self.method == "gptq" and self.act_order and not self.static_groups and not self.per_row
+        return self.solves and self.act_order and not self.static_groups and not self.per_row
 
     @property
     def per_row(self) -> bool:

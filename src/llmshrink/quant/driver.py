@@ -13,16 +13,16 @@ The result, a :class:`QuantizeReport`, is what the exporters (``llmshrink.export
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 
 from ..blockwise import BlockInputs, Captured, Prepare, walk_blocks
 from ..errors import UserError
@@ -31,14 +31,10 @@ from ..models.arch import ArchSpec, check_block_range, untie_lm_head
 from .config import QuantConfig
 from .gptq import QuantResult, accumulate_hessian, gptq_quantize, rtn_quantize
 from .qlinear import QuantLinear
+from .recon import reconstruct_block
+from .stages import EXPERT_MIN_TOKENS, Fallback, Stop, reference_inputs, staged
 
 log = logging.getLogger(__name__)
-
-
-# An expert the router sent fewer calibration tokens than this is solved on the Hessian of all the
-# block's tokens through it (its gate/up: every token entering the experts; its down: every token's
-# activations through its own gate/up), and counted as such.
-EXPERT_MIN_TOKENS = 32
 
 
 @dataclass
@@ -51,11 +47,13 @@ class LayerRecord:
     seconds: float
     tokens: int | None = None  # experts: the calibration tokens the router sent this expert
     hessian: str | None = None  # experts: "own" (its tokens) or "block" (the fallback: all the block's tokens)
+    # recon: the block's output error (MSE summed over the calibration batches) before and after tuning
+    block_error: tuple[float, float] | None = None
 
     def row(self) -> dict:
-        """The record as a JSON row (the expert fields only where they apply)."""
+        """The record as a JSON row (the expert and recon fields only where they apply)."""
         d = dataclasses.asdict(self)
-        return {k: v for k, v in d.items() if v is not None or k not in ("tokens", "hessian")}
+        return {k: v for k, v in d.items() if v is not None or k not in ("tokens", "hessian", "block_error")}
 
 
 @dataclass
@@ -83,108 +81,6 @@ class QuantizeReport:
                 "modules_in_block_to_quantize": [sorted(r.name for r in self.layers)]}
 
 
-class _Stop(Exception):
-    """Raised by the last Hessian hook of a stage: nothing after that point is needed yet."""
-
-
-class _Skip(torch.nn.Module):
-    """Stands in for a finished residual branch whose output is already in the carried residual
-    stream: adds nothing (``h + 0`` is ``h``, bit for bit)."""
-
-    def forward(self, hidden_states, *args, **kwargs):
-        zero = hidden_states.new_zeros(()).expand_as(hidden_states)
-        return (zero, None) if self.tuple_output else zero
-
-    def __init__(self, tuple_output: bool):
-        super().__init__()
-        self.tuple_output = tuple_output
-
-
-@contextlib.contextmanager
-def _staged(block: torch.nn.Module, hessians: dict[str, list], stop_at: str, skip: dict[str, bool],
-            carry: str | None, hidden: list[torch.Tensor], cursor: list[int]) -> Iterator[None]:
-    """Within the block: accumulate the Hessians of the named linears' inputs, stop the forward
-    pass at ``stop_at``'s input, stand the ``skip`` parts (name -> returns a tuple) in by
-    :class:`_Skip`, and write what enters ``carry`` (the residual stream past the parts just
-    finished) over the current batch's block input ``hidden[cursor]``, which the block no longer
-    reads by then: later stages start from it with those parts skipped."""
-    handles, swapped, carried = [], {}, set()
-
-    def make_hessian_hook(name):
-        def hook(_m, args):
-            state = hessians[name]
-            state[0], state[1] = accumulate_hessian(state[0], state[1], args[0])
-            if name == stop_at:
-                raise _Stop
-
-        return hook
-
-    def carry_hook(_m, args, kwargs):
-        h, x = hidden[cursor[0]], args[0] if args else next(iter(kwargs.values()))
-        if x.shape != h.shape or x.dtype != h.dtype:
-            raise RuntimeError(f"the residual stream entering {carry} does not match the block's input")
-        h.copy_(x)
-        carried.add(cursor[0])
-
-    try:
-        for name in hessians:
-            handles.append(block.get_submodule(name).register_forward_pre_hook(make_hessian_hook(name)))
-        if carry is not None:
-            handles.append(block.get_submodule(carry).register_forward_pre_hook(carry_hook, with_kwargs=True))
-        for part, tuple_output in skip.items():
-            swapped[part] = block.get_submodule(part)
-            block.set_submodule(part, _Skip(tuple_output))
-        yield
-        if carry is not None and len(carried) != len(hidden):
-            raise RuntimeError(f"the forward pass stopped before {carry}: the block's stages are out of order")
-    finally:
-        for h in handles:
-            h.remove()
-        for part, module in swapped.items():
-            block.set_submodule(part, module)
-
-
-class _Fallback:
-    """While a stage with expert groups runs: the Hessians an expert falls back on when the router
-    sends it too few tokens (``EXPERT_MIN_TOKENS``), from a hook on the experts module, which
-    receives every token of the block. For gate/up: all the tokens (the counts tell which experts
-    are underfed only after the pass, so this one Hessian is always collected); for a down: all
-    the tokens through the expert's own gate and up (quantized by then, in true-sequential order),
-    for the experts not known to have enough tokens."""
-
-    def __init__(self, block: torch.nn.Module, arch: ArchSpec, stage: list[tuple[str, ...]], tokens: dict[int, int]):
-        names = [g[0] for g in stage if arch.expert_of(g[0]) is not None]
-        self.module = block.get_submodule(arch.experts) if names else None
-        self.down = "." + arch.expert_linears[2]
-        self.ups = any(not n.endswith(self.down) for n in names)
-        self.wanted = [e for e in (arch.expert_of(n) for n in names if n.endswith(self.down))
-                       if tokens.get(e, 0) < EXPERT_MIN_TOKENS]
-        self.state: dict[int | None, list] = {}
-        self.handle = None
-
-    def _hook(self, module, args):
-        x = args[0].reshape(-1, args[0].shape[-1])
-        if self.ups:
-            self.state[None] = list(accumulate_hessian(*self.state.get(None, [None, 0]), x))
-        for e in self.wanted:  # through the weights, not the modules: their Hessian hooks must not see these
-            gate, up, _ = module[e].linears()
-            h = module.act_fn(F.linear(x, gate.weight)) * F.linear(x, up.weight)
-            self.state[e] = list(accumulate_hessian(*self.state.get(e, [None, 0]), h))
-
-    def __enter__(self):
-        if self.module is not None:
-            self.handle = self.module.register_forward_pre_hook(self._hook)
-        return self
-
-    def __exit__(self, *exc):
-        if self.handle is not None:
-            self.handle.remove()
-
-    def hessian(self, e: int, name: str) -> torch.Tensor | None:
-        """The fallback Hessian of expert ``e``'s group whose first linear is ``name``."""
-        return self.state.get(e if name.endswith(self.down) else None, [None])[0]
-
-
 LayerConfig = QuantConfig | Callable[[str], QuantConfig | None]
 
 
@@ -203,10 +99,11 @@ class Resume(Protocol):
 
 
 def _solve(mod: torch.nn.Linear, full: str, H: torch.Tensor | None, config: LayerConfig,
-           report: QuantizeReport, expert: tuple[int, str] | None = None) -> None:
-    """Quantize one linear layer in place (GPTQ with ``H``; RTN scored on ``H`` if given): its
-    weight becomes the dequantized solution; the result is kept for packing. ``config`` is the
-    settings, or a function of the layer's full name giving them (None: the layer stays float)."""
+           report: QuantizeReport, expert: tuple[int, str] | None = None, drift: torch.Tensor | None = None) -> None:
+    """Quantize one linear layer in place (GPTQ with ``H``, GPTAQ with ``drift`` too; RTN scored
+    on ``H`` if given): its weight becomes the dequantized solution; the result is kept for
+    packing. ``config`` is the settings, or a function of the layer's full name giving them
+    (None: the layer stays float)."""
     cfg = config(full) if callable(config) else config
     if cfg is None:
         return
@@ -215,11 +112,12 @@ def _solve(mod: torch.nn.Linear, full: str, H: torch.Tensor | None, config: Laye
         raise UserError(f"non-finite weights in {full}: the model file is damaged")
     t0 = time.perf_counter()
     rtn = rtn_quantize(W, cfg, H)
-    res = gptq_quantize(W, H, cfg) if cfg.method == "gptq" else rtn
+    res = gptq_quantize(W, H, cfg, drift=drift if cfg.drifts else None,
+                        keep_updated=cfg.method == "recon") if cfg.solves else rtn
     mod.weight.data = res.dequantize().to(W.dtype).reshape(W.shape)
     report.results[full] = res
     report.layers.append(LayerRecord(full, tuple(W.shape), res.loss if H is not None else None,
-                                     rtn.loss if cfg.method == "gptq" else None, res.damp,
+                                     rtn.loss if cfg.solves else None, res.damp,
                                      time.perf_counter() - t0, *(expert or (None, None))))
     log.debug("%s: loss %.4g (rtn %.4g)", full, res.loss, rtn.loss)
 
@@ -238,9 +136,16 @@ def _check_hessian(H: torch.Tensor, full: str) -> None:
 
 @torch.no_grad()
 def quantize_block(i: int, block: torch.nn.Module, inputs: BlockInputs, arch: ArchSpec, cfg: LayerConfig,
-                   report: QuantizeReport, *, true_sequential: bool = True) -> list[torch.Tensor]:
+                   report: QuantizeReport, *, true_sequential: bool = True,
+                   native: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """Quantize one block in place and return its (quantized) outputs for the next block; the
     outputs replace the inputs in ``inputs.hidden``, which is consumed.
+
+    ``native`` (GPTAQ): what enters this block in the original model, batch by batch. Before each
+    batch of a stage, a copy of the block as it was runs on it as far as the stage's input, and
+    each group's drift (the original inputs against the quantized ones; not for experts, whose
+    tokens differ between the two models) is accumulated beside its Hessian. At the end the
+    original block's outputs are written over ``native``: the next block's.
 
     True-sequential: one stage per group of linears. A stage runs the calibration batches through
     the block only as far as its group's input (the hook stops the pass there), accumulates the
@@ -258,7 +163,11 @@ def quantize_block(i: int, block: torch.nn.Module, inputs: BlockInputs, arch: Ar
     skip: dict[str, bool] = {}  # leading parts already in the carried residual -> returns a tuple
     cursor = [0]
     hidden = inputs.hidden
-    seen: dict[str, bool] = {}  # part -> its output is a tuple (a _Skip must answer in kind)
+    seen: dict[str, bool] = {}  # part -> its output is a tuple (a Skip must answer in kind)
+    original = copy.deepcopy(block) if native is not None else None
+    refs: dict[str, torch.Tensor] | None = {} if native is not None else None
+    recon = isinstance(cfg, QuantConfig) and cfg.method == "recon" and native is not None
+    block_inputs = [h.clone() for h in hidden] if recon else None  # the stages write over ``hidden``
 
     def finished_prefix() -> int:
         k = 0
@@ -267,7 +176,8 @@ def quantize_block(i: int, block: torch.nn.Module, inputs: BlockInputs, arch: Ar
         return k
 
     for stage in stages:
-        hessians = {g[0]: [None, 0] for g in stage}
+        hessians = {g[0]: [None, 0, None] for g in stage}
+        drifting = [g[0] for g in stage if arch.expert_of(g[0]) is None] if original is not None else []
         # parts finished by the previous stages run once more, in full, in this stage; the
         # residual stream past them (what enters the next part's norm) is written over the block
         # inputs, and later stages skip them
@@ -275,12 +185,16 @@ def quantize_block(i: int, block: torch.nn.Module, inputs: BlockInputs, arch: Ar
         carry = arch.part_norms[k] if len(skip) < k < len(arch.parts) else None
         watch = [block.get_submodule(p).register_forward_hook(
                  lambda _m, _a, out, p=p: seen.__setitem__(p, isinstance(out, tuple))) for p in arch.parts[len(skip):k]]
-        fallback = _Fallback(block, arch, stage, tokens)
+        fallback = Fallback(block, arch, stage, tokens)
         try:
-            with _staged(block, hessians, stage[-1][0], skip, carry, hidden, cursor), fallback:
+            with staged(block, hessians, stage[-1][0], skip, carry, hidden, cursor, refs), fallback:
                 for b, (h, kw) in enumerate(zip(hidden, inputs.kwargs, strict=True)):
                     cursor[0] = b
-                    with contextlib.suppress(_Stop):
+                    if drifting:
+                        refs.clear()
+                        with reference_inputs(original, drifting, refs), contextlib.suppress(Stop):
+                            original(native[b], **kw)
+                    with contextlib.suppress(Stop):
                         block(h, **kw)
         finally:
             for w in watch:
@@ -288,7 +202,7 @@ def quantize_block(i: int, block: torch.nn.Module, inputs: BlockInputs, arch: Ar
         if carry is not None:
             skip.update({p: seen[p] for p in arch.parts[len(skip):k]})
         for g in stage:
-            H, n = hessians[g[0]]
+            H, n, drift = hessians[g[0]]
             e = arch.expert_of(g[0])
             expert = None
             if e is not None:
@@ -297,16 +211,24 @@ def quantize_block(i: int, block: torch.nn.Module, inputs: BlockInputs, arch: Ar
                 H, expert = (H if own else fallback.hessian(e, g[0])), (tokens[e], "own" if own else "block")
             _check_hessian(H, f"{arch.layers}.{i}.{g[0]}")
             for name in g:
-                _solve(block.get_submodule(name), f"{arch.layers}.{i}.{name}", H, cfg, report, expert)
+                _solve(block.get_submodule(name), f"{arch.layers}.{i}.{name}", H, cfg, report, expert, drift)
             done.update(g)
-        H = None  # the stage's Hessians are spent (a 7B down_proj's is 0.97 GB): not held through the next
+        H = drift = None  # the stage's Hessians are spent (a 7B down_proj's is 0.97 GB): not held through the next
         hessians.clear()
         release_freed()  # each stage's forward passes leave a differently shaped heap: trim between them
 
+    if original is not None:  # the original model's outputs of this block: the next block's native inputs
+        for b, kw in enumerate(inputs.kwargs):
+            out = original(native[b], **kw)
+            native[b].copy_(out[0] if isinstance(out, tuple) else out)
+        del original
+    if recon:
+        _reconstruct(i, block, arch, block_inputs, native, inputs.kwargs, cfg, report)
+        hidden[:], skip = block_inputs, {}  # the tuned block runs in full on its own inputs
     # Final pass: each batch's output is written over its input (same buffer, no new allocation),
     # so memory never holds the inputs and outputs of every batch at once.
     outs = hidden
-    with _staged(block, {}, "", skip, None, hidden, cursor):
+    with staged(block, {}, "", skip, None, hidden, cursor):
         for b, kw in enumerate(inputs.kwargs):
             cursor[0] = b
             out = block(outs[b], **kw)
@@ -315,6 +237,28 @@ def quantize_block(i: int, block: torch.nn.Module, inputs: BlockInputs, arch: Ar
     if not all(torch.isfinite(o).all() for o in outs):
         raise UserError(f"non-finite outputs from quantized block {arch.layers}.{i}: use more bits or calibration data")
     return outs
+
+
+def _reconstruct(i: int, block: torch.nn.Module, arch: ArchSpec, inputs: list[torch.Tensor],
+                 targets: list[torch.Tensor], kwargs: list[dict], cfg: QuantConfig, report: QuantizeReport) -> None:
+    """Block-output reconstruction of block ``i`` (``recon``): its solved layers' results and
+    weights replaced by the tuned ones."""
+    t0 = time.perf_counter()
+    prefix = f"{arch.layers}.{i}."
+    local = {n: report.results[prefix + n] for n in arch.linear_names if prefix + n in report.results}
+    tuned, stats = reconstruct_block(block, local, cfg.maxq, inputs, targets, kwargs, steps=cfg.recon_steps,
+                                     lr=cfg.recon_lr)
+    for name, res in tuned.items():
+        res.updated = None
+        mod = block.get_submodule(name)
+        mod.weight.data = res.dequantize().to(mod.weight.dtype).reshape(mod.weight.shape)
+        report.results[prefix + name] = res
+    stats.seconds = time.perf_counter() - t0
+    for r in report.layers:
+        if r.name.startswith(prefix):
+            r.block_error = (stats.before, stats.after)
+    log.info("block %d: output error %.4g -> %.4g (%s, %.1f s)", i, stats.before, stats.after,
+             "tuned" if stats.kept else "GPTQ's kept", stats.seconds)
 
 
 @torch.no_grad()
@@ -399,15 +343,26 @@ def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor |
             done(i, layers[i])
             kept(i, layers[i], [], first)
     else:
+        # GPTAQ: what enters the next block in the original model (from the first block solved on;
+        # kept by ``resume`` after the quantized model's)
+        native: list[list[torch.Tensor]] = []
+
         def visit(i, block, inputs):
             k = todo.index(i)
             if resume is not None and k < resume.done:  # finished before: put back, no pass
                 restored(i, block)
-                return resume.hidden() if k == resume.done - 1 else inputs.hidden
+                if k < resume.done - 1:
+                    return inputs.hidden
+                saved, n = resume.hidden(), len(inputs.hidden)
+                native[:] = [saved[n:]] if cfg.drifts else []
+                return saved[:n]
+            if cfg.drifts and not native:
+                native.append([h.clone() for h in inputs.hidden])
             first = len(report.layers)
-            outs = quantize_block(i, block, inputs, arch, solve, report, true_sequential=true_sequential)
+            outs = quantize_block(i, block, inputs, arch, solve, report, true_sequential=true_sequential,
+                                  native=native[0] if native else None)
             done(i, block)
-            kept(i, block, outs, first)
+            kept(i, block, outs + (native[0] if native else []), first)
             return outs
 
         final = walk_blocks(model, arch, list(calib.split(batch_size)), visit, blocks=todo,

@@ -16,6 +16,17 @@ What differs from the reference:
 - a group's grid is fitted on its columns with every update made so far, lazy ones included;
 - the optional MSE range search (the reference's ``grid``/``maxshrink``) weights each column's
   error by the Hessian diagonal.
+
+GPTAQ (``drift``): Li et al., "GPTAQ: Efficient Finetuning-Free Quantization for Asymmetric
+Calibration", arXiv 2504.02692. The quantized model's layer inputs X̃ differ from the original
+model's X; the solve targets the original outputs W X instead of W X̃, through the cross term
+ΔX X̃ᵀ (``drift``, accumulated as H is). Two forms (``QuantConfig.drift_solve``):
+- ``target``: GPTQ on ``W + α · W ΔX X̃ᵀ H⁻¹``, the least-squares solution of the asymmetric
+  problem (for α = 1 the objective is then GPTQ's, up to a constant);
+- ``columns``: the paper's (and GPTQModel's ``v2``): each column's update gains ``w · P[i, i:]``
+  with ``P = α · triu(ΔX X̃ᵀ Uᵀ, 1) U`` (U: the upper Cholesky factor of H⁻¹). The lazy block
+  updates use the columns as they stood when rounded, so the result does not depend on
+  ``block_size`` (GPTQModel's use the rounded columns).
 """
 
 from __future__ import annotations
@@ -46,6 +57,9 @@ class QuantResult:
     d: torch.Tensor | None = None  # [groups, out]: two-level grids: each group's super-block unit (scale = d·n)
     dmin: torch.Tensor | None = None  # [groups, out]: two-level ``min`` grids: the minimum's unit (min = −dmin·m)
     levels: torch.Tensor | None = None  # [n]: ``table`` grids: code q stands for scale · levels[q]
+    # [out, in] float32, original column order (``keep_updated``): each weight as the solve's updates left
+    # it when its column was rounded (the codes are its rounding on the grid); for block reconstruction
+    updated: torch.Tensor | None = None
 
     def dequantize(self) -> torch.Tensor:
         """Ŵ [out, in] in float32, built in place: one [out, in] temporary beside it."""
@@ -84,6 +98,24 @@ def accumulate_hessian(H: torch.Tensor | None, n: int, x: torch.Tensor) -> tuple
     for r in range(0, xtx.shape[0], 1024):  # a band of rows at a time: no [in, in] float64 temporary
         H[r:r + 1024] += xtx[r:r + 1024].double() * (2 / n)
     return H, n
+
+
+def accumulate_drift(D: torch.Tensor | None, n: int, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Running ``D = 2/n Σ (ref − x) xᵀ`` (GPTAQ's ΔX X̃ᵀ) over the rows of ``x`` (the quantized
+    model's layer inputs) and ``ref`` (the original model's, for the same tokens); ``n`` counts
+    the rows before this batch, as :func:`accumulate_hessian` takes it. Same bands and precision."""
+    x = x.reshape(-1, x.shape[-1]).float()
+    ref = ref.reshape(-1, ref.shape[-1]).float()
+    if ref.shape != x.shape:
+        raise ValueError(f"reference inputs {tuple(ref.shape)} do not match the inputs {tuple(x.shape)}")
+    m = x.shape[0]
+    if D is None:
+        D = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
+    D *= n / (n + m)
+    dxtx = (ref - x).T @ x
+    for r in range(0, dxtx.shape[0], 1024):
+        D[r:r + 1024] += dxtx[r:r + 1024].double() * (2 / (n + m))
+    return D
 
 
 def weighted_error(W: torch.Tensor, Q: torch.Tensor, H: torch.Tensor) -> float:
@@ -142,8 +174,33 @@ def _solve_order(H: torch.Tensor, dead: torch.Tensor, perm: torch.Tensor | None,
     return A
 
 
-def gptq_quantize(W: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, max_retries: int = 4) -> QuantResult:
-    """Quantize ``W`` [out, in] given the input Hessian ``H`` [in, in]."""
+def _drift_target(W: torch.Tensor, drift: torch.Tensor, dead: torch.Tensor, perm: torch.Tensor | None,
+                  Hinv: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The least-squares target's offset ``α · W ΔX X̃ᵀ H⁻¹`` (H⁻¹ = Uᵀ U, damped), in solve order:
+    with α = 1, ``‖Q X̃ − W X‖² = ‖(Q − W̃) X̃‖² + const`` for ``W̃`` = W plus this, so GPTQ on W̃
+    solves the asymmetric problem."""
+    D = drift.to(Hinv.dtype)
+    D[:, dead] = 0
+    if perm is not None:
+        D = D[perm][:, perm]
+    return (W @ D).matmul(Hinv.T).matmul(Hinv).mul_(alpha)
+
+
+def _drift_update(drift: torch.Tensor, dead: torch.Tensor, perm: torch.Tensor | None, Hinv: torch.Tensor,
+                  alpha: float) -> torch.Tensor:
+    """GPTAQ's ``P = α · triu(D Uᵀ, 1) U`` in solve order, float32 (``Hinv``: U)."""
+    D = drift.to(Hinv.dtype)
+    D[:, dead] = 0
+    if perm is not None:
+        D = D[perm][:, perm]
+    return (D @ Hinv.T).triu_(1).matmul(Hinv).mul_(alpha)
+
+
+def gptq_quantize(W: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, drift: torch.Tensor | None = None,
+                  keep_updated: bool = False, max_retries: int = 4) -> QuantResult:
+    """Quantize ``W`` [out, in] given the input Hessian ``H`` [in, in]; with ``drift`` (GPTAQ's
+    ΔX X̃ᵀ [in, in], see :func:`accumulate_drift`), against the original model's outputs; with
+    ``keep_updated``, the result carries the weights as rounded (``QuantResult.updated``)."""
     in_f = W.shape[1]
     if H.shape != (in_f, in_f):
         raise ValueError(f"Hessian of shape {tuple(H.shape)} does not match weight of shape {tuple(W.shape)}")
@@ -157,10 +214,6 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, max_ret
 
     gs = cfg.group_columns(in_f)
     span = GRID_KINDS[cfg.grid].super_cols or gs  # columns whose grids are fitted together
-    static: list[Grid] | None = None
-    if cfg.static_groups and not cfg.per_row:
-        static = fit_groups(W, maxq, cfg.grid, gs, sym=cfg.sym, mse=cfg.mse, col_weight=diag.float())
-
     perm = None
     if cfg.act_order:
         perm = torch.argsort(diag, descending=True)
@@ -169,9 +222,19 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, max_ret
     hdiag = (diag[perm] if perm is not None else diag).float()  # weights of the MSE grid search, in solve order
     dtype = torch.float64 if cfg.solve_precision(in_f) == "float64" else torch.float32
     Hinv, damp = _inverse_cholesky(lambda: _solve_order(H, dead, perm, dtype), cfg.damp, max_retries)
+    P = None
+    if drift is not None and cfg.drift_solve == "columns":
+        P = _drift_update(drift, dead, perm, Hinv, cfg.alpha)
+    elif drift is not None:
+        W += _drift_target(W, drift, dead, perm, Hinv, cfg.alpha)
+    static: list[Grid] | None = None
+    if cfg.static_groups and not cfg.per_row:
+        unpermuted = W if perm is None else W[:, torch.argsort(perm)]
+        static = fit_groups(unpermuted, maxq, cfg.grid, gs, sym=cfg.sym, mse=cfg.mse, col_weight=diag.float())
 
     Q = torch.zeros_like(W)
     Qint = torch.zeros_like(W, dtype=torch.uint8)  # codes are <= 8 bits
+    U = torch.empty_like(W) if keep_updated else None
     g_idx = torch.empty(in_f, dtype=torch.int32, device=W.device)
     order = perm.tolist() if perm is not None else None  # one host copy, not one sync per column
     grids: dict[int, Grid] = {}
@@ -181,6 +244,8 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, max_ret
         W1 = W[:, i1:i2].clone()
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
+        Wq1 = torch.zeros_like(W1) if P is not None or U is not None else None  # each column as it was rounded
+        P1 = P[i1:i2, i1:i2] if P is not None else None
         for i in range(i2 - i1):
             col = i1 + i  # position in the (possibly permuted) order
             orig = order[col] if order is not None else col
@@ -191,7 +256,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, max_ret
                 g = col // gs
                 if col % span == 0:
                     end = min(col + span, in_f)
-                    fitted = fit_groups(_group_columns(W, W1, Err1, Hinv, i1, i, i2, end), maxq, cfg.grid, gs,
+                    fitted = fit_groups(_group_columns(W, W1, Err1, Hinv, i1, i, i2, end, Wq1, P), maxq, cfg.grid, gs,
                                         sym=cfg.sym, mse=cfg.mse, col_weight=hdiag[col:end])
                     grids.update({g + k: gr for k, gr in enumerate(fitted)})
                 grid = grids[g]
@@ -203,22 +268,33 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, max_ret
             Qint[:, col] = qi
             Q[:, col] = q
             err = (w - q) / d
-            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
+            update = err[:, None] * Hinv1[i, i:][None, :]
+            if Wq1 is not None:
+                Wq1[:, i] = w
+            if P1 is not None:
+                update -= w[:, None] * P1[i, i:][None, :]
+            W1[:, i:] -= update
             Err1[:, i] = err
             g_idx[orig] = g
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-    del Hinv, Hinv1, d, W, W1, Err1  # spent (views included): only the solution and its loss are left
+        if P is not None:
+            W[:, i2:] += Wq1 @ P[i1:i2, i2:]
+        if U is not None:
+            U[:, i1:i2] = Wq1
+    del Hinv, Hinv1, d, W, W1, Err1, P, P1, Wq1  # spent (views included): only the solution and its loss are left
 
     if perm is not None:
         inv = torch.argsort(perm)
         Q, Qint = Q[:, inv], Qint[:, inv]
+        U = U[:, inv] if U is not None else None
     final = static if static is not None else [grids[g] for g in range(len(grids))]
     res = _stack(final, g_idx, Qint, perm, damp)
     res.loss = weighted_error(W0, Q, H)
+    res.updated = U
     return res
 
 
-def _group_columns(W, W1, Err1, Hinv, i1: int, i: int, i2: int, end: int) -> torch.Tensor:
+def _group_columns(W, W1, Err1, Hinv, i1: int, i: int, i2: int, end: int, Wq1=None, P=None) -> torch.Tensor:
     """Columns [i1+i, end) with every update made so far, the lazy ones past this block included.
 
     The reference fits a group's grid on ``W`` whose columns in and past the current block do not
@@ -228,6 +304,8 @@ def _group_columns(W, W1, Err1, Hinv, i1: int, i: int, i2: int, end: int) -> tor
     if end <= i2:
         return inside
     ahead = W[:, i2:end] - Err1[:, :i] @ Hinv[i1: i1 + i, i2:end]
+    if P is not None:  # GPTAQ's share of the lazy update
+        ahead += Wq1[:, :i] @ P[i1: i1 + i, i2:end]
     return torch.cat([inside, ahead], dim=1)
 
 

@@ -1,0 +1,144 @@
+"""Past GPTQ: llmshrink's methods against GPTQModel (with and without GPTQ v2 / GPTAQ) and Intel
+AutoRound (its default tuning and its ``--iters 0``), in one run, on the same calibration windows,
+every checkpoint scored by llmshrink's evaluator in domain and out of domain.
+
+    bash bench/peers/setup.sh                 # once: the peers' environment (GPTQModel, AutoRound)
+    python bench/past_gptq.py --configs 4:128,3:128,2:64 [--max-tokens 16384] [--rows ...]
+
+For each config (bits:group_size, symmetric; 128 x 512 calibration tokens of shakespeare:calib,
+seed 0), one process at a time, so that timings do not overlap, each timed from start to exit
+with the peak RSS from the kernel: llmshrink ``rtn``, ``gptq``, ``gptaq`` and ``recon``;
+GPTQModel GPTQ and GPTQ v2 (``gptaq`` alpha 0.25, its default); AutoRound (default: 200
+iterations per block) and AutoRound ``--iters 0``. Then perplexity of the original model and
+of every checkpoint, by llmshrink's evaluator, on the first ``--max-tokens`` tokens of
+``shakespeare:eval`` (the calibration's own domain, held out) and of ``moby:eval``
+(*Moby-Dick*: a novel, which no calibration reads).
+
+Results go to OUT/results.json step by step (a rerun skips finished steps; --fresh starts
+over); checkpoints are deleted once scored unless --keep. A Markdown table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from gptq_peers import PEER_PY, ROOT, run
+
+CORPORA = {"in": "shakespeare:eval", "out": "moby:eval"}
+# row -> (label, command maker(bits, group_size, out dir) -> argv)
+ROWS = {
+    "rtn": ("llmshrink RTN", lambda llm, d: [*llm, "--method", "rtn"]),
+    "gptq": ("llmshrink GPTQ", lambda llm, d: [*llm, "--method", "gptq"]),
+    "gptaq": ("llmshrink GPTAQ", lambda llm, d: [*llm, "--method", "gptaq"]),
+    "recon": ("llmshrink recon (GPTAQ + block-output tuning)", lambda llm, d: [*llm, "--method", "recon"]),
+    "gptqmodel": ("GPTQModel GPTQ", None),
+    "gptqmodel_v2": ("GPTQModel GPTQ v2 (GPTAQ)", None),
+    "autoround": ("AutoRound (200 iters)", None),
+    "autoround_rtn": ("AutoRound --iters 0", None),
+}
+
+
+def _command(row: str, bits: int, gs: int, d: Path, args) -> list[str]:
+    grid = ["--bits", str(bits), "--group-size", str(gs)]
+    calib = ["--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen)]
+    peer = [str(PEER_PY), "bench/peers/gptqmodel_run.py", "quantize", "--model", args.model, "--out", str(d), *grid,
+            *calib]
+    autoround = [str(PEER_PY), "bench/peers/autoround_gptq.py", "--model", args.model, "--out", str(d), *grid, *calib]
+    if row == "gptqmodel":
+        return peer
+    if row == "gptqmodel_v2":
+        return [*peer, "--gptaq", "0.25"]
+    if row == "autoround":
+        return autoround
+    if row == "autoround_rtn":
+        return [*autoround, "--iters", "0"]
+    llm = [sys.executable, "-m", "llmshrink", "quantize", args.model, "--out", str(d), *grid, *calib]
+    return ROWS[row][1](llm, d)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--configs", default="4:128,3:128,2:64")
+    ap.add_argument("--rows", default=",".join(ROWS), help="which rows, of: " + ", ".join(ROWS))
+    ap.add_argument("--nsamples", type=int, default=128)
+    ap.add_argument("--seqlen", type=int, default=512)
+    ap.add_argument("--max-tokens", type=int, default=16384)
+    ap.add_argument("--out", default="runs/bench/past_gptq")
+    ap.add_argument("--keep", action="store_true", help="keep the checkpoints")
+    ap.add_argument("--fresh", action="store_true")
+    args = ap.parse_args()
+    rows = args.rows.split(",")
+    if any(r.startswith(("gptqmodel", "autoround")) for r in rows) and not PEER_PY.exists():
+        raise SystemExit("no peers' environment: run `bash bench/peers/setup.sh` first")
+    out = ROOT / args.out
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    res_path = out / "results.json"
+    results = json.loads(res_path.read_text()) if res_path.exists() else {}
+
+    def step(key: str, cmd: list[str]) -> dict:
+        if key not in results:
+            print(f"[{time.strftime('%H:%M:%S')}] {key}: {' '.join(cmd)}", file=sys.stderr, flush=True)
+            results[key] = run(cmd, out / f"{key.replace('/', '__')}.log")
+            tmp = res_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(results, indent=2))
+            tmp.replace(res_path)
+        return results[key]
+
+    def evaluate(key: str, model: str) -> None:
+        for where, corpus in CORPORA.items():
+            step(f"eval/{key}/{where}", [sys.executable, "-m", "llmshrink", "eval", model, "--data", corpus,
+                                         "--max-tokens", str(args.max_tokens), "--json", "--no-record"])
+
+    evaluate("original", args.model)
+    configs = [tuple(int(x) for x in c.split(":")) for c in args.configs.split(",")]
+    for bits, gs in configs:
+        for row in rows:
+            key = f"{row}_w{bits}g{gs}"
+            d = out / key
+            if f"quantize/{key}" not in results and d.exists():
+                shutil.rmtree(d)
+            step(f"quantize/{key}", _command(row, bits, gs, d, args))
+            evaluate(key, str(d))
+            if not args.keep:
+                shutil.rmtree(d, ignore_errors=True)
+    print(report(results, configs, rows, args))
+
+
+def report(results: dict, configs, rows, args) -> str:
+    base = {w: results[f"eval/original/{w}"]["perplexity"] for w in CORPORA}
+    lines = [f"machine: {platform.machine()}, {os.cpu_count()} CPU cores; calibration {args.nsamples} x {args.seqlen} "
+             f"tokens of shakespeare:calib (seed 0), symmetric; perplexity on the first {args.max_tokens} tokens of "
+             f"{CORPORA['in']} (in domain) and {CORPORA['out']} (out of domain); original {base['in']:.3f} / "
+             f"{base['out']:.3f}", "",
+             "| config | method | in-domain ppl | increase | x RTN's | out-of-domain ppl | increase | x RTN's | "
+             "x best peer's (out) | quantize wall s | peak RSS MiB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for bits, gs in configs:
+        inc = {r: {w: results[f"eval/{r}_w{bits}g{gs}/{w}"]["perplexity"] - base[w] for w in CORPORA}
+               for r in rows if f"eval/{r}_w{bits}g{gs}/out" in results}
+        peers = [inc[r]["out"] for r in inc if r.startswith(("gptqmodel", "autoround"))]
+        best = min(peers) if peers else None
+        for r in inc:
+            q = results[f"quantize/{r}_w{bits}g{gs}"]
+            rtn = inc.get("rtn")
+            cells = []
+            for w in CORPORA:
+                ppl = results[f"eval/{r}_w{bits}g{gs}/{w}"]["perplexity"]
+                cells += [f"{ppl:.3f}", f"{inc[r][w]:+.3f}", f"{inc[r][w] / rtn[w]:.2f}" if rtn else "-"]
+            vs = f"{inc[r]['out'] / best:.2f}" if best else "-"
+            lines.append(f"| W{bits}g{gs} | {ROWS[r][0]} | {' | '.join(cells)} | {vs} | {q['wall_seconds']:.0f} | "
+                         f"{q['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
