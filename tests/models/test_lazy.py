@@ -154,16 +154,17 @@ def test_a_model_whose_one_block_does_not_fit_is_refused_before_reading(tiny_mod
     load_model(str(tiny_model_dir), lazy_blocks=True)
 
 
-def test_activations_on_disk_give_the_same_checkpoint(tiny_model_dir, text_file, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("method", ["gptq", "gptaq"])
+def test_activations_on_disk_give_the_same_checkpoint(tiny_model_dir, text_file, tmp_path, monkeypatch, capsys, method):
     """--activations disk keeps the calibration activations in a memory-mapped file beside the
-    output: the same bytes out as in memory, the file gone at the end; activations too large for
-    memory without it are refused before any pass."""
+    output (GPTAQ: the original model's in a second one): the same bytes out as in memory, the
+    files gone at the end; activations too large for memory without it are refused before any pass."""
     from llmshrink import memory
     from llmshrink.cli import main
     from llmshrink.jobs import quantize
 
     base = ["-q", "quantize", str(tiny_model_dir), "--bits", "4", "--group-size", "16", "--calib", str(text_file),
-            "--nsamples", "4", "--seqlen", "32"]
+            "--nsamples", "4", "--seqlen", "32", "--method", method]
     assert main([*base, "--out", str(tmp_path / "mem")]) == 0
     seen = []
     real = quantize._quantize_blocks
@@ -176,6 +177,7 @@ def test_activations_on_disk_give_the_same_checkpoint(tiny_model_dir, text_file,
     monkeypatch.setattr(quantize, "_quantize_blocks", spy)
     assert main([*base, "--out", str(tmp_path / "disk"), "--activations", "disk"]) == 0
     assert seen[0] is not None and seen[0].name == "activations.bin" and not seen[0].exists()
+    assert not seen[0].with_name("activations-original.bin").exists()
     a, b = (load_file(tmp_path / d / "model.safetensors") for d in ("mem", "disk"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     monkeypatch.setattr(memory, "available_memory", lambda device: 4 * 32 * 32 * 4)  # the activations' size

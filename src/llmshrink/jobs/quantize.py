@@ -63,7 +63,7 @@ def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Pat
         raise UserError(f"{lm.path} is already {method}-quantized: quantize the original model instead")
     out = claim_output(out, inputs=lm.sources, overwrite=overwrite, need_bytes=lm.size_on_disk)
     if cfg.method != "rtn":
-        check_activations(lm, calib, activations)
+        check_activations(lm, calib, activations, copies=2 if cfg.drifts else 1)
     n_layers = len(lm.arch.blocks(lm.model))
     todo = block_range(blocks, n_layers)
     cfg = _settle_group_size(lm, cfg, todo, lm_head)
@@ -95,14 +95,15 @@ def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Pat
     return report, saved
 
 
-def check_activations(lm: LoadedModel, calib: CalibConfig, activations: str) -> None:
+def check_activations(lm: LoadedModel, calib: CalibConfig, activations: str, copies: int = 1) -> None:
     """Refuse, before any pass, calibration activations (one hidden state per calibration token,
-    in the model's dtype) that would take more than half the free memory, unless they go to disk."""
+    in the model's dtype; ``copies``: 2 where the original model's are kept too, GPTAQ) that would
+    take more than half the free memory, unless they go to disk (the quantized model's only)."""
     p = next(p for p in lm.model.parameters() if not p.is_meta)
-    need = calib.nsamples * calib.seqlen * lm.model.config.hidden_size * p.element_size()
+    need = copies * calib.nsamples * calib.seqlen * lm.model.config.hidden_size * p.element_size()
     free = short_of(need, str(p.device)) if activations == "memory" else None
     if free is not None:
-        raise UserError(f"the calibration activations ({calib.nsamples} x {calib.seqlen} tokens x hidden "
+        raise UserError(f"the calibration activations ({copies} x {calib.nsamples} x {calib.seqlen} tokens x hidden "
                         f"{lm.model.config.hidden_size}) need {need / 2**30:.1f} GiB, more than half the "
                         f"{free / 2**30:.1f} GiB free: pass --activations disk (memory-mapped beside the output) "
                         "or fewer --nsamples")

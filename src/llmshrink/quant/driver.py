@@ -24,7 +24,7 @@ from typing import Protocol
 
 import torch
 
-from ..blockwise import BlockInputs, Captured, Prepare, walk_blocks
+from ..blockwise import BlockInputs, Captured, Prepare, Slab, walk_blocks
 from ..errors import UserError
 from ..memory import release_freed
 from ..models.arch import ArchSpec, check_block_range, untie_lm_head
@@ -356,8 +356,10 @@ def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor |
                 saved, n = resume.hidden(), len(inputs.hidden)
                 native[:] = [saved[n:]] if cfg.drifts else []
                 return saved[:n]
-            if cfg.drifts and not native:
-                native.append([h.clone() for h in inputs.hidden])
+            if cfg.drifts and not native:  # beside the quantized model's: in memory, or in a file beside ``store``
+                slab = Slab([h.shape[0] for h in inputs.hidden],
+                            store.with_name(store.stem + "-original" + store.suffix) if store is not None else None)
+                native.append([slab.keep(b, h.clone()) for b, h in enumerate(inputs.hidden)])
             first = len(report.layers)
             outs = quantize_block(i, block, inputs, arch, solve, report, true_sequential=true_sequential,
                                   native=native[0] if native else None)
