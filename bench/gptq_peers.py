@@ -44,6 +44,27 @@ def run(cmd: list[str], log: Path) -> dict:
     return {"wall_seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024, **(json.loads(last[-1]) if last else {})}
 
 
+def steps(out: Path, fresh: bool):
+    """The output folder, the results so far (OUT/results.json) and ``step(key, cmd)``, which runs
+    ``cmd`` with :func:`run` unless ``key`` is done, saving the results after each."""
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    res_path = out / "results.json"
+    results = json.loads(res_path.read_text()) if res_path.exists() else {}
+
+    def step(key: str, cmd: list[str]) -> dict:
+        if key not in results:
+            print(f"[{time.strftime('%H:%M:%S')}] {key}: {' '.join(cmd)}", file=sys.stderr, flush=True)
+            results[key] = run(cmd, out / f"{key.replace('/', '__')}.log")
+            tmp = res_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(results, indent=2))
+            tmp.replace(res_path)
+        return results[key]
+
+    return out, results, step
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
@@ -57,20 +78,8 @@ def main() -> None:
     args = ap.parse_args()
     if not PEER_PY.exists():
         raise SystemExit("no peers' environment: run `bash bench/peers/setup.sh` first")
-    out = ROOT / args.out
-    if args.fresh and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    res_path = out / "results.json"
-    results = json.loads(res_path.read_text()) if res_path.exists() else {}
+    out, results, step = steps(ROOT / args.out, args.fresh)
     llmshrink = [sys.executable, "-m", "llmshrink"]
-
-    def step(key: str, cmd: list[str]) -> dict:
-        if key not in results:
-            print(f"[{time.strftime('%H:%M:%S')}] {key}: {' '.join(cmd)}", file=sys.stderr, flush=True)
-            results[key] = run(cmd, out / f"{key.replace('/', '__')}.log")
-            res_path.write_text(json.dumps(results, indent=2))
-        return results[key]
 
     calib = ["--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen)]
     configs = [tuple(int(x) for x in c.split(":")) for c in args.configs.split(",")]

@@ -21,15 +21,13 @@ over); checkpoints are deleted once scored unless --keep. A Markdown table is pr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
 import sys
-import time
 from pathlib import Path
 
-from gptq_peers import PEER_PY, ROOT, run
+from gptq_peers import PEER_PY, ROOT, steps
 
 CORPORA = {"in": "shakespeare:eval", "out": "moby:eval"}
 # row -> (label, command maker(bits, group_size, out dir) -> argv)
@@ -78,21 +76,7 @@ def main() -> None:
     rows = args.rows.split(",")
     if any(r.startswith(("gptqmodel", "autoround")) for r in rows) and not PEER_PY.exists():
         raise SystemExit("no peers' environment: run `bash bench/peers/setup.sh` first")
-    out = ROOT / args.out
-    if args.fresh and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    res_path = out / "results.json"
-    results = json.loads(res_path.read_text()) if res_path.exists() else {}
-
-    def step(key: str, cmd: list[str]) -> dict:
-        if key not in results:
-            print(f"[{time.strftime('%H:%M:%S')}] {key}: {' '.join(cmd)}", file=sys.stderr, flush=True)
-            results[key] = run(cmd, out / f"{key.replace('/', '__')}.log")
-            tmp = res_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(results, indent=2))
-            tmp.replace(res_path)
-        return results[key]
+    out, results, step = steps(ROOT / args.out, args.fresh)
 
     def evaluate(key: str, model: str) -> None:
         for where, corpus in CORPORA.items():

@@ -21,36 +21,51 @@ import time
 from pathlib import Path
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The arguments AutoRound's runs share (``autoround_gptq.py`` adds its own)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--type", default="q4_k_m", help="a llama.cpp mix AutoRound exports (gguf:TYPE)")
     ap.add_argument("--iters", type=int, default=None, help="0: its optimised RTN; default: its own tuning")
     ap.add_argument("--calib", default="shakespeare:calib")
     ap.add_argument("--nsamples", type=int, default=128)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--out", type=Path, required=True)
-    args = ap.parse_args()
+    return ap
 
-    import auto_round
-    from auto_round import AutoRound
 
+def source_and_windows(args) -> tuple[str, list]:
+    """The model's folder and llmshrink's calibration windows, as AutoRound's dataset."""
     from llmshrink.data.calib import CalibConfig, calibration_windows
     from llmshrink.models.load import load_model, resolve_model_dir
 
-    src = resolve_model_dir(args.model)
     tok = load_model(args.model).tokenizer
     windows = calibration_windows(tok, CalibConfig(data=args.calib, nsamples=args.nsamples, seqlen=args.seqlen))
+    return str(resolve_model_dir(args.model)), [w.unsqueeze(0) for w in windows]
+
+
+def finish(args, t0: float, **fields) -> None:
+    import auto_round
+
+    print(json.dumps({"tool": "auto-round", "version": auto_round.__version__, "iters": args.iters,
+                      "quantize_seconds": time.perf_counter() - t0,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                      "windows": [args.nsamples, args.seqlen], **fields}), flush=True)
+
+
+def main() -> None:
+    ap = parser()
+    ap.add_argument("--type", default="q4_k_m", help="a llama.cpp mix AutoRound exports (gguf:TYPE)")
+    args = ap.parse_args()
+    from auto_round import AutoRound
+
+    src, dataset = source_and_windows(args)
     t0 = time.perf_counter()
     kw = {} if args.iters is None else {"iters": args.iters}
-    ar = AutoRound(str(src), scheme=f"gguf:{args.type}", dataset=[w.unsqueeze(0) for w in windows],
-                   nsamples=len(windows), seqlen=args.seqlen, device_map="cpu", **kw)
+    ar = AutoRound(src, scheme=f"gguf:{args.type}", dataset=dataset, nsamples=len(dataset), seqlen=args.seqlen,
+                   device_map="cpu", **kw)
     ar.quantize_and_save(str(args.out), format=f"gguf:{args.type}")
-    secs = time.perf_counter() - t0
-    files = sorted(args.out.rglob("*.gguf"))
-    print(json.dumps({"tool": "auto-round", "version": auto_round.__version__, "type": args.type, "iters": args.iters,
-                      "seconds": secs, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "files": [str(f) for f in files], "windows": list(windows.shape)}), flush=True)
+    finish(args, t0, type=args.type, seconds=time.perf_counter() - t0,
+           files=[str(f) for f in sorted(args.out.rglob("*.gguf"))])
 
 
 if __name__ == "__main__":

@@ -14,46 +14,26 @@ llmshrink, transformers and GPTQModel load) and prints one JSON line: AutoRound'
 
 from __future__ import annotations
 
-import argparse
-import json
-import resource
 import time
-from pathlib import Path
+
+from autoround_gguf import finish, parser, source_and_windows
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="smollm2-135m")
+    ap = parser()
     ap.add_argument("--bits", type=int, default=4)
     ap.add_argument("--group-size", type=int, default=128)
     ap.add_argument("--asym", action="store_true")
-    ap.add_argument("--iters", type=int, default=None, help="0: its optimised RTN; default: its own tuning (200)")
-    ap.add_argument("--calib", default="shakespeare:calib")
-    ap.add_argument("--nsamples", type=int, default=128)
-    ap.add_argument("--seqlen", type=int, default=512)
-    ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-
-    import auto_round
     from auto_round import AutoRound
 
-    from llmshrink.data.calib import CalibConfig, calibration_windows
-    from llmshrink.models.load import load_model, resolve_model_dir
-
-    src = resolve_model_dir(args.model)
-    tok = load_model(args.model).tokenizer
-    windows = calibration_windows(tok, CalibConfig(data=args.calib, nsamples=args.nsamples, seqlen=args.seqlen))
+    src, dataset = source_and_windows(args)
     t0 = time.perf_counter()
     kw = {} if args.iters is None else {"iters": args.iters}
-    ar = AutoRound(str(src), bits=args.bits, group_size=args.group_size, sym=not args.asym,
-                   dataset=[w.unsqueeze(0) for w in windows], nsamples=len(windows), seqlen=args.seqlen,
-                   device_map="cpu", **kw)
+    ar = AutoRound(src, bits=args.bits, group_size=args.group_size, sym=not args.asym, dataset=dataset,
+                   nsamples=len(dataset), seqlen=args.seqlen, device_map="cpu", **kw)
     ar.quantize_and_save(str(args.out), format="auto_gptq")
-    secs = time.perf_counter() - t0
-    print(json.dumps({"tool": "auto-round", "version": auto_round.__version__, "bits": args.bits,
-                      "group_size": args.group_size, "iters": args.iters, "quantize_seconds": secs,
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "out": str(args.out),
-                      "windows": list(windows.shape)}), flush=True)
+    finish(args, t0, bits=args.bits, group_size=args.group_size, out=str(args.out))
 
 
 if __name__ == "__main__":
