@@ -213,6 +213,7 @@ def test_reconstruction_lowers_a_synthetic_blocks_output_error_and_stays_on_the_
     assert stats.before == pytest.approx(before, rel=1e-4)
     for name, res in tuned.items():
         assert res.q.max() <= 7 and torch.equal(res.zeros, results[name].zeros)
+        assert torch.equal(res.scales, res.scales.half().float())  # packing loses nothing
         assert (res.q != results[name].q).any()
         block.get_submodule(name).weight.data = res.dequantize()
     assert error() == pytest.approx(stats.after, rel=1e-4)

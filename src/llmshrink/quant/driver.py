@@ -248,10 +248,8 @@ def _reconstruct(i: int, block: torch.nn.Module, arch: ArchSpec, inputs: list[to
     local = {n: report.results[prefix + n] for n in arch.linear_names if prefix + n in report.results}
     tuned, stats = reconstruct_block(block, local, cfg.maxq, inputs, targets, kwargs, steps=cfg.recon_steps,
                                      lr=cfg.recon_lr)
-    for name, res in tuned.items():
+    for name, res in tuned.items():  # the block holds them already
         res.updated = None
-        mod = block.get_submodule(name)
-        mod.weight.data = res.dequantize().to(mod.weight.dtype).reshape(mod.weight.shape)
         report.results[prefix + name] = res
     stats.seconds = time.perf_counter() - t0
     for r in report.layers:

@@ -73,10 +73,10 @@ class _Soft(torch.nn.Module):
 
     @torch.no_grad()
     def result(self, res: QuantResult) -> QuantResult:
-        """``res`` with the tuned codes and scales."""
-        s = self.scale()
-        q = self.codes(s).round().to(torch.uint8)
-        scales = (res.scales * self.a.exp().T).to(res.scales.dtype)
+        """``res`` with the tuned codes and scales, the scales rounded to fp16 as the checkpoint
+        stores them (a relative change below 2.5e-4; the codes are the tuned ones)."""
+        q = self.codes(self.scale()).round().to(torch.uint8)
+        scales = (res.scales * self.a.exp().T).half().float()
         return QuantResult(q, scales, res.zeros, res.g_idx, res.perm, res.loss, res.damp)
 
 
@@ -111,10 +111,10 @@ def reconstruct_block(block: torch.nn.Module, results: dict[str, QuantResult], m
     statistics. ``block`` holds the dequantized solutions on entry and on return; ``lr``: the
     rounding offsets' first signed step (the log-scales' is ``SCALE_STEP`` of it), decaying
     linearly to 0."""
+    before = _error(block, inputs, targets, kwargs)
     soft = {name: _Soft(block.get_submodule(name), res, maxq) for name, res in results.items()}
     params = [p for m in soft.values() for p in (m.v, m.a)]
     with _swapped(block, soft):
-        before = _error(block, inputs, targets, kwargs)
         frozen = [p for p in block.parameters() if p.requires_grad and all(p is not q for q in params)]
         for p in frozen:
             p.requires_grad_(False)
@@ -134,7 +134,16 @@ def reconstruct_block(block: torch.nn.Module, results: dict[str, QuantResult], m
         finally:
             for p in frozen:
                 p.requires_grad_(True)
-        after = _error(block, inputs, targets, kwargs)
         tuned = {name: m.result(results[name]) for name, m in soft.items()}
+    _set_weights(block, tuned)
+    after = _error(block, inputs, targets, kwargs)
     kept = after < before and math.isfinite(after)
+    if not kept:
+        _set_weights(block, results)
     return (tuned if kept else results), ReconStats(before, after if kept else before, steps, kept)
+
+
+def _set_weights(block: torch.nn.Module, results: dict[str, QuantResult]) -> None:
+    for name, res in results.items():
+        mod = block.get_submodule(name)
+        mod.weight.data = res.dequantize().to(mod.weight.dtype).reshape(mod.weight.shape)
