@@ -94,10 +94,15 @@ def accumulate_hessian(H: torch.Tensor | None, n: int, x: torch.Tensor) -> tuple
         H = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
     H *= n / (n + m)
     n += m
-    xtx = x.T @ x
-    for r in range(0, xtx.shape[0], 1024):  # a band of rows at a time: no [in, in] float64 temporary
-        H[r:r + 1024] += xtx[r:r + 1024].double() * (2 / n)
+    _add_banded(H, x.T @ x, 2 / n)
     return H, n
+
+
+def _add_banded(acc: torch.Tensor, prod: torch.Tensor, scale: float) -> None:
+    """``acc += prod · scale`` (float64 += float32), a band of 1024 rows at a time: no [in, in]
+    float64 temporary."""
+    for r in range(0, prod.shape[0], 1024):
+        acc[r:r + 1024] += prod[r:r + 1024].double() * scale
 
 
 def accumulate_drift(D: torch.Tensor | None, n: int, x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -112,9 +117,7 @@ def accumulate_drift(D: torch.Tensor | None, n: int, x: torch.Tensor, ref: torch
     if D is None:
         D = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
     D *= n / (n + m)
-    dxtx = (ref - x).T @ x
-    for r in range(0, dxtx.shape[0], 1024):
-        D[r:r + 1024] += dxtx[r:r + 1024].double() * (2 / (n + m))
+    _add_banded(D, (ref - x).T @ x, 2 / (n + m))
     return D
 
 
@@ -174,25 +177,24 @@ def _solve_order(H: torch.Tensor, dead: torch.Tensor, perm: torch.Tensor | None,
     return A
 
 
-def _drift_target(W: torch.Tensor, drift: torch.Tensor, dead: torch.Tensor, perm: torch.Tensor | None,
-                  Hinv: torch.Tensor, alpha: float) -> torch.Tensor:
+def _drift_in_solve_order(drift: torch.Tensor, dead: torch.Tensor, perm: torch.Tensor | None,
+                          dtype: torch.dtype) -> torch.Tensor:
+    """A ``dtype`` copy of the drift (the caller's is never written), dead columns zeroed, rows
+    and columns in solve order."""
+    D = drift.to(dtype, copy=True)
+    D[:, dead] = 0
+    return D if perm is None else D[perm][:, perm]
+
+
+def _drift_target(W: torch.Tensor, D: torch.Tensor, Hinv: torch.Tensor, alpha: float) -> torch.Tensor:
     """The least-squares target's offset ``α · W ΔX X̃ᵀ H⁻¹`` (H⁻¹ = Uᵀ U, damped), in solve order:
     with α = 1, ``‖Q X̃ − W X‖² = ‖(Q − W̃) X̃‖² + const`` for ``W̃`` = W plus this, so GPTQ on W̃
     solves the asymmetric problem."""
-    D = drift.to(Hinv.dtype)
-    D[:, dead] = 0
-    if perm is not None:
-        D = D[perm][:, perm]
     return (W @ D).matmul(Hinv.T).matmul(Hinv).mul_(alpha)
 
 
-def _drift_update(drift: torch.Tensor, dead: torch.Tensor, perm: torch.Tensor | None, Hinv: torch.Tensor,
-                  alpha: float) -> torch.Tensor:
+def _drift_update(D: torch.Tensor, Hinv: torch.Tensor, alpha: float) -> torch.Tensor:
     """GPTAQ's ``P = α · triu(D Uᵀ, 1) U`` in solve order, float32 (``Hinv``: U)."""
-    D = drift.to(Hinv.dtype)
-    D[:, dead] = 0
-    if perm is not None:
-        D = D[perm][:, perm]
     return (D @ Hinv.T).triu_(1).matmul(Hinv).mul_(alpha)
 
 
@@ -223,10 +225,13 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, cfg: QuantConfig, *, drift: 
     dtype = torch.float64 if cfg.solve_precision(in_f) == "float64" else torch.float32
     Hinv, damp = _inverse_cholesky(lambda: _solve_order(H, dead, perm, dtype), cfg.damp, max_retries)
     P = None
-    if drift is not None and cfg.drift_solve == "columns":
-        P = _drift_update(drift, dead, perm, Hinv, cfg.alpha)
-    elif drift is not None:
-        W += _drift_target(W, drift, dead, perm, Hinv, cfg.alpha)
+    if drift is not None:
+        D = _drift_in_solve_order(drift, dead, perm, Hinv.dtype)
+        if cfg.drift_solve == "columns":
+            P = _drift_update(D, Hinv, cfg.alpha)
+        else:
+            W += _drift_target(W, D, Hinv, cfg.alpha)
+        del D
     static: list[Grid] | None = None
     if cfg.static_groups and not cfg.per_row:
         unpermuted = W if perm is None else W[:, torch.argsort(perm)]
