@@ -14,9 +14,24 @@ llmshrink, transformers and GPTQModel load) and prints one JSON line: AutoRound'
 
 from __future__ import annotations
 
+import shutil
 import time
+from pathlib import Path
 
 from autoround_gguf import finish, parser, source_and_windows
+
+
+def _flatten(out: Path) -> None:
+    """AutoRound 0.16 writes into ``OUT/<model>-w<bits>g<group>/``: move that folder's files up,
+    so that ``OUT`` is the checkpoint."""
+    if (out / "config.json").is_file():
+        return
+    inner = [d for d in out.iterdir() if d.is_dir() and (d / "config.json").is_file()]
+    if len(inner) != 1:
+        raise SystemExit(f"{out}: AutoRound wrote no checkpoint folder")
+    for f in inner[0].iterdir():
+        shutil.move(str(f), out / f.name)
+    inner[0].rmdir()
 
 
 def main() -> None:
@@ -33,6 +48,7 @@ def main() -> None:
     ar = AutoRound(src, bits=args.bits, group_size=args.group_size, sym=not args.asym, dataset=dataset,
                    nsamples=len(dataset), seqlen=args.seqlen, device_map="cpu", **kw)
     ar.quantize_and_save(str(args.out), format="auto_gptq")
+    _flatten(Path(args.out))
     finish(args, t0, bits=args.bits, group_size=args.group_size, out=str(args.out))
 
 

@@ -91,7 +91,7 @@ def test_gptqmodel_reads_our_checkpoint_like_we_do(q4_g128):
     first 8,192 tokens within 0.5 % of llmshrink's own loader (BENCHMARKS: +0.09 %)."""
     ours = _ppl(q4_g128, max_tokens=8192)
     proc = subprocess.run([str(PEER_PY), "bench/peers/gptqmodel_run.py", "eval", str(q4_g128), "--max-tokens",
-                           "8192"], capture_output=True, text=True, check=True, cwd=PEER_PY.parents[3])
+                           "8192"], capture_output=True, text=True, check=True, cwd=PEER_PY.parents[4])
     theirs = json.loads(proc.stdout.strip().splitlines()[-1])["perplexity"]
     print(f"\nfirst 8192 tokens: llmshrink {ours:.4f}, GPTQModel {theirs:.4f}")
     assert abs(theirs - ours) / ours < 0.005
