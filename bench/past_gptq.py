@@ -12,7 +12,10 @@ GPTQModel GPTQ and GPTQ v2 (``gptaq`` alpha 0.25, its default); AutoRound (defau
 iterations per block) and AutoRound ``--iters 0``. Then perplexity of the original model and
 of every checkpoint, by llmshrink's evaluator, on the first ``--max-tokens`` tokens of
 ``shakespeare:eval`` (the calibration's own domain, held out) and of ``moby:eval``
-(*Moby-Dick*: a novel, which no calibration reads).
+(*Moby-Dick*: a novel, which no calibration reads). ``mix35``: mixed precision (``--target-bpw
+3.5``, the config's bits unused). Each checkpoint's stored bits per weight (codes, zero points and
+scales of its packed layers over their weights) is read from its files; the plot
+OUT/ppl_vs_bpw.png shows perplexity against it for every row.
 
 Results go to OUT/results.json step by step (a rerun skips finished steps; --fresh starts
 over); checkpoints are deleted once scored unless --keep. A Markdown table is printed.
@@ -21,6 +24,8 @@ over); checkpoints are deleted once scored unless --keep. A Markdown table is pr
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import platform
 import shutil
@@ -36,6 +41,8 @@ ROWS = {
     "gptq": ("llmshrink GPTQ", lambda llm, d: [*llm, "--method", "gptq"]),
     "gptaq": ("llmshrink GPTAQ", lambda llm, d: [*llm, "--method", "gptaq"]),
     "recon": ("llmshrink recon (GPTAQ + block-output tuning)", lambda llm, d: [*llm, "--method", "recon"]),
+    "mix35": ("llmshrink GPTQ, --target-bpw 3.5 (widths 2/3/4/8)",
+              lambda llm, d: [*llm, "--method", "gptq", "--target-bpw", "3.5"]),
     "gptqmodel": ("GPTQModel GPTQ", None),
     "gptqmodel_v2": ("GPTQModel GPTQ v2 (GPTAQ)", None),
     "autoround": ("AutoRound (200 iters)", None),
@@ -72,6 +79,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench/past_gptq")
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints")
     ap.add_argument("--fresh", action="store_true")
+    ap.add_argument("--report", action="store_true", help="only print the table and draw the plot of the rows done")
     args = ap.parse_args()
     rows = args.rows.split(",")
     if any(r.startswith(("gptqmodel", "autoround")) for r in rows) and not PEER_PY.exists():
@@ -83,8 +91,12 @@ def main() -> None:
             step(f"eval/{key}/{where}", [sys.executable, "-m", "llmshrink", "eval", model, "--data", corpus,
                                          "--max-tokens", str(args.max_tokens), "--json", "--no-record"])
 
-    evaluate("original", args.model)
     configs = [tuple(int(x) for x in c.split(":")) for c in args.configs.split(",")]
+    if args.report:
+        print(report(results, configs, rows, args))
+        plot(results, out / "ppl_vs_bpw.png")
+        return
+    evaluate("original", args.model)
     for bits, gs in configs:
         for row in rows:
             key = f"{row}_w{bits}g{gs}"
@@ -92,10 +104,81 @@ def main() -> None:
             if f"quantize/{key}" not in results and d.exists():
                 shutil.rmtree(d)
             step(f"quantize/{key}", _command(row, bits, gs, d, args))
+            if f"bpw/{key}" not in results and d.is_dir():
+                results[f"bpw/{key}"] = {"bpw": stored_bpw(d)}
+                tmp = out / "results.tmp"
+                tmp.write_text(json.dumps(results, indent=2))
+                tmp.replace(out / "results.json")
             evaluate(key, str(d))
             if not args.keep:
                 shutil.rmtree(d, ignore_errors=True)
     print(report(results, configs, rows, args))
+    plot(results, out / "ppl_vs_bpw.png")
+
+
+def stored_bpw(folder: Path) -> float:
+    """Bits per weight that a GPTQ checkpoint's packed layers store: qweight, qzeros and scales
+    over the layers' weights (``g_idx`` aside)."""
+    from safetensors import safe_open
+
+    size: dict[str, int] = {}
+    weights = 0
+    for shard in folder.glob("*.safetensors"):
+        with safe_open(shard, "pt") as f:
+            names = f.keys()
+            for k in names:
+                t = f.get_slice(k)
+                n = math.prod(t.get_shape()) * {"I32": 4, "F16": 2, "BF16": 2, "F32": 4}.get(t.get_dtype(), 1)
+                size[k] = n
+                if k.endswith(".g_idx"):
+                    weights += t.get_shape()[0] * f.get_slice(k.replace(".g_idx", ".scales")).get_shape()[1]
+    packed = sum(n for k, n in size.items() if k.endswith((".qweight", ".qzeros", ".scales")))
+    return 8 * packed / weights
+
+
+def _bpw(results: dict, key: str, bits: int, gs: int) -> float:
+    """A row's bits per weight: read from its checkpoint, or for a uniform row whose checkpoint
+    was not read, what the default model's layers (in 576 or 1536, out 192 to 1536) store."""
+    if f"bpw/{key}" in results:
+        return results[f"bpw/{key}"]["bpw"]
+    from llmshrink.quant.mix import stored_bits
+
+    shapes = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]
+    return sum(stored_bits(bits, s, gs) for s in shapes) / sum(o * i for o, i in shapes)
+
+
+def plot(results: dict, path: Path) -> None:
+    """Perplexity against stored bits per weight, in and out of domain, one marker per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points: dict[str, list[tuple[float, float, float]]] = {}
+    for key in results:
+        if not key.startswith("quantize/"):
+            continue
+        name = key.split("/", 1)[1]
+        row, _, cfg = name.rpartition("_w")
+        bits, gs = (int(x) for x in cfg.split("g"))
+        if f"eval/{name}/out" not in results or row not in ROWS:
+            continue
+        ppl = [results[f"eval/{name}/{w}"]["perplexity"] for w in CORPORA]
+        points.setdefault(row, []).append((_bpw(results, name, bits, gs), *ppl))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, (i, w) in zip(axes, enumerate(CORPORA), strict=True):
+        for row, pts in sorted(points.items()):
+            pts = sorted(p for p in pts if p[i + 1] < 200)  # RTN's 2- and 3-bit points would flatten the rest
+            if pts:
+                ax.plot([p[0] for p in pts], [p[i + 1] for p in pts], "o-", label=ROWS[row][0])
+        ax.axhline(results[f"eval/original/{w}"]["perplexity"], color="grey", ls="--", lw=1, label="original")
+        ax.set(xlabel="stored bits per weight (codes + zero points + scales)", ylabel="perplexity",
+               title=f"{CORPORA[w]} ({'in' if w == 'in' else 'out of'} domain)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def report(results: dict, configs, rows, args) -> str:
@@ -104,8 +187,8 @@ def report(results: dict, configs, rows, args) -> str:
              f"tokens of shakespeare:calib (seed 0), symmetric; perplexity on the first {args.max_tokens} tokens of "
              f"{CORPORA['in']} (in domain) and {CORPORA['out']} (out of domain); original {base['in']:.3f} / "
              f"{base['out']:.3f}", "",
-             "| config | method | in-domain ppl | increase | x RTN's | out-of-domain ppl | increase | x RTN's | "
-             "x best peer's (out) | quantize wall s | peak RSS MiB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| config | method | bits/weight | in-domain ppl | increase | x RTN's | out-of-domain ppl | increase | x RTN's | "
+             "x best peer's (out) | quantize wall s | peak RSS MiB |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for bits, gs in configs:
         inc = {r: {w: results[f"eval/{r}_w{bits}g{gs}/{w}"]["perplexity"] - base[w] for w in CORPORA}
                for r in rows if f"eval/{r}_w{bits}g{gs}/out" in results}
@@ -119,7 +202,8 @@ def report(results: dict, configs, rows, args) -> str:
                 ppl = results[f"eval/{r}_w{bits}g{gs}/{w}"]["perplexity"]
                 cells += [f"{ppl:.3f}", f"{inc[r][w]:+.3f}", f"{inc[r][w] / rtn[w]:.2f}" if rtn else "-"]
             vs = f"{inc[r]['out'] / best:.2f}" if best else "-"
-            lines.append(f"| W{bits}g{gs} | {ROWS[r][0]} | {' | '.join(cells)} | {vs} | {q['wall_seconds']:.0f} | "
+            bpw = _bpw(results, f"{r}_w{bits}g{gs}", bits, gs)
+            lines.append(f"| W{bits}g{gs} | {ROWS[r][0]} | {bpw:.3f} | {' | '.join(cells)} | {vs} | {q['wall_seconds']:.0f} | "
                          f"{q['peak_rss_mb']:.0f} |")
     return "\n".join(lines)
 

@@ -71,8 +71,10 @@ def evaluate(args) -> dict:
     tok = getattr(tok, "tokenizer", tok)
     stream = tokenize_corpus(load_corpus(args.data), tok, max_tokens=args.max_tokens)
     res = perplexity(model.model, stream, seqlen=args.seqlen, bos=bos_id(tok))
+    # the width GPTQModel built each packed layer with (a mixed checkpoint's ``dynamic`` rules read)
+    widths = {n: m.bits for n, m in model.model.named_modules() if hasattr(m, "qweight") and hasattr(m, "bits")}
     return {"tool": "gptqmodel", "dir": args.dir, "backend": args.backend, "perplexity": res.perplexity, "tokens": res.tokens,
-            "load_seconds": load_s, "eval_seconds": time.perf_counter() - t0 - load_s}
+            "load_seconds": load_s, "eval_seconds": time.perf_counter() - t0 - load_s, "widths": widths}
 
 
 def main() -> None:
