@@ -16,6 +16,7 @@ from llmshrink.errors import UserError
 from llmshrink.eval.config import EvalConfig
 from llmshrink.generation import GenerateConfig
 from llmshrink.quant.config import QuantConfig
+from llmshrink.quant.mix import MixConfig
 
 
 def test_round_trip_and_unknown_field():
@@ -153,12 +154,13 @@ def test_a_field_added_to_a_config_reaches_help_and_recipes_with_no_other_edit(t
     {},  # all defaults: no flag at all
     {"quant": QuantConfig(bits=3, group_size=64, sym=False, act_order=False, damp=0.05)},
     {"quant": QuantConfig(method="rtn"), "calib": None},
+    {"mix": MixConfig(target_bpw=3.25, bit_choices="3,4")},
 ])
 def test_to_flags_gives_the_same_configs_back_through_the_parser(configs):
     from llmshrink.data.calib import CalibConfig
     from llmshrink.jobs.quantize import PARTS, QuantizeScope
 
-    full = {"quant": QuantConfig(), "scope": QuantizeScope(blocks="0:26", lm_head=True),
+    full = {"quant": QuantConfig(), "mix": MixConfig(), "scope": QuantizeScope(blocks="0:26", lm_head=True),
             "calib": CalibConfig(data="a.txt:1,shakespeare:calib:2", nsamples=16), **configs}
     flags = to_flags(PARTS, {k: v for k, v in full.items() if v is not None})
     if not configs:

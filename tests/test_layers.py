@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("core", ("quant.grid", "quant.config", "quant.gptq", "quant.pack", "quant.qlinear")),
     ("models and data", ("models.*", "data.*")),
     ("driver", ("blockwise",)),
-    ("algorithms", ("quant.driver", "quant.stages", "quant.recon", "quant.importance", "pruning.*", "tune.*")),
+    ("algorithms", ("quant.driver", "quant.stages", "quant.recon", "quant.importance", "quant.mix", "pruning.*", "tune.*")),
     ("exporters and evaluators", ("exporters.*", "eval.*", "generation")),
     ("jobs", ("jobs.*",)),
     ("api and cli", ("api", "cli", "cli.*", "__main__", "")),

@@ -24,6 +24,7 @@ from .models.load import LoadedModel, load_model
 from .pruning.config import HealConfig, PruneConfig
 from .quant.config import QuantConfig
 from .quant.driver import QuantizeReport
+from .quant.mix import MixConfig
 from .tune.config import FinetuneConfig
 
 Model = str | Path | LoadedModel
@@ -34,15 +35,17 @@ def _loaded(model: Model, **kw) -> LoadedModel:
 
 
 def quantize(model: Model, out: str | Path, config: QuantConfig | None = None, *, calib: CalibConfig | None = None,
-             blocks: str | None = None, lm_head: bool = False, overwrite: bool = False, progress=None) -> QuantizeReport:
+             blocks: str | None = None, lm_head: bool = False, mix: MixConfig | None = None, overwrite: bool = False,
+             progress=None) -> QuantizeReport:
     """Quantize ``model``'s decoder blocks (``blocks``, an ``A:B`` range, default all; ``lm_head``
     too if asked) with GPTQ or RTN and write a Hugging Face GPTQ checkpoint to the folder ``out``.
     A model given by name is read block by block (memory holds one block in float). An existing
-    ``out`` is replaced only with ``overwrite`` (as for every job)."""
+    ``out`` is replaced only with ``overwrite`` (as for every job). ``mix``: mixed precision
+    (``MixConfig(target_bpw=3.5)``: each layer's width chosen under the budget)."""
     from .jobs.quantize import run_quantize
 
     report, _ = run_quantize(_loaded(model, lazy_blocks=True), config or QuantConfig(), calib or CalibConfig(),
-                             Path(out), blocks=blocks, lm_head=lm_head, overwrite=overwrite, progress=progress)
+                             Path(out), blocks=blocks, lm_head=lm_head, mix=mix, overwrite=overwrite, progress=progress)
     return report
 
 

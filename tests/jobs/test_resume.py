@@ -10,6 +10,7 @@ from llmshrink.jobs import resume as resume_mod
 from llmshrink.jobs.quantize import run_quantize
 from llmshrink.models.load import load_model
 from llmshrink.quant.config import QuantConfig
+from llmshrink.quant.mix import MixConfig
 from tests.conftest import TEXT, make_tiny_model, save_model_dir
 
 
@@ -63,6 +64,7 @@ def _quantize(model, calib, out, cfg, **kw):
     (QuantConfig(bits=4, group_size=16, method="rtn"), {}, 3),
     (QuantConfig(bits=4, group_size=16, method="gptaq"), {}, 2),  # the original model's stream is kept too
     (QuantConfig(bits=4, group_size=16, method="recon", recon_steps=4), {"blocks": "1:4"}, 1),
+    (QuantConfig(bits=4, group_size=16), {"mix": MixConfig(target_bpw=3.5)}, 2),  # the widths are kept too
 ])
 def test_a_killed_run_resumes_to_the_same_bytes(setup, tmp_path, monkeypatch, cfg, kw, kill_after):
     _, model, calib = setup

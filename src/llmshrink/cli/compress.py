@@ -24,24 +24,26 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from ..jobs.preflight import preflight
     from ..jobs.quantize import PARTS, run_quantize
 
-    cfg, scope, calib = (config(args, part) for part in PARTS)
-    preflight(args.model, corpora=[calib.data if cfg.method != "rtn" else None], blocks=scope.blocks)
+    cfg, mix, scope, calib = (config(args, part) for part in PARTS)
+    calibrated = cfg.method != "rtn" or mix.target_bpw is not None
+    preflight(args.model, corpora=[calib.data if calibrated else None], blocks=scope.blocks)
     claim(args)
     # Blocks stay on disk until the driver reaches them: memory holds one float block at a time.
     lm = load(args, lazy_blocks=True)
     report, out = run_quantize(lm, cfg, calib, args.out, blocks=scope.blocks, lm_head=scope.lm_head,
-                               save_dtype=scope.save_dtype, activations=scope.activations, overwrite=args.overwrite,
-                               progress=progress())
+                               save_dtype=scope.save_dtype, activations=scope.activations, mix=mix,
+                               overwrite=args.overwrite, progress=progress())
 
     def total(values) -> str:
         values = [v for v in values if v is not None]
         return f"{sum(values):.4g}" if values else "-"
 
-    print(f"| block | layers | loss ({cfg.method}) | loss (rtn) | max damp | solve s |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print(f"| block | layers | bits | loss ({cfg.method}) | loss (rtn) | max damp | solve s |")
+    print("|---:|---:|---|---:|---:|---:|---:|")
     for b in report.blocks:
         rows = [r for r in report.layers if r.name.startswith(f"{lm.arch.layers}.{b}.")]
-        print(f"| {b} | {len(rows)} | {total(r.loss for r in rows)} | {total(r.rtn_loss for r in rows)} | "
+        widths = ",".join(str(r.bits) for r in rows)
+        print(f"| {b} | {len(rows)} | {widths} | {total(r.loss for r in rows)} | {total(r.rtn_loss for r in rows)} | "
               f"{max(r.damp for r in rows):g} | {sum(r.seconds for r in rows):.1f} |")
     print(f"\nsaved {out} ({mb(sum(f.stat().st_size for f in out.glob('*.safetensors')))}); "
           f"per-layer table: {out / 'quantize_layers.jsonl'}; {report.seconds:.0f} s")

@@ -19,7 +19,7 @@ from ..errors import UserError
 from ..models.arch import ArchSpec, arch_of
 from ..models.files import StoredTensor, metadata_of, stored_tensors, write_safetensors
 from ..models.gptq_layout import Layout
-from ..models.gptq_rules import skip_rules
+from ..models.gptq_rules import bits_rules, skip_rules
 from ..models.load import DTYPES
 from ..paths import atomic_dir, output_path
 from ..quant.driver import QuantizeReport
@@ -30,32 +30,36 @@ from ..quant.qlinear import QuantLinear
 Extra = str | Callable[[Path], None]
 
 
-def check_packable(model: torch.nn.Module, arch: ArchSpec, todo: range, lm_head: bool, bits: int) -> None:
-    """Refuse, before hours of quantization, layers that the GPTQ layout cannot store."""
-    per = packing_multiple(bits)
+def check_packable(model: torch.nn.Module, arch: ArchSpec, todo: range, lm_head: bool, bits: int, *,
+                   widths: dict[str, int] | None = None) -> None:
+    """Refuse, before hours of quantization, layers that the GPTQ layout cannot store at ``bits``
+    (or at their own width in ``widths``, by full name)."""
+    widths = widths or {}
     layers = arch.blocks(model)
     mods = [(f"{arch.layers}.{i}.{n}", layers[i].get_submodule(n)) for i in todo for n in arch.linear_names]
     if lm_head:
         mods.append((arch.lm_head, model.get_submodule(arch.lm_head)))
     for name, mod in mods:
+        per = packing_multiple(widths.get(name, bits))
         if mod.in_features % per or mod.out_features % per:
             hint = "leave --lm-head off" if name == arch.lm_head else "choose other bits"
-            raise UserError(f"{name} is {mod.out_features}x{mod.in_features}: {bits}-bit GPTQ packing needs both "
+            raise UserError(f"{name} is {mod.out_features}x{mod.in_features}: {widths.get(name, bits)}-bit GPTQ packing needs both "
                             f"dimensions to be multiples of {per}; {hint}")
 
 
 def pack_model(model: torch.nn.Module, report: QuantizeReport) -> None:
     """Replace each quantized ``nn.Linear`` by its packed :class:`QuantLinear`, in place (layers
     packed during quantization are already)."""
-    bits = report.config.bits
     for name, res in report.results.items():
-        model.set_submodule(name, QuantLinear.from_result(model.get_submodule(name), res, bits))
+        model.set_submodule(name, QuantLinear.from_result(model.get_submodule(name), res,
+                                                          report.layer_config(name).bits))
 
 
 def quantization_config(scheme: dict, model: torch.nn.Module, layout: Layout | None = None) -> dict:
     """``config.json``'s ``quantization_config`` for packed layers described by ``scheme``
     (:attr:`QuantizeReport.scheme`), with ``dynamic`` rules leaving ``model``'s other block
-    linears in full precision (see :mod:`llmshrink.models.gptq_rules`); modules named as
+    linears in full precision and ``+:`` rules giving its packed layers of another width than
+    ``scheme``'s ``bits`` their own (see :mod:`llmshrink.models.gptq_rules`); modules named as
     ``layout`` names them, if given."""
     arch = arch_of(model)  # module names as the checkpoint spells them (Mixtral's block_sparse_moe)
     name = layout.name if layout is not None else lambda n: [n]
@@ -63,6 +67,9 @@ def quantization_config(scheme: dict, model: torch.nn.Module, layout: Layout | N
                for m in name(arch.to_disk(f"{arch.layers}.{i}.{n}"))]
     packed = [m for n in scheme["modules_in_block_to_quantize"][0] for m in name(arch.to_disk(n))]
     rules = skip_rules(packed, linears, arch.layers)
+    widths = {m: mod.bits for n, mod in model.named_modules() if isinstance(mod, QuantLinear)
+              for m in name(arch.to_disk(n))}
+    rules.update(bits_rules(widths, scheme["bits"]))
     scheme = {**scheme, "modules_in_block_to_quantize": [packed]}
     return {"quant_method": "gptq", "checkpoint_format": "gptq", **scheme, **({"dynamic": rules} if rules else {})}
 

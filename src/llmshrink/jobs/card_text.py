@@ -30,7 +30,8 @@ def metadata(name: str, records: dict, source: Source, evals: list, qc: dict | N
     tags = ["llmshrink"] + [t for step, t in (("prune", "depth-pruned"), ("finetune", "tail-finetuned"))
                             if step in steps]
     if qc is not None:
-        tags += ["gptq", f"{qc.get('bits')}-bit"]
+        mixed = any("bits" in (v or {}) for v in (qc.get("dynamic") or {}).values())
+        tags += ["gptq", "mixed-precision" if mixed else f"{qc.get('bits')}-bit"]
     results = [EvalResult(task_type="text-generation", dataset_type=m["data"], dataset_name=m["data"],
                           metric_type="perplexity", metric_value=round(m["perplexity"], 4),
                           metric_name=f"perplexity ({m['tokens']:,} tokens)") for m in measured(records, evals)]
@@ -91,11 +92,19 @@ def summary(records: dict) -> str:
     if "quantize" in records:
         q = records["quantize"]
         c = q["config"]
-        words.append(f"{c['method'].upper()} {c['bits']}-bit g{c['group_size']} on blocks {q['blocks'][0]}:{q['blocks'][1]}")
+        words.append(f"{c['method'].upper()} {_width(q)} g{c['group_size']} on blocks {q['blocks'][0]}:{q['blocks'][1]}")
     if "finetune" in records:
         f = records["finetune"]
         words.append(f"blocks {f['blocks'][0]}:{f['blocks'][1]} fine-tuned ({f['config']['loss']})")
     return ", ".join(words) or "unchanged"
+
+
+def _width(q: dict) -> str:
+    """``4-bit``, or a mixed run's ``3.50 bits/weight (widths 3, 4)``."""
+    mixed = q.get("mixed_precision")
+    if mixed is None:
+        return f"{q['config']['bits']}-bit"
+    return f"{mixed['bpw']:.2f} bits/weight (widths {', '.join(mixed['widths'])})"
 
 
 def _quantize(q: dict) -> list[str]:
@@ -109,9 +118,15 @@ def _quantize(q: dict) -> list[str]:
                     f"({c.get('recon_steps')} signed-gradient steps)"]
         how += ["act-order" if c["act_order"] else "columns in order", f"damping {c['damp']}"]
         how += ["Hessian-weighted scale search"] if c.get("mse") else []
-    lines = [f"{c['method'].upper()} {c['bits']}-bit, group size {c['group_size']} ({', '.join(how)}), decoder "
+    lines = [f"{c['method'].upper()} {_width(q)}, group size {c['group_size']} ({', '.join(how)}), decoder "
              f"blocks {q['blocks'][0]}:{q['blocks'][1]}; lm_head {'quantized' if q['lm_head'] else 'in full precision'}; "
              "stored in the GPTQ format (`quant_method: gptq`)."]
+    mixed = q.get("mixed_precision")
+    if mixed is not None:
+        counts = ", ".join(f"{n} layers at {b} bits" for b, n in mixed["widths"].items())
+        lines.append(f"Mixed precision (`--target-bpw {q['mix']['target_bpw']}`): {counts}, chosen by each layer's "
+                     "measured sensitivity; `quantization_config.dynamic` gives each layer's width (GPTQModel, vLLM "
+                     "and SGLang read it; `quantize_layers.jsonl` lists them).")
     if cal:
         lines.append(f"Calibration: {cal['nsamples']} windows of {cal['seqlen']} tokens of `{cal['data']}` "
                      f"(seed {cal['seed']}).")

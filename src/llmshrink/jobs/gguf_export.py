@@ -67,7 +67,7 @@ def export_gguf(lm: LoadedModel, cfg: GGUFConfig, out: Path, *, calib: CalibConf
         for i, block in enumerate(lm.arch.blocks(lm.model)):
             lm.blocks.materialize(i, block)
     # each finished block's solutions are kept beside the file: a killed export continues from there
-    with BlockState.open(out, settings, lm.arch, qcfg.bits, discard_other=overwrite) as state:
+    with BlockState.open(out, settings, lm.arch, discard_other=overwrite) as state:
         results = solve_blocks(lm, qcfg, calib, progress, layer_config=_layer_configs(lm, cfg), windows=windows,
                                resume=state)
         return write_gguf(lm, cfg, out, results, t0=t0)

@@ -19,10 +19,12 @@ from ..exporters.gptq_compat import compatibility_notes, resolve_group_size
 from ..exporters.hf import check_packable, release_dtype, save_quantized
 from ..memory import short_of
 from ..models.arch import block_range, check_range_syntax
+from ..models.lazy import LazyBlocks
 from ..models.load import LoadedModel, read_config
-from ..paths import claim_output
+from ..paths import atomic_file, claim_output, read_record
 from ..quant.config import QuantConfig
 from ..quant.driver import QuantizeReport, quantize_model
+from ..quant.mix import Allocation, MixConfig, layer_sensitivity, plan_bits
 from .card import CARD, card_file
 from .resume import BlockState
 
@@ -52,47 +54,88 @@ class QuantizeScope(Config):
 
 
 # The settings of a quantize job, as flags of ``llmshrink quantize`` and fields of a recipe's quantize stage.
-PARTS = (Part("quant", QuantConfig), Part("scope", QuantizeScope), Part("calib", CalibConfig, nested=True))
+PARTS = (Part("quant", QuantConfig), Part("mix", MixConfig), Part("scope", QuantizeScope),
+         Part("calib", CalibConfig, nested=True))
 
 
 def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Path, *, blocks: str | None = None,
-                 lm_head: bool = False, save_dtype: str = "auto", activations: str = "memory", overwrite: bool = False,
-                 progress=None) -> tuple[QuantizeReport, Path]:
+                 lm_head: bool = False, save_dtype: str = "auto", activations: str = "memory",
+                 mix: MixConfig | None = None, overwrite: bool = False, progress=None) -> tuple[QuantizeReport, Path]:
+    """Quantize ``lm``'s ``blocks`` (and ``lm_head``) and write the GPTQ checkpoint to ``out``;
+    with ``mix.target_bpw``, each block linear at the width :mod:`llmshrink.quant.mix` gives it."""
     method = (read_config(lm.path).get("quantization_config") or {}).get("quant_method")
     if method is not None:
         raise UserError(f"{lm.path} is already {method}-quantized: quantize the original model instead")
+    mixing = mix is not None and mix.target_bpw is not None
     out = claim_output(out, inputs=lm.sources, overwrite=overwrite, need_bytes=lm.size_on_disk)
-    if cfg.method != "rtn":
+    if cfg.method != "rtn" or mixing:
         check_activations(lm, calib, activations, copies=2 if cfg.drifts else 1)
     n_layers = len(lm.arch.blocks(lm.model))
     todo = block_range(blocks, n_layers)
     cfg = _settle_group_size(lm, cfg, todo, lm_head)
-    check_packable(lm.model, lm.arch, todo, lm_head, cfg.bits)
-    # RTN rounds weights alone; no calibration pass
-    windows = calibration_windows(lm.tokenizer, calib) if cfg.method != "rtn" else None
+    if not mixing:
+        check_packable(lm.model, lm.arch, todo, lm_head, cfg.bits)
+    # RTN rounds weights alone; no calibration pass (but a mix measures each layer on calibration)
+    windows = calibration_windows(lm.tokenizer, calib) if cfg.method != "rtn" or mixing else None
     log.info("quantizing blocks %d:%d with %s", todo.start, todo.stop, cfg.method)
     t0 = time.perf_counter()
     done = {"config": cfg.to_dict(), "calibration": dataclasses.asdict(calib) if windows is not None else None,
-            "blocks": [todo.start, todo.stop], "lm_head": lm_head}
+            "blocks": [todo.start, todo.stop], "lm_head": lm_head, **({"mix": mix.to_dict()} if mixing else {})}
     # each finished block is kept beside the output: a killed run continues from there
     # ... and, when blocks are read from disk one at a time, leaves memory once written: the
     # checkpoint is assembled from those files (the model in memory is then not whole)
-    with BlockState.open(out, {**lm.identity, **done}, lm.arch, cfg.bits, discard_other=overwrite,
+    with BlockState.open(out, {**lm.identity, **done}, lm.arch, discard_other=overwrite,
                          spill=todo if lm.blocks is not None else None) as state:
+        plan = _plan_widths(lm, cfg, mix, windows, calib, todo, state.folder, progress) if mixing else None
+        if plan is not None:
+            cfg = dataclasses.replace(cfg, bits=max(set(plan.bits.values()), key=list(plan.bits.values()).count))
+            check_packable(lm.model, lm.arch, todo, lm_head, cfg.bits, widths=plan.bits)
         store = state.folder / "activations.bin" if activations == "disk" else None
-        report = _quantize_blocks(lm, cfg, windows, calib, todo, lm_head, state, store, progress)
+        report = _quantize_blocks(lm, cfg, windows if cfg.method != "rtn" else None, calib, todo, lm_head, state,
+                                  store, progress, bits=plan.bits if plan is not None else None)
         layers = "".join(json.dumps(r.row()) + "\n" for r in report.layers)
         command = command_line("quantize", lm.name, out, PARTS, {
-            "quant": cfg, "scope": QuantizeScope(blocks=blocks, lm_head=lm_head, save_dtype=save_dtype,
-                                                 activations=activations),
+            "quant": cfg if plan is None else dataclasses.replace(cfg, bits=done["config"]["bits"]),
+            "mix": mix if mixing else None,
+            "scope": QuantizeScope(blocks=blocks, lm_head=lm_head, save_dtype=save_dtype, activations=activations),
             "calib": calib if windows is not None else None})
-        run = {"model": lm.name, **done, "quantize_seconds": report.seconds, "command": command}
+        run = {"model": lm.name, **done, "quantize_seconds": report.seconds, "command": command,
+               **({"mixed_precision": {"bpw": plan.bpw, "widths": _count(plan.bits)}} if plan is not None else {})}
         saved = save_quantized(lm.model, lm.tokenizer, report, out, dtype=release_dtype(save_dtype, lm.path, True),
                                extra_files={"quantize_layers.jsonl": layers,
                                             "llmshrink_quantize.json": json.dumps(run, indent=2) + "\n",
                                             CARD: card_file(out)}, spilled=state.spilled)
     log.info("quantized and saved in %.1f s -> %s", time.perf_counter() - t0, saved)
     return report, saved
+
+
+def _count(bits: dict[str, int]) -> dict[str, int]:
+    """How many layers got each width."""
+    values = list(bits.values())
+    return {str(b): values.count(b) for b in sorted(set(values))}
+
+
+def _plan_widths(lm: LoadedModel, cfg: QuantConfig, mix: MixConfig, windows, calib: CalibConfig, todo: range,
+                 folder: Path, progress) -> Allocation:
+    """Each block linear's width under ``mix.target_bpw``: measured on the calibration windows
+    (one pass over the original model), or read back from ``folder`` when a killed run made it."""
+    saved = folder / "widths.json"
+    if saved.is_file():
+        return Allocation.from_dict(read_record(saved))
+    layers = lm.arch.blocks(lm.model)
+    if lm.blocks is not None:  # read block by block and freed once measured; the quantize pass reads them again
+        prepare, release = lm.blocks.materialize, LazyBlocks.release
+    else:
+        prepare = release = None
+    errors = layer_sensitivity(lm.model, lm.arch, windows, cfg, mix.choices, todo, batch_size=calib.batch_size,
+                               prepare=prepare, release=release, progress=progress)
+    shapes = {f"{lm.arch.layers}.{i}.{n}": tuple(layers[i].get_submodule(n).weight.shape)
+              for i in todo for n in lm.arch.linear_names}
+    plan = plan_bits(shapes, errors, cfg, mix)
+    log.info("mixed precision: %.3f bits per weight, widths %s", plan.bpw, _count(plan.bits))
+    with atomic_file(saved) as tmp:
+        tmp.write_text(json.dumps(plan.to_dict()) + "\n")
+    return plan
 
 
 def check_activations(lm: LoadedModel, calib: CalibConfig, activations: str, copies: int = 1) -> None:
@@ -125,7 +168,8 @@ def _settle_group_size(lm: LoadedModel, cfg: QuantConfig, todo: range, lm_head: 
 
 
 def _quantize_blocks(lm: LoadedModel, cfg: QuantConfig, windows, calib: CalibConfig, todo: range, lm_head: bool,
-                     state: BlockState, store: Path | None, progress) -> QuantizeReport:
+                     state: BlockState, store: Path | None, progress, bits: dict[str, int] | None = None
+                     ) -> QuantizeReport:
     """The driver over ``lm``, packed as solved; with a lazily loaded model, blocks are read from
     disk one at a time, and the embedding (and an untied lm_head not being quantized) is freed once
     the calibration inputs are captured (read back for saving); blocks outside ``todo`` are read back in full precision at the end."""
@@ -137,7 +181,7 @@ def _quantize_blocks(lm: LoadedModel, cfg: QuantConfig, windows, calib: CalibCon
             keys = [f"{lm.arch.embed}.weight"] + ([f"{lm.arch.lm_head}.weight"] if head.weight is not emb.weight else [])
             captured = partial(lm.blocks.drop, lm.model, keys)
     try:
-        report = quantize_model(lm.model, lm.arch, windows, cfg, blocks=todo, batch_size=calib.batch_size,
+        report = quantize_model(lm.model, lm.arch, windows, cfg, bits=bits, blocks=todo, batch_size=calib.batch_size,
                                 lm_head=lm_head, pack=True, prepare=prepare, captured=captured, resume=state,
                                 store=store, progress=progress)
     finally:

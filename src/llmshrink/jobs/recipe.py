@@ -69,7 +69,8 @@ def _run_quantize(model: str, out: Path, c: dict, ctx: dict, progress) -> dict:
     lm = load_model(model, lazy_blocks=True)
     report, _ = quantize_job.run_quantize(lm, c["quant"], c["calib"], out, blocks=c["scope"].blocks,
                                           lm_head=c["scope"].lm_head, save_dtype=c["scope"].save_dtype,
-                                          activations=c["scope"].activations, overwrite=True, progress=progress)
+                                          activations=c["scope"].activations, mix=c.get("mix"), overwrite=True,
+                                          progress=progress)
     return {"blocks": report.blocks, "seconds": report.seconds}
 
 

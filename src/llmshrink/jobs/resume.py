@@ -104,21 +104,21 @@ class BlockState(_State):
     """The resume point of one quantize run (see the module's doc); ``done`` blocks of the run's
     range are finished."""
 
-    def __init__(self, folder: Path, arch: ArchSpec, bits: int, done: int = 0, *, spill: range | None = None):
-        self.folder, self.arch, self.bits, self.done = folder, arch, bits, done
+    def __init__(self, folder: Path, arch: ArchSpec, done: int = 0, *, spill: range | None = None):
+        self.folder, self.arch, self.done = folder, arch, done
         self.blocks = spill  # the run's block indices, given to spill finished packed blocks
         # packed tensors left in the block files (full names): the saver copies them from there
         self.spilled: dict[str, StoredTensor] = {}
 
     @classmethod
-    def open(cls, out: Path, settings: dict, arch: ArchSpec, bits: int, *, discard_other: bool = False,
+    def open(cls, out: Path, settings: dict, arch: ArchSpec, *, discard_other: bool = False,
              spill: range | None = None) -> BlockState:
         """The state beside ``out``: new, or continued when made with the same ``settings``; one
         made with others is refused (``discard_other``: removed, the run starts over). With
         ``spill`` (the run's block indices), each finished packed block's GPTQ tensors are freed
         from memory once its file is written, and read from there when the checkpoint is saved
         (:attr:`spilled`): memory does not grow with the blocks done."""
-        state = cls(open_state_dir(out, settings, discard_other=discard_other), arch, bits, spill=spill)
+        state = cls(open_state_dir(out, settings, discard_other=discard_other), arch, spill=spill)
         hidden = state.folder / "hidden.safetensors"
         if hidden.is_file():
             state.done = int(_metadata(hidden).get("done", 0))
@@ -176,7 +176,8 @@ class BlockState(_State):
             return records, self._put_back_solutions(block, state, solved)
         for name in self.arch.linear_names:
             linear, scales = block.get_submodule(name), state[f"{name}.scales"]
-            block.set_submodule(name, QuantLinear(linear.in_features, linear.out_features, self.bits,
+            bits = state[f"{name}.qweight"].shape[0] * 32 // linear.in_features  # each layer's own width
+            block.set_submodule(name, QuantLinear(linear.in_features, linear.out_features, bits,
                                                   scales.shape[0], bias=f"{name}.bias" in state, dtype=scales.dtype))
         block.load_state_dict(state, strict=True, assign=True)
         if self.blocks is not None:

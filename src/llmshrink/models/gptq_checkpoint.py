@@ -18,7 +18,7 @@ from ..quant.qlinear import QuantLinear
 from .arch import ArchSpec, arch_of, prepare_modules
 from .files import check_safetensors, check_tensors
 from .gptq_layout import Layout, read_layout
-from .gptq_rules import packed_per_config
+from .gptq_rules import bits_per_config, packed_per_config
 from .lazy import LazyBlocks, SafetensorsIndex, check_block_fits, load_outside_blocks
 
 
@@ -68,8 +68,13 @@ def _install_packed(folder: Path, qc: dict, bits: int, model: torch.nn.Module, a
         if not isinstance(linear, torch.nn.Linear):
             raise UserError(f"{folder}: {name} holds packed weights but is not a linear layer in this architecture")
         shape, scale_dtype = found[f"{name}.scales"]
+        disk = arch.to_disk(name)
+        width = bits_per_config(qc, layout.name(disk)[0] if layout else disk, bits)
+        if width not in (2, 3, 4, 8):
+            raise UserError(f"{folder}/config.json: a dynamic rule gives {name} {width} bits; GPTQ packs 2, 3, 4 or 8: "
+                            "restore the file")
         with torch.device(device) if device else contextlib.nullcontext():
-            model.set_submodule(name, QuantLinear(linear.in_features, linear.out_features, bits, shape[0],
+            model.set_submodule(name, QuantLinear(linear.in_features, linear.out_features, width, shape[0],
                                                   bias=f"{name}.bias" in found, dtype=scale_dtype))
     check_tensors(model.state_dict(), {n: (tuple(shape), dt.is_floating_point) for n, (shape, dt) in found.items()},
                   folder)

@@ -7,7 +7,9 @@
   (``model.layers.3.mlp.down_proj``) mean the same to both.
 
 A mixed checkpoint (``--blocks 0:26``) states both, so every reader builds packed layers exactly
-where the safetensors hold them; llmshrink's own reader checks that the two agree.
+where the safetensors hold them; llmshrink's own reader checks that the two agree. A
+mixed-precision one (``--target-bpw``) gives the modules packed at another width than ``bits``
+``+:`` rules with their ``bits``, one rule per width.
 """
 
 from __future__ import annotations
@@ -44,16 +46,39 @@ def skip_rules(quantized: Iterable[str], linears: Iterable[str], layers: str) ->
     return rules
 
 
+def bits_rules(widths: dict[str, int], default: int) -> dict[str, dict]:
+    """``dynamic`` rules giving the modules of ``widths`` (full name -> bits) packed at another
+    width than ``default`` their own: one ``+:`` rule per width, naming its modules."""
+    by: dict[int, list[str]] = {}
+    for name, b in sorted(widths.items()):
+        if b != default:
+            by.setdefault(b, []).append(name)
+    return {f"+:(?:{'|'.join(map(re.escape, names))})$": {"bits": b} for b, names in sorted(by.items())}
+
+
+def _first_rule(qc: dict, name: str) -> tuple[bool, dict] | None:
+    """(negative?, overrides) of the first ``dynamic`` rule matching ``name`` (first match decides,
+    as GPTQModel and vLLM read them); None when none does."""
+    for pattern, over in (qc.get("dynamic") or {}).items():
+        if re.match(pattern[2:] if pattern.startswith(("-:", "+:")) else pattern, name):
+            return pattern.startswith("-:"), over or {}
+    return None
+
+
+def bits_per_config(qc: dict, name: str, default: int) -> int:
+    """The width module ``name`` is packed at, as ``qc``'s ``dynamic`` rules say (``default``: the
+    config's ``bits``)."""
+    rule = _first_rule(qc, name)
+    return int(rule[1].get("bits", default)) if rule is not None and not rule[0] else default
+
+
 def packed_per_config(qc: dict, name: str) -> bool | None:
     """Whether ``qc`` (a ``quantization_config``) says module ``name`` is packed, as GPTQModel and
     vLLM read ``dynamic`` and vLLM reads ``modules_in_block_to_quantize``; None when it says
     nothing about modules (older checkpoints: the safetensors alone tell)."""
-    for pattern in qc.get("dynamic") or {}:
-        negative = pattern.startswith("-:")
-        if re.match(pattern[2:] if pattern.startswith(("-:", "+:")) else pattern, name):
-            if negative:
-                return False
-            break
+    rule = _first_rule(qc, name)
+    if rule is not None and rule[0]:
+        return False
     listed = qc.get("modules_in_block_to_quantize")
     if not listed:
         return True if qc.get("dynamic") else None

@@ -49,6 +49,7 @@ class LayerRecord:
     hessian: str | None = None  # experts: "own" (its tokens) or "block" (the fallback: all the block's tokens)
     # recon: the block's output error (MSE summed over the calibration batches) before and after tuning
     block_error: tuple[float, float] | None = None
+    bits: int | None = None  # the width it was quantized to (None: records from before widths were kept)
 
     def row(self) -> dict:
         """The record as a JSON row (the expert and recon fields only where they apply)."""
@@ -68,6 +69,12 @@ class QuantizeReport:
     packed: bool = False  # layers were packed into QuantLinear as they were solved (results not kept)
     seconds: float = 0.0
     true_sequential: bool = True
+    bits: dict[str, int] = field(default_factory=dict)  # layers quantized at another width than config.bits
+
+    def layer_config(self, name: str) -> QuantConfig:
+        """The settings layer ``name`` is solved with: the run's, at the layer's own width."""
+        b = self.bits.get(name, self.config.bits)
+        return self.config if b == self.config.bits else dataclasses.replace(self.config, bits=b)
 
     @property
     def scheme(self) -> dict:
@@ -104,7 +111,7 @@ def _solve(mod: torch.nn.Linear, full: str, H: torch.Tensor | None, config: Laye
     on ``H`` if given): its weight becomes the dequantized solution; the result is kept for
     packing. ``config`` is the settings, or a function of the layer's full name giving them
     (None: the layer stays float)."""
-    cfg = config(full) if callable(config) else config
+    cfg = config(full) if callable(config) else report.layer_config(full)
     if cfg is None:
         return
     W = mod.weight.data
@@ -118,7 +125,7 @@ def _solve(mod: torch.nn.Linear, full: str, H: torch.Tensor | None, config: Laye
     report.results[full] = res
     report.layers.append(LayerRecord(full, tuple(W.shape), res.loss if H is not None else None,
                                      rtn.loss if cfg.solves else None, res.damp,
-                                     time.perf_counter() - t0, *(expert or (None, None))))
+                                     time.perf_counter() - t0, *(expert or (None, None)), bits=cfg.bits))
     log.debug("%s: loss %.4g (rtn %.4g)", full, res.loss, rtn.loss)
 
 
@@ -126,7 +133,7 @@ def _pack(root: torch.nn.Module, names: list[tuple[str, str]], report: QuantizeR
     """Swap solved linears of ``root`` (local name, full name) for packed modules; drop the codes."""
     for local, full in names:
         root.set_submodule(local, QuantLinear.from_result(root.get_submodule(local), report.results.pop(full),
-                                                          report.config.bits))
+                                                          report.layer_config(full).bits))
 
 
 def _check_hessian(H: torch.Tensor, full: str) -> None:
@@ -246,7 +253,8 @@ def _reconstruct(i: int, block: torch.nn.Module, arch: ArchSpec, inputs: list[to
     t0 = time.perf_counter()
     prefix = f"{arch.layers}.{i}."
     local = {n: report.results[prefix + n] for n in arch.linear_names if prefix + n in report.results}
-    tuned, stats = reconstruct_block(block, local, cfg.maxq, inputs, targets, kwargs, steps=cfg.recon_steps,
+    maxq = {n: report.layer_config(prefix + n).maxq for n in local}
+    tuned, stats = reconstruct_block(block, local, maxq, inputs, targets, kwargs, steps=cfg.recon_steps,
                                      lr=cfg.recon_lr)
     for name, res in tuned.items():  # the block holds them already
         res.updated = None
@@ -274,7 +282,8 @@ def _quantize_head(model: torch.nn.Module, arch: ArchSpec, final: BlockInputs | 
 
 
 def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor | None, cfg: QuantConfig, *,
-                   layer_config: Callable[[str], QuantConfig | None] | None = None, blocks: range | None = None, batch_size: int = 8, true_sequential: bool = True,
+                   layer_config: Callable[[str], QuantConfig | None] | None = None, bits: dict[str, int] | None = None,
+                   blocks: range | None = None, batch_size: int = 8, true_sequential: bool = True,
                    lm_head: bool = False, pack: bool = False, prepare: Prepare | None = None,
                    captured: Captured | None = None, resume: Resume | None = None, store: Path | None = None,
                    progress=None) -> QuantizeReport:
@@ -291,7 +300,8 @@ def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor |
     RTN without ``calib`` rounds the weights directly; with ``calib`` it is run through the same
     driver as GPTQ so that its H-weighted loss is reported for comparison. ``layer_config`` gives
     each layer (by full name) its own settings, None leaving it float (a GGUF mix's types); it
-    needs ``cfg.method``'s calibration and is not packed.
+    needs ``cfg.method``'s calibration and is not packed. ``bits``: layers (by full name) quantized
+    at another width than ``cfg.bits`` (mixed precision, :mod:`llmshrink.quant.mix`).
 
     ``resume`` keeps each finished block (packed, or its solutions) and what leaves it, and skips
     the blocks it holds already: they are put back as they were and the first block not done
@@ -302,7 +312,8 @@ def quantize_model(model: torch.nn.Module, arch: ArchSpec, calib: torch.Tensor |
     todo = blocks if blocks is not None else range(n_layers)
     check_block_range(todo, n_layers)
     t0 = time.perf_counter()
-    report = QuantizeReport(cfg, list(todo), lm_head=lm_head, packed=pack, true_sequential=true_sequential)
+    report = QuantizeReport(cfg, list(todo), lm_head=lm_head, packed=pack, true_sequential=true_sequential,
+                            bits={n: b for n, b in (bits or {}).items() if b != cfg.bits})
     if layer_config is not None and pack:
         raise ValueError("per-layer settings are for exporters, which consume the results: not with pack")
     solve: LayerConfig = layer_config or cfg

@@ -102,17 +102,19 @@ def _error(block, inputs, targets, kwargs) -> float:
         return sum(float(F.mse_loss(_output(block, h, kw), t)) for h, t, kw in zip(inputs, targets, kwargs, strict=True))
 
 
-def reconstruct_block(block: torch.nn.Module, results: dict[str, QuantResult], maxq: int, inputs: list[torch.Tensor],
+def reconstruct_block(block: torch.nn.Module, results: dict[str, QuantResult], maxq: int | dict[str, int], inputs: list[torch.Tensor],
                       targets: list[torch.Tensor], kwargs: list[dict], *, steps: int, lr: float = 0.005
                       ) -> tuple[dict[str, QuantResult], ReconStats]:
     """Tune the block's solved linears (``results``: local name -> GPTQ result with ``updated``)
-    so that ``block`` on ``inputs`` gives ``targets`` (batch by batch, with ``kwargs``); returns the
+    so that ``block`` on ``inputs`` gives ``targets`` (batch by batch, with ``kwargs``; ``maxq``: the
+    largest code, or each layer's by local name); returns the
     tuned results (the given ones when tuning did not lower the error over all batches) and the
     statistics. ``block`` holds the dequantized solutions on entry and on return; ``lr``: the
     rounding offsets' first signed step (the log-scales' is ``SCALE_STEP`` of it), decaying
     linearly to 0."""
     before = _error(block, inputs, targets, kwargs)
-    soft = {name: _Soft(block.get_submodule(name), res, maxq) for name, res in results.items()}
+    top = maxq if isinstance(maxq, dict) else dict.fromkeys(results, maxq)
+    soft = {name: _Soft(block.get_submodule(name), res, top[name]) for name, res in results.items()}
     params = [p for m in soft.values() for p in (m.v, m.a)]
     with _swapped(block, soft):
         frozen = [p for p in block.parameters() if p.requires_grad and all(p is not q for q in params)]
