@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,6 +162,18 @@ def run_block(block: torch.nn.Module, inputs: BlockInputs) -> list[torch.Tensor]
             out = block(h, **kw)
             outs.append(out[0] if isinstance(out, tuple) else out)
     return outs
+
+
+def run_block_seeing(block: torch.nn.Module, inputs: BlockInputs, names: Iterable[str],
+                     see: Callable[[str, torch.Tensor], None]) -> list[torch.Tensor]:
+    """:func:`run_block`, with ``see(name, x)`` called on the input ``x`` of each submodule of
+    ``names`` as it runs (e.g. to accumulate statistics of a linear's inputs)."""
+    hooks = [block.get_submodule(n).register_forward_pre_hook(lambda _m, args, n=n: see(n, args[0])) for n in names]
+    try:
+        return run_block(block, inputs)
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 # A visit may return the block's outputs (as it computed them anyway) to spare the driver a pass.

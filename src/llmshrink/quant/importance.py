@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..blockwise import BlockInputs, run_block, walk_blocks
+from ..blockwise import BlockInputs, run_block_seeing, walk_blocks
 from ..models.arch import ArchSpec
 
 
@@ -21,19 +21,13 @@ def input_importance(model: torch.nn.Module, arch: ArchSpec, windows: torch.Tens
     def visit(i: int, block: torch.nn.Module, inputs: BlockInputs):
         sums: dict[str, torch.Tensor] = {}
         rows: dict[str, int] = {}
-        hooks = []
-        for local in arch.linear_names:
-            def hook(_m, args, local=local):
-                x = args[0].reshape(-1, args[0].shape[-1]).double()
-                sums[local] = sums.get(local, 0) + (x * x).sum(0)
-                rows[local] = rows.get(local, 0) + x.shape[0]
 
-            hooks.append(block.get_submodule(local).register_forward_pre_hook(hook))
-        try:
-            outs = run_block(block, inputs)
-        finally:
-            for h in hooks:
-                h.remove()
+        def see(local: str, x: torch.Tensor) -> None:
+            x = x.reshape(-1, x.shape[-1]).double()
+            sums[local] = sums.get(local, 0) + (x * x).sum(0)
+            rows[local] = rows.get(local, 0) + x.shape[0]
+
+        outs = run_block_seeing(block, inputs, arch.linear_names, see)
         for local, s in sums.items():
             stats[f"{arch.layers}.{i}.{local}"] = ((s / rows[local]).float(), rows[local])
         return outs

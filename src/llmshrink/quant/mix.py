@@ -25,7 +25,7 @@ from typing import ClassVar
 
 import torch
 
-from ..blockwise import BlockInputs, run_block, walk_blocks
+from ..blockwise import BlockInputs, run_block_seeing, walk_blocks
 from ..config import Config
 from ..errors import UserError
 from ..models.arch import ArchSpec
@@ -173,17 +173,11 @@ def layer_sensitivity(model: torch.nn.Module, arch: ArchSpec, windows: torch.Ten
 
     def visit(i: int, block: torch.nn.Module, inputs: BlockInputs):
         hessians: dict[str, list] = {g[0]: [None, 0] for g in groups}
-        hooks = []
-        for key in hessians:
-            def hook(_m, args, key=key):
-                hessians[key][:] = accumulate_hessian(*hessians[key], args[0])
 
-            hooks.append(block.get_submodule(key).register_forward_pre_hook(hook))
-        try:
-            outs = run_block(block, inputs)
-        finally:
-            for h in hooks:
-                h.remove()
+        def see(key: str, x: torch.Tensor) -> None:
+            hessians[key][:] = accumulate_hessian(*hessians[key], x)
+
+        outs = run_block_seeing(block, inputs, list(hessians), see)
         for g in groups:
             H = hessians[g[0]][0]
             for name in g:
