@@ -12,8 +12,8 @@ GPTQModel GPTQ and GPTQ v2 (``gptaq`` alpha 0.25, its default); AutoRound (defau
 iterations per block) and AutoRound ``--iters 0``. Then perplexity of the original model and
 of every checkpoint, by llmshrink's evaluator, on the first ``--max-tokens`` tokens of
 ``shakespeare:eval`` (the calibration's own domain, held out) and of ``moby:eval``
-(*Moby-Dick*: a novel, which no calibration reads). ``mix35``: mixed precision (``--target-bpw
-3.5``, the config's bits unused). Each checkpoint's stored bits per weight (codes, zero points and
+(*Moby-Dick*: a novel, which no calibration reads). ``fisher35``: mixed precision
+(``--target-bpw 3.5``, the config's bits unused). Each checkpoint's stored bits per weight (codes, zero points and
 scales of its packed layers over their weights) is read from its files; the plot
 OUT/ppl_vs_bpw.png shows perplexity against it for every row.
 
@@ -41,8 +41,10 @@ ROWS = {
     "gptq": ("llmshrink GPTQ", lambda llm, d: [*llm, "--method", "gptq"]),
     "gptaq": ("llmshrink GPTAQ", lambda llm, d: [*llm, "--method", "gptaq"]),
     "recon": ("llmshrink recon (GPTAQ + block-output tuning)", lambda llm, d: [*llm, "--method", "recon"]),
-    "mix35": ("llmshrink GPTQ, --target-bpw 3.5 (widths 2/3/4/8)",
-              lambda llm, d: [*llm, "--method", "gptq", "--target-bpw", "3.5"]),
+    "fisher35": ("llmshrink GPTQ, --target-bpw 3.5 (widths 2/3/4/8)",
+                 lambda llm, d: [*llm, "--method", "gptq", "--target-bpw", "3.5"]),
+    # the first --target-bpw (302cbe9): widths by each layer's relative output error; its rows stay in the table
+    "mix35": ("llmshrink GPTQ, --target-bpw 3.5, widths by relative output error (302cbe9, replaced)", None),
     "gptqmodel": ("GPTQModel GPTQ", None),
     "gptqmodel_v2": ("GPTQModel GPTQ v2 (GPTAQ)", None),
     "autoround": ("AutoRound (200 iters)", None),
@@ -65,6 +67,8 @@ def _command(row: str, bits: int, gs: int, d: Path, args) -> list[str]:
     if row == "autoround_rtn":
         return [*autoround, "--iters", "0"]
     llm = [sys.executable, "-m", "llmshrink", "quantize", args.model, "--out", str(d), *grid, *calib]
+    if ROWS[row][1] is None:
+        raise SystemExit(f"row {row} was measured with an earlier build: check out 302cbe9 to run it again")
     return ROWS[row][1](llm, d)
 
 

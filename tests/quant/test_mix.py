@@ -10,15 +10,7 @@ from llmshrink.errors import UserError
 from llmshrink.models.arch import arch_of
 from llmshrink.quant.config import QuantConfig
 from llmshrink.quant.gptq import rtn_quantize
-from llmshrink.quant.mix import (
-    MixConfig,
-    _hull,
-    allocate,
-    layer_sensitivity,
-    plan_bits,
-    relative_errors,
-    stored_bits,
-)
+from llmshrink.quant.mix import MixConfig, _hull, allocate, fisher_errors, plan_bits, stored_bits
 from tests.conftest import make_tiny_model
 
 
@@ -87,29 +79,34 @@ def test_mix_config_checks_its_fields():
         MixConfig(target_bpw=0)
 
 
-def test_relative_errors_fall_with_width_and_weigh_the_inputs():
-    torch.manual_seed(0)
-    W = torch.randn(64, 128)
-    X = torch.randn(512, 128) * torch.linspace(0.1, 3, 128)  # uneven input energy
-    H = (X.T @ X).double()
-    e = relative_errors(W, H, QuantConfig(group_size=32), (2, 3, 4, 8))
-    assert e[2] > e[3] > e[4] > e[8] > 0 and e[8] < 1e-3
-    plain = relative_errors(W, None, QuantConfig(group_size=32), (4,))[4]  # no H: the plain squared error's share
-    q = rtn_quantize(W, QuantConfig(group_size=32, bits=4)).dequantize()
-    assert plain == pytest.approx(float(((W - q) ** 2).sum() / (W**2).sum()), rel=1e-6)
-    weighted = float((((W - q) @ H.float()) * (W - q)).sum() / ((W @ H.float()) * W).sum())
-    assert e[4] == pytest.approx(weighted, rel=1e-4)
-
-
-def test_sensitivity_pass_measures_every_linear_and_leaves_the_model_as_it_was():
+def test_fisher_errors_are_half_the_squared_gradient_weighted_rounding_error_and_leave_the_model_alone():
     model = make_tiny_model(64, layers=2, hidden=64, intermediate=128)
     arch = arch_of(model)
+    names = [f"model.layers.{i}.{n}" for i in range(2) for n in arch.linear_names]
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    windows = torch.randint(0, 64, (4, 16))
-    errors = layer_sensitivity(model, arch, windows, QuantConfig(group_size=32), (2, 4), range(2), batch_size=2)
-    assert set(errors) == {f"model.layers.{i}.{n}" for i in range(2) for n in arch.linear_names}
-    assert all(e[2] > e[4] > 0 for e in errors.values())
+    windows = torch.randint(0, 64, (3, 16))
+    cfg = QuantConfig(group_size=32)
+    errors = fisher_errors(model, names, windows, cfg, (2, 4, 8))
+    assert set(errors) == set(names) and all(e[2] > e[4] > e[8] > 0 for e in errors.values())
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
-    shapes = {n: tuple(model.get_submodule(n).weight.shape) for n in errors}
-    plan = plan_bits(shapes, errors, QuantConfig(group_size=32), MixConfig(target_bpw=3.5, bit_choices="2,4"))
+    assert all(p.requires_grad for p in model.parameters())  # as they were
+    name = "model.layers.1.mlp.down_proj"  # by hand: the squared gradients of each window's loss
+    w = model.get_submodule(name).weight
+    F = sum(torch.autograd.grad(model(input_ids=x[None], labels=x[None]).loss, w)[0] ** 2 for x in windows) / 3
+    dW = w.detach() - rtn_quantize(w.detach(), QuantConfig(group_size=32, bits=4)).dequantize()
+    assert errors[name][4] == pytest.approx(0.5 * float((F * dW**2).sum()), rel=1e-4)
+    plan = plan_bits({n: tuple(model.get_submodule(n).weight.shape) for n in names}, errors, cfg,
+                     MixConfig(target_bpw=3.5, bit_choices="2,4"))
     assert set(plan.bits.values()) == {2, 4} and plan.bpw <= 3.5
+
+
+def test_a_layer_the_loss_does_not_reach_costs_nothing_and_gets_the_narrowest_width():
+    model = make_tiny_model(64, layers=2, hidden=64, intermediate=128)
+    with torch.no_grad():  # block 1's attention output zeroed: its v_proj no longer reaches the loss
+        model.get_submodule("model.layers.1.self_attn.o_proj").weight.zero_()
+    names = ["model.layers.1.self_attn.v_proj", "model.layers.1.mlp.down_proj"]
+    errors = fisher_errors(model, names, torch.randint(0, 64, (2, 16)), QuantConfig(group_size=32), (2, 4))
+    assert errors[names[0]] == {2: 0.0, 4: 0.0} and errors[names[1]][2] > 0
+    shapes = {n: tuple(model.get_submodule(n).weight.shape) for n in names}
+    plan = plan_bits(shapes, errors, QuantConfig(group_size=32), MixConfig(target_bpw=4.3, bit_choices="2,4"))
+    assert plan.bits == {names[0]: 2, names[1]: 4}

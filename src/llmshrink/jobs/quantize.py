@@ -24,7 +24,7 @@ from ..models.load import LoadedModel, read_config
 from ..paths import atomic_file, claim_output, read_record
 from ..quant.config import QuantConfig
 from ..quant.driver import QuantizeReport, quantize_model
-from ..quant.mix import Allocation, MixConfig, layer_sensitivity, plan_bits
+from ..quant.mix import Allocation, MixConfig, fisher_errors, plan_bits
 from .card import CARD, card_file
 from .resume import BlockState
 
@@ -86,7 +86,7 @@ def run_quantize(lm: LoadedModel, cfg: QuantConfig, calib: CalibConfig, out: Pat
     # checkpoint is assembled from those files (the model in memory is then not whole)
     with BlockState.open(out, {**lm.identity, **done}, lm.arch, discard_other=overwrite,
                          spill=todo if lm.blocks is not None else None) as state:
-        plan = _plan_widths(lm, cfg, mix, windows, calib, todo, state.folder, progress) if mixing else None
+        plan = _plan_widths(lm, cfg, mix, windows, todo, state.folder, progress) if mixing else None
         if plan is not None:
             cfg = dataclasses.replace(cfg, bits=max(set(plan.bits.values()), key=list(plan.bits.values()).count))
             check_packable(lm.model, lm.arch, todo, lm_head, cfg.bits, widths=plan.bits)
@@ -115,22 +115,33 @@ def _count(bits: dict[str, int]) -> dict[str, int]:
     return {str(b): values.count(b) for b in sorted(set(values))}
 
 
-def _plan_widths(lm: LoadedModel, cfg: QuantConfig, mix: MixConfig, windows, calib: CalibConfig, todo: range,
-                 folder: Path, progress) -> Allocation:
-    """Each block linear's width under ``mix.target_bpw``: measured on the calibration windows
-    (one pass over the original model), or read back from ``folder`` when a killed run made it."""
+def _plan_widths(lm: LoadedModel, cfg: QuantConfig, mix: MixConfig, windows, todo: range, folder: Path,
+                 progress) -> Allocation:
+    """Each block linear's width under ``mix.target_bpw``, from its Fisher-weighted rounding error
+    on the calibration windows (the whole model in memory for the gradients; blocks read from
+    disk are freed again after), or read back from ``folder`` when a killed run made it."""
     saved = folder / "widths.json"
     if saved.is_file():
         return Allocation.from_dict(read_record(saved))
     layers = lm.arch.blocks(lm.model)
-    if lm.blocks is not None:  # read block by block and freed once measured; the quantize pass reads them again
-        prepare, release = lm.blocks.materialize, LazyBlocks.release
-    else:
-        prepare = release = None
-    errors = layer_sensitivity(lm.model, lm.arch, windows, cfg, mix.choices, todo, batch_size=calib.batch_size,
-                               prepare=prepare, release=release, progress=progress)
-    shapes = {f"{lm.arch.layers}.{i}.{n}": tuple(layers[i].get_submodule(n).weight.shape)
-              for i in todo for n in lm.arch.linear_names}
+    p = next(p for p in lm.model.parameters() if not p.is_meta)
+    need = 3 * sum(x.numel() for x in lm.model.parameters()) * p.element_size()  # weights, gradients, Fisher
+    free = short_of(need, str(p.device))
+    if free is not None:
+        raise UserError(f"--target-bpw measures each layer on the whole model's gradients: {need / 2**30:.1f} GiB, "
+                        f"more than half the {free / 2**30:.1f} GiB free: quantize at one width (--bits), or on a "
+                        "machine with more memory")
+    names = [f"{lm.arch.layers}.{i}.{n}" for i in todo for n in lm.arch.linear_names]
+    try:
+        if lm.blocks is not None:
+            for i, block in enumerate(layers):
+                lm.blocks.materialize(i, block)
+        errors = fisher_errors(lm.model, names, windows, cfg, mix.choices, progress=progress)
+    finally:
+        if lm.blocks is not None:  # the quantize pass reads each block again when it reaches it
+            for block in layers:
+                LazyBlocks.release(block)
+    shapes = {n: tuple(lm.model.get_submodule(n).weight.shape) for n in names}
     plan = plan_bits(shapes, errors, cfg, mix)
     log.info("mixed precision: %.3f bits per weight, widths %s", plan.bpw, _count(plan.bits))
     with atomic_file(saved) as tmp:

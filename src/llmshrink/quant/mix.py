@@ -2,12 +2,17 @@
 
 Each block linear gets one of ``bit_choices`` so that the packed layers average at most
 ``target_bpw`` stored bits per weight (codes, zero points and fp16 scales; ``g_idx`` is not
-counted), choosing the widths that minimise the summed relative output error. A layer's error at
-``b`` bits is measured on the original model's calibration activations, block by block, as the
-Hessian-weighted error of rounding it to the ``b``-bit grid, over its output's energy:
-``tr(dW H dWᵀ) / tr(W H Wᵀ)`` (the share of the layer's output that rounding perturbs). The
-allocation is a knapsack solved greedily over each layer's lower convex hull of (bits, error):
-the upgrade with the most error removed per bit goes first, while the budget allows.
+counted), choosing the widths that minimise the expected increase of the model's loss. A layer's
+cost at ``b`` bits is ``½ Σ F ⊙ ΔW²``: ``ΔW`` the error of rounding it to the ``b``-bit grid,
+``F`` the empirical Fisher diagonal of the language-model loss on the calibration windows (the
+squared gradients of its weights, one window at a time), a second-order estimate of the loss
+increase in nats per token that is comparable across layers and adds up over them. (The
+Hessian-weighted error of each layer's own output, relative to the output's energy, was tried
+first: it is about the same share for every layer at a given width, so the budget went to the
+smallest layers, and the mix scored worse than uniform widths at the same size: BENCHMARKS.md.)
+The allocation is a knapsack solved greedily over each layer's lower convex hull of (bits,
+cost): the upgrade removing the most cost per bit goes first, while the budget allows. The
+gradients need the whole model in memory, once, before the block-by-block quantization.
 
 Each layer is then quantized as usual at its own width, a plain GPTQ layer; the checkpoint states
 the widths that differ from its ``bits`` as GPTQModel's ``dynamic`` rules (what GPTQModel, vLLM
@@ -19,18 +24,15 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
-from ..blockwise import BlockInputs, run_block_seeing, walk_blocks
 from ..config import Config
 from ..errors import UserError
-from ..models.arch import ArchSpec
 from .config import QuantConfig
-from .gptq import accumulate_hessian, rtn_quantize
+from .gptq import rtn_quantize
 from .pack import packing_multiple
 
 PACKED_BITS = (2, 3, 4, 8)  # the widths a GPTQ checkpoint packs
@@ -144,52 +146,36 @@ def allocate(costs: dict[str, dict[int, int]], errors: dict[str, dict[int, float
     return Allocation(bits, total / weights, sum(errors[n][bits[n]] for n in bits), errors)
 
 
-def relative_errors(W: torch.Tensor, H: torch.Tensor | None, cfg: QuantConfig, choices: tuple[int, ...]
-                    ) -> dict[int, float]:
-    """``tr(dW H dWᵀ) / tr(W H Wᵀ)`` of rounding ``W`` to each width's grid (``cfg``'s otherwise);
-    without ``H`` (an expert no calibration token reached) the plain squared error's share."""
-    W = W.float()
-    out = {}
-    if H is None:
-        H = torch.eye(W.shape[1], dtype=torch.float64)
-    Hf = H.to(W.device, torch.float64)
-    signal = float(((W.double() @ Hf) * W.double()).sum())
-    for b in choices:
-        dW = (W - rtn_quantize(W, dataclasses.replace(cfg, bits=b)).dequantize()).double()
-        out[b] = float(((dW @ Hf) * dW).sum()) / signal if signal > 0 else 0.0
-    return out
-
-
-def layer_sensitivity(model: torch.nn.Module, arch: ArchSpec, windows: torch.Tensor, cfg: QuantConfig,
-                      choices: tuple[int, ...], blocks: range, *, batch_size: int = 8,
-                      prepare: Callable[[int, torch.nn.Module], None] | None = None,
-                      release: Callable[[torch.nn.Module], None] | None = None,
-                      progress=None) -> dict[str, dict[int, float]]:
-    """{full linear name: {width: relative error}} for every linear of ``blocks``, on the original
-    model's activations of ``windows`` (one forward pass, block by block; ``release`` frees a
-    block read by ``prepare`` once measured). The model is not changed."""
-    errors: dict[str, dict[int, float]] = {}
-    groups = [g for stage in arch.stage_groups for g in stage]
-
-    def visit(i: int, block: torch.nn.Module, inputs: BlockInputs):
-        hessians: dict[str, list] = {g[0]: [None, 0] for g in groups}
-
-        def see(key: str, x: torch.Tensor) -> None:
-            hessians[key][:] = accumulate_hessian(*hessians[key], x)
-
-        outs = run_block_seeing(block, inputs, list(hessians), see)
-        for g in groups:
-            H = hessians[g[0]][0]
-            for name in g:
-                errors[f"{arch.layers}.{i}.{name}"] = relative_errors(block.get_submodule(name).weight.data, H, cfg,
-                                                                      choices)
-        if release is not None:
-            release(block)
-        return outs
-
+def fisher_errors(model: torch.nn.Module, names: list[str], windows: torch.Tensor, cfg: QuantConfig,
+                  choices: tuple[int, ...], *, progress=None) -> dict[str, dict[int, float]]:
+    """{linear name: {width: the loss increase rounding it to the width's grid is expected to
+    cause}}, ``½ Σ F ⊙ ΔW²`` with ``F`` the empirical Fisher diagonal of the language-model loss
+    (squared gradients, one calibration window at a time) of each of ``names``' weights and
+    ``ΔW`` the rounding error. In nats per token, comparable across layers and additive over
+    them. The model's parameters and their ``requires_grad`` are left as they were."""
+    weights = {n: model.get_submodule(n).weight for n in names}
+    trainable = {p: p.requires_grad for p in model.parameters()}
+    fisher = {n: torch.zeros(w.shape, dtype=torch.float32, device=w.device) for n, w in weights.items()}
+    it = progress(windows, desc="sensitivity", unit="window") if progress else windows
+    try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for w in weights.values():
+            w.requires_grad_(True)
+        for window in it:
+            ids = window.unsqueeze(0).to(next(iter(weights.values())).device)
+            loss = model(input_ids=ids, labels=ids).loss
+            for f, g in zip(fisher.values(), torch.autograd.grad(loss, list(weights.values())), strict=True):
+                f.add_(g.float().square())
+    finally:
+        for p, was in trainable.items():
+            p.requires_grad_(was)
+    errors = {}
     with torch.no_grad():
-        walk_blocks(model, arch, list(windows.split(batch_size)), visit, blocks=blocks, prepare=prepare,
-                    progress=progress)
+        for n, w in weights.items():
+            W, F = w.float(), fisher[n].div_(len(windows))
+            errors[n] = {b: 0.5 * float((F * (W - rtn_quantize(W, dataclasses.replace(cfg, bits=b)).dequantize())
+                                         .square()).sum()) for b in choices}
     return errors
 
 
