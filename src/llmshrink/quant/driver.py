@@ -109,8 +109,9 @@ def _solve(mod: torch.nn.Linear, full: str, H: torch.Tensor | None, config: Laye
            report: QuantizeReport, expert: tuple[int, str] | None = None, drift: torch.Tensor | None = None) -> None:
     """Quantize one linear layer in place (GPTQ with ``H``, GPTAQ with ``drift`` too; RTN scored
     on ``H`` if given): its weight becomes the dequantized solution; the result is kept for
-    packing. ``config`` is the settings, or a function of the layer's full name giving them
-    (None: the layer stays float)."""
+    packing. ``config`` is the settings (the report's, each layer at its width in
+    ``report.bits``), or a function of the layer's full name giving them (None: the layer stays
+    float)."""
     cfg = config(full) if callable(config) else report.layer_config(full)
     if cfg is None:
         return
