@@ -169,7 +169,7 @@ def plot(results: dict, path: Path) -> None:
             continue
         ppl = [results[f"eval/{name}/{w}"]["perplexity"] for w in CORPORA]
         points.setdefault(row, []).append((_bpw(results, name, bits, gs), *ppl))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5))
     for ax, (i, w) in zip(axes, enumerate(CORPORA), strict=True):
         for row, pts in sorted(points.items()):
             pts = sorted(p for p in pts if p[i + 1] < 200)  # RTN's 2- and 3-bit points would flatten the rest
@@ -179,8 +179,9 @@ def plot(results: dict, path: Path) -> None:
         ax.set(xlabel="stored bits per weight (codes + zero points + scales)", ylabel="perplexity",
                title=f"{CORPORA[w]} ({'in' if w == 'in' else 'out of'} domain)")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
