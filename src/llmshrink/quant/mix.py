@@ -81,8 +81,8 @@ class Allocation:
 
     bits: dict[str, int]
     bpw: float  # stored bits per weight of the chosen widths
-    error: float  # summed relative error of the chosen widths
-    errors: dict[str, dict[int, float]] = field(default_factory=dict)  # layer -> width -> relative error
+    error: float  # summed cost of the chosen widths (expected loss increase, nats per token)
+    errors: dict[str, dict[int, float]] = field(default_factory=dict)  # layer -> width -> its cost
 
     def to_dict(self) -> dict:
         return {"bits": self.bits, "bpw": self.bpw, "error": self.error,
